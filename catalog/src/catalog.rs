@@ -1,0 +1,217 @@
+//! The desired state, kept per source, and the updates that change it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use capstan_table::ServiceKey;
+
+use crate::{EndpointSlice, Service};
+
+/// Which source an update comes from. Each source owns its objects: a reset from one source
+/// never touches another's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SourceId(pub Arc<str>);
+
+/// One catalog object.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+}
+
+/// The identity of a catalog object within its source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectId {
+    Service(ServiceKey),
+    EndpointSlice { namespace: Arc<str>, name: Arc<str> },
+}
+
+/// A change from a source.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    /// The source's complete state: anything not listed is deleted. Marks the source synced.
+    Reset {
+        source: SourceId,
+        objects: Vec<Object>,
+    },
+    Upsert {
+        source: SourceId,
+        object: Object,
+    },
+    Delete {
+        source: SourceId,
+        id: ObjectId,
+    },
+}
+
+/// The desired state: every object of every source, and which sources have synced.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    sources: BTreeMap<SourceId, BTreeMap<ObjectId, Object>>,
+    synced: BTreeSet<SourceId>,
+}
+
+// === impl SourceId ===
+
+impl SourceId {
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl fmt::Display for SourceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// === impl Object ===
+
+impl Object {
+    pub fn id(&self) -> ObjectId {
+        match self {
+            Object::Service(service) => ObjectId::Service(service.key.clone()),
+            Object::EndpointSlice(slice) => ObjectId::EndpointSlice {
+                namespace: slice.namespace.clone(),
+                name: slice.name.clone(),
+            },
+        }
+    }
+}
+
+// === impl ObjectId ===
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ObjectId::Service(key) => write!(f, "Service {key}"),
+            ObjectId::EndpointSlice { namespace, name } => {
+                write!(f, "EndpointSlice {namespace}/{name}")
+            }
+        }
+    }
+}
+
+// === impl Update ===
+
+impl Update {
+    pub fn source(&self) -> &SourceId {
+        match self {
+            Update::Reset { source, .. }
+            | Update::Upsert { source, .. }
+            | Update::Delete { source, .. } => source,
+        }
+    }
+}
+
+// === impl Catalog ===
+
+impl Catalog {
+    /// Applies one update. Returns whether the desired state changed.
+    pub fn apply(&mut self, update: Update) -> bool {
+        match update {
+            Update::Reset { source, objects } => {
+                let fresh: BTreeMap<_, _> = objects.into_iter().map(|o| (o.id(), o)).collect();
+                let newly_synced = self.synced.insert(source.clone());
+                let previous = self.sources.insert(source, fresh.clone());
+                newly_synced || previous.as_ref() != Some(&fresh)
+            }
+            Update::Upsert { source, object } => {
+                let objects = self.sources.entry(source).or_default();
+                let id = object.id();
+                objects.insert(id, object.clone()).as_ref() != Some(&object)
+            }
+            Update::Delete { source, id } => self
+                .sources
+                .get_mut(&source)
+                .is_some_and(|objects| objects.remove(&id).is_some()),
+        }
+    }
+
+    /// Whether every one of `sources` has delivered its initial state.
+    pub fn all_synced<'a>(&self, mut sources: impl Iterator<Item = &'a SourceId>) -> bool {
+        sources.all(|s| self.synced.contains(s))
+    }
+
+    /// Every object with its source, sources in order.
+    pub fn objects(&self) -> impl Iterator<Item = (&SourceId, &Object)> {
+        self.sources
+            .iter()
+            .flat_map(|(source, objects)| objects.values().map(move |o| (source, o)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ServiceKind, TrafficPolicy};
+
+    fn service(name: &str) -> Object {
+        Object::Service(Service {
+            key: ServiceKey::new("default", name),
+            kind: ServiceKind::ClusterIp,
+            cluster_ips: vec![],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![],
+            session_affinity: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            publish_not_ready_addresses: false,
+            balance: None,
+            connect_timeout: None,
+            idle_timeout: None,
+        })
+    }
+
+    #[test]
+    fn reset_replaces_only_its_own_source() {
+        let (a, b) = (SourceId::new("a"), SourceId::new("b"));
+        let mut catalog = Catalog::default();
+        assert!(!catalog.all_synced([&a, &b].into_iter()));
+        assert!(catalog.apply(Update::Reset {
+            source: a.clone(),
+            objects: vec![service("x"), service("y")],
+        }));
+        assert!(catalog.apply(Update::Reset {
+            source: b.clone(),
+            objects: vec![service("z")],
+        }));
+        assert!(catalog.all_synced([&a, &b].into_iter()));
+        assert!(catalog.apply(Update::Reset {
+            source: a.clone(),
+            objects: vec![service("y")],
+        }));
+        let names: Vec<_> = catalog.objects().map(|(_, o)| o.id().to_string()).collect();
+        assert_eq!(names, ["Service default/y", "Service default/z"]);
+        assert!(
+            !catalog.apply(Update::Reset {
+                source: a.clone(),
+                objects: vec![service("y")],
+            }),
+            "an identical reset changes nothing"
+        );
+    }
+
+    #[test]
+    fn upsert_and_delete() {
+        let a = SourceId::new("a");
+        let mut catalog = Catalog::default();
+        assert!(catalog.apply(Update::Upsert {
+            source: a.clone(),
+            object: service("x"),
+        }));
+        assert!(!catalog.apply(Update::Upsert {
+            source: a.clone(),
+            object: service("x"),
+        }));
+        let id = service("x").id();
+        assert!(catalog.apply(Update::Delete {
+            source: a.clone(),
+            id: id.clone(),
+        }));
+        assert!(!catalog.apply(Update::Delete { source: a, id }));
+        assert_eq!(catalog.objects().count(), 0);
+    }
+}

@@ -1,0 +1,319 @@
+//! The pure compile step: catalog + previous snapshot → next snapshot.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use capstan_table::{
+    BalancePolicy, Endpoint, EndpointSet, EndpointStats, Frontend, FrontendTarget, Generation,
+    Problem, ProxyTable, ServiceKey, ServicePortKey, ServicePortTable, Snapshot, Timeouts,
+    TrafficScope, WhenEmpty,
+};
+
+use crate::{
+    Catalog, EndpointSlice, Object, Service, ServiceKind, ServicePort, SourceId, TargetPort,
+    TrafficPolicy,
+};
+
+/// Node-level settings that shape the compiled tables.
+#[derive(Clone, Debug, Default)]
+pub struct CompileOptions {
+    /// This node's name, for `internalTrafficPolicy`/`externalTrafficPolicy: Local`. Without it no
+    /// endpoint is local.
+    pub node_name: Option<String>,
+    /// Addresses NodePorts are served on (kube-proxy's `--nodeport-addresses`); default all.
+    pub node_port_addresses: Vec<IpAddr>,
+    /// Policy for Services that do not choose one.
+    pub balance: BalancePolicy,
+    pub timeouts: Timeouts,
+}
+
+/// Compiles the catalog into the next snapshot. Never fails as a whole: objects that cannot be
+/// honoured are left out and reported in [`Snapshot::problems`]. Live state (counters, ejections,
+/// affinity, round-robin position) is carried over from `previous` by Service port and address.
+pub fn compile(
+    catalog: &Catalog,
+    previous: Option<&Snapshot>,
+    options: &CompileOptions,
+    generation: Generation,
+) -> Snapshot {
+    let mut problems = Vec::new();
+    let mut services: BTreeMap<&ServiceKey, (&SourceId, &Service)> = BTreeMap::new();
+    let mut slices: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+    for (source, object) in catalog.objects() {
+        match object {
+            Object::Service(service) => match services.entry(&service.key) {
+                Entry::Vacant(entry) => {
+                    entry.insert((source, service));
+                }
+                Entry::Occupied(entry) => problems.push(Problem {
+                    object: format!("Service {}", service.key),
+                    message: format!(
+                        "defined by sources {} and {source}; using {}",
+                        entry.get().0,
+                        entry.get().0
+                    ),
+                }),
+            },
+            Object::EndpointSlice(slice) => slices.entry(&slice.service).or_default().push(slice),
+        }
+    }
+
+    let previous_ports = previous.map(|s| &s.proxy.ports);
+    let mut proxy = ProxyTable::default();
+    for (key, (_, service)) in services {
+        if matches!(service.kind, ServiceKind::ExternalName(_)) {
+            continue;
+        }
+        let service_slices = slices.get(key).map(Vec::as_slice).unwrap_or_default();
+        for port in &service.ports {
+            let port_key = ServicePortKey {
+                service: key.clone(),
+                port_name: port.name.clone(),
+                protocol: port.protocol,
+            };
+            let carried = previous_ports.and_then(|ports| ports.get(&port_key));
+            let mut frontends = frontends(service, port, options);
+            frontends.retain(|(frontend, _)| match proxy.frontends.get(frontend) {
+                Some(owner) => {
+                    problems.push(Problem {
+                        object: format!("Service {key}"),
+                        message: format!("{frontend} is already served by {}", owner.port.key),
+                    });
+                    false
+                }
+                None => true,
+            });
+            let table = compile_port(
+                port_key,
+                service,
+                port,
+                frontends,
+                service_slices,
+                carried,
+                options,
+            );
+            let table = Arc::new(table);
+            for &(frontend, scope) in &table.frontends {
+                let target = FrontendTarget {
+                    port: table.clone(),
+                    scope,
+                };
+                proxy.frontends.insert(frontend, target);
+            }
+            proxy.ports.insert(table.key.clone(), table);
+        }
+    }
+
+    Snapshot {
+        generation,
+        proxy: Arc::new(proxy),
+        problems: problems.into(),
+    }
+}
+
+/// kube-proxy's endpoint categorisation for one traffic policy: ready endpoints; if there are
+/// none, serving and terminating ones (graceful termination); under `Local`, the same rule among
+/// this node's endpoints. With no usable endpoint at all the connection is rejected; with usable
+/// endpoints elsewhere but none local, it is dropped.
+pub fn categorize(
+    endpoints: &[Arc<Endpoint>],
+    policy: TrafficPolicy,
+    node_name: Option<&str>,
+) -> EndpointSet {
+    let cluster = usable(endpoints.iter());
+    match policy {
+        TrafficPolicy::Cluster => EndpointSet {
+            endpoints: cluster,
+            when_empty: WhenEmpty::Reject,
+        },
+        TrafficPolicy::Local => {
+            let local = usable(
+                endpoints
+                    .iter()
+                    .filter(|e| node_name.is_some() && e.node_name.as_deref() == node_name),
+            );
+            let when_empty = if cluster.is_empty() {
+                WhenEmpty::Reject
+            } else {
+                WhenEmpty::Drop
+            };
+            EndpointSet {
+                endpoints: local,
+                when_empty,
+            }
+        }
+    }
+}
+
+fn usable<'a>(endpoints: impl Iterator<Item = &'a Arc<Endpoint>> + Clone) -> Vec<Arc<Endpoint>> {
+    let ready: Vec<_> = endpoints
+        .clone()
+        .filter(|e| e.conditions.ready)
+        .cloned()
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    endpoints
+        .filter(|e| e.conditions.serving && e.conditions.terminating)
+        .cloned()
+        .collect()
+}
+
+fn compile_port(
+    key: ServicePortKey,
+    service: &Service,
+    port: &ServicePort,
+    frontends: Vec<(Frontend, TrafficScope)>,
+    slices: &[&EndpointSlice],
+    carried: Option<&Arc<ServicePortTable>>,
+    options: &CompileOptions,
+) -> ServicePortTable {
+    let endpoints = port_endpoints(service, port, slices, carried);
+    let node_name = options.node_name.as_deref();
+    let internal = categorize(&endpoints, service.internal_traffic_policy, node_name);
+    let external = categorize(&endpoints, service.external_traffic_policy, node_name);
+    let mut timeouts = options.timeouts;
+    if let Some(connect) = service.connect_timeout {
+        timeouts.connect = connect;
+    }
+    if let Some(idle) = service.idle_timeout {
+        timeouts.idle = idle;
+    }
+    ServicePortTable {
+        frontends,
+        policy: service.balance.unwrap_or(options.balance),
+        affinity: service.session_affinity,
+        timeouts,
+        endpoints,
+        internal,
+        external,
+        state: carried.map_or_else(Default::default, |t| t.state.clone()),
+        key,
+    }
+}
+
+fn frontends(
+    service: &Service,
+    port: &ServicePort,
+    options: &CompileOptions,
+) -> Vec<(Frontend, TrafficScope)> {
+    let protocol = port.protocol;
+    let at = |ip: IpAddr, number: u16, scope| {
+        (
+            Frontend {
+                addr: SocketAddr::new(ip, number),
+                protocol,
+            },
+            scope,
+        )
+    };
+    let mut out = Vec::new();
+    if port.port != 0 {
+        out.extend(
+            service
+                .cluster_ips
+                .iter()
+                .map(|&ip| at(ip, port.port, TrafficScope::Internal)),
+        );
+        out.extend(
+            service
+                .external_ips
+                .iter()
+                .chain(&service.load_balancer_ips)
+                .map(|&ip| at(ip, port.port, TrafficScope::External)),
+        );
+    }
+    out.extend(
+        port.listen
+            .iter()
+            .map(|&addr| (Frontend { addr, protocol }, TrafficScope::Internal)),
+    );
+    let node_port_kind = matches!(
+        service.kind,
+        ServiceKind::NodePort | ServiceKind::LoadBalancer
+    );
+    if let (Some(node_port), true) = (port.node_port, node_port_kind) {
+        if options.node_port_addresses.is_empty() {
+            out.push(at(
+                IpAddr::from([0, 0, 0, 0]),
+                node_port,
+                TrafficScope::External,
+            ));
+        }
+        out.extend(
+            options
+                .node_port_addresses
+                .iter()
+                .map(|&ip| at(ip, node_port, TrafficScope::External)),
+        );
+    }
+    out.sort();
+    out.dedup_by_key(|(frontend, _)| *frontend);
+    out
+}
+
+/// The endpoints of one Service port: slice ports matched by name and protocol, the first
+/// address of each endpoint (as the API specifies), deduplicated by address preferring the
+/// readiest conditions.
+fn port_endpoints(
+    service: &Service,
+    port: &ServicePort,
+    slices: &[&EndpointSlice],
+    carried: Option<&Arc<ServicePortTable>>,
+) -> Vec<Arc<Endpoint>> {
+    let carried_stats: HashMap<SocketAddr, &Arc<EndpointStats>> = carried
+        .map(|t| t.endpoints.iter().map(|e| (e.addr, &e.stats)).collect())
+        .unwrap_or_default();
+    let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    for slice in slices {
+        for slice_port in &slice.ports {
+            if slice_port.name != port.name || slice_port.protocol != port.protocol {
+                continue;
+            }
+            let number = match (slice_port.port, &port.target_port) {
+                (Some(number), _) | (None, &TargetPort::Number(number)) => number,
+                (None, TargetPort::Name(_)) => continue,
+            };
+            for endpoint in &slice.endpoints {
+                let Some(&ip) = endpoint.addresses.first() else {
+                    continue;
+                };
+                let addr = SocketAddr::new(ip, number);
+                let mut conditions = endpoint.conditions;
+                if service.publish_not_ready_addresses {
+                    conditions.ready = true;
+                    conditions.serving = true;
+                }
+                let better = by_addr
+                    .get(&addr)
+                    .is_none_or(|seen| rank(conditions) > rank(seen.conditions));
+                if better {
+                    let stats = carried_stats
+                        .get(&addr)
+                        .map_or_else(Default::default, |s| Arc::clone(s));
+                    by_addr.insert(
+                        addr,
+                        Endpoint {
+                            addr,
+                            conditions,
+                            node_name: endpoint.node_name.clone(),
+                            zone: endpoint.zone.clone(),
+                            stats,
+                        },
+                    );
+                }
+            }
+        }
+    }
+    by_addr.into_values().map(Arc::new).collect()
+}
+
+fn rank(c: capstan_table::EndpointConditions) -> u8 {
+    u8::from(c.ready) * 4 + u8::from(c.serving) * 2 + u8::from(!c.terminating)
+}
+
+#[cfg(test)]
+mod tests;

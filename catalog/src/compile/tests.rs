@@ -1,0 +1,477 @@
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use capstan_table::{
+    Endpoint, EndpointConditions, Frontend, Generation, Protocol, ServiceKey, TrafficScope,
+    WhenEmpty,
+};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{SliceEndpoint, SlicePort, Update};
+
+const READY: EndpointConditions = EndpointConditions::READY;
+const NOT_READY: EndpointConditions = EndpointConditions {
+    ready: false,
+    serving: false,
+    terminating: false,
+};
+const TERMINATING: EndpointConditions = EndpointConditions {
+    ready: false,
+    serving: true,
+    terminating: true,
+};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+fn sock(s: &str) -> SocketAddr {
+    s.parse().expect("socket address")
+}
+
+fn service(name: &str, cluster_ip: &str) -> Service {
+    Service {
+        key: ServiceKey::new("default", name),
+        kind: ServiceKind::ClusterIp,
+        cluster_ips: vec![ip(cluster_ip)],
+        external_ips: vec![],
+        load_balancer_ips: vec![],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+            app_protocol: None,
+            listen: vec![],
+        }],
+        session_affinity: None,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        publish_not_ready_addresses: false,
+        balance: None,
+        connect_timeout: None,
+        idle_timeout: None,
+    }
+}
+
+fn slice(
+    service: &str,
+    name: &str,
+    port: Option<u16>,
+    eps: &[(&str, EndpointConditions, Option<&str>)],
+) -> EndpointSlice {
+    EndpointSlice {
+        namespace: "default".into(),
+        name: name.into(),
+        service: ServiceKey::new("default", service),
+        ports: vec![SlicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port,
+        }],
+        endpoints: eps
+            .iter()
+            .map(|&(addr, conditions, node)| SliceEndpoint {
+                addresses: vec![ip(addr)],
+                conditions,
+                hostname: None,
+                node_name: node.map(Into::into),
+                zone: None,
+                zone_hints: vec![],
+            })
+            .collect(),
+    }
+}
+
+fn catalog(objects: Vec<Object>) -> Catalog {
+    let mut catalog = Catalog::default();
+    catalog.apply(Update::Reset {
+        source: SourceId::new("test"),
+        objects,
+    });
+    catalog
+}
+
+fn build(objects: Vec<Object>) -> Snapshot {
+    compile(
+        &catalog(objects),
+        None,
+        &CompileOptions::default(),
+        Generation(1),
+    )
+}
+
+fn addrs(set: &EndpointSet) -> Vec<String> {
+    set.endpoints.iter().map(|e| e.addr.to_string()).collect()
+}
+
+fn tcp(addr: &str) -> Frontend {
+    Frontend {
+        addr: sock(addr),
+        protocol: Protocol::Tcp,
+    }
+}
+
+#[test]
+fn cluster_ip_service_gets_its_vip_and_slice_endpoints() {
+    let snap = build(vec![
+        Object::Service(service("web", "10.0.0.1")),
+        Object::EndpointSlice(slice(
+            "web",
+            "web-a",
+            Some(8080),
+            &[("10.1.0.1", READY, None), ("10.1.0.2", READY, None)],
+        )),
+        Object::EndpointSlice(slice(
+            "web",
+            "web-b",
+            Some(8080),
+            &[("10.1.0.3", READY, None)],
+        )),
+        Object::EndpointSlice(slice(
+            "other",
+            "other",
+            Some(9),
+            &[("10.9.9.9", READY, None)],
+        )),
+    ]);
+    let target = snap
+        .proxy
+        .target(&tcp("10.0.0.1:80"))
+        .expect("vip frontend");
+    assert_eq!(target.scope, TrafficScope::Internal);
+    assert_eq!(
+        addrs(&target.port.internal),
+        ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"],
+        "slices are merged per service, other services' slices ignored"
+    );
+    assert_eq!(snap.proxy.frontends.len(), 1);
+    assert!(snap.problems.is_empty());
+}
+
+#[test]
+fn slice_port_without_number_uses_numeric_target_port_and_name_must_match() {
+    let mut svc = service("web", "10.0.0.1");
+    svc.ports[0].target_port = TargetPort::Number(9000);
+    let mut other_name = slice("web", "b", Some(7000), &[("10.1.0.9", READY, None)]);
+    other_name.ports[0].name = "metrics".into();
+    let snap = build(vec![
+        Object::Service(svc),
+        Object::EndpointSlice(slice("web", "a", None, &[("10.1.0.1", READY, None)])),
+        Object::EndpointSlice(other_name),
+    ]);
+    let port = snap.proxy.ports.values().next().expect("port");
+    assert_eq!(addrs(&port.internal), ["10.1.0.1:9000"]);
+}
+
+#[test]
+fn named_target_port_without_slice_port_number_yields_no_endpoint() {
+    let mut svc = service("web", "10.0.0.1");
+    svc.ports[0].target_port = TargetPort::Name("http".into());
+    let snap = build(vec![
+        Object::Service(svc),
+        Object::EndpointSlice(slice("web", "a", None, &[("10.1.0.1", READY, None)])),
+    ]);
+    let port = snap.proxy.ports.values().next().expect("port");
+    assert!(port.endpoints.is_empty());
+    assert_eq!(port.internal.when_empty, WhenEmpty::Reject);
+}
+
+#[test]
+fn node_port_and_load_balancer_frontends_use_the_external_scope() {
+    let mut svc = service("web", "10.0.0.1");
+    svc.kind = ServiceKind::LoadBalancer;
+    svc.ports[0].node_port = Some(30080);
+    svc.external_ips = vec![ip("192.0.2.7")];
+    svc.load_balancer_ips = vec![ip("198.51.100.1")];
+    let options = CompileOptions {
+        node_port_addresses: vec![ip("127.0.0.1")],
+        ..CompileOptions::default()
+    };
+    let snap = compile(
+        &catalog(vec![Object::Service(svc)]),
+        None,
+        &options,
+        Generation(1),
+    );
+    let scope = |a: &str| snap.proxy.target(&tcp(a)).map(|t| t.scope);
+    assert_eq!(scope("10.0.0.1:80"), Some(TrafficScope::Internal));
+    assert_eq!(scope("192.0.2.7:80"), Some(TrafficScope::External));
+    assert_eq!(scope("198.51.100.1:80"), Some(TrafficScope::External));
+    assert_eq!(scope("127.0.0.1:30080"), Some(TrafficScope::External));
+    assert_eq!(snap.proxy.frontends.len(), 4);
+}
+
+#[test]
+fn node_port_on_a_cluster_ip_service_is_ignored_and_defaults_to_all_addresses() {
+    let mut cluster_ip = service("a", "10.0.0.1");
+    cluster_ip.ports[0].node_port = Some(30001);
+    let mut node_port = service("b", "10.0.0.2");
+    node_port.kind = ServiceKind::NodePort;
+    node_port.ports[0].node_port = Some(30002);
+    let snap = build(vec![
+        Object::Service(cluster_ip),
+        Object::Service(node_port),
+    ]);
+    assert!(snap.proxy.target(&tcp("0.0.0.0:30001")).is_none());
+    assert!(snap.proxy.target(&tcp("0.0.0.0:30002")).is_some());
+}
+
+#[test]
+fn headless_and_external_name_services_have_no_frontends() {
+    let mut headless = service("headless", "10.0.0.1");
+    headless.cluster_ips.clear();
+    let mut external = service("ext", "10.0.0.2");
+    external.kind = ServiceKind::ExternalName("example.com".into());
+    let snap = build(vec![Object::Service(headless), Object::Service(external)]);
+    assert!(snap.proxy.frontends.is_empty());
+}
+
+#[test]
+fn conflicting_frontends_keep_the_first_and_report_the_second() {
+    let snap = build(vec![
+        Object::Service(service("a", "10.0.0.1")),
+        Object::Service(service("b", "10.0.0.1")),
+    ]);
+    let owner = &snap.proxy.target(&tcp("10.0.0.1:80")).expect("owned").port;
+    assert_eq!(&*owner.key.service.name, "a");
+    assert_eq!(snap.problems.len(), 1);
+    assert!(
+        snap.problems[0]
+            .message
+            .contains("already served by default/a")
+    );
+    let loser = snap
+        .proxy
+        .ports
+        .values()
+        .find(|p| &*p.key.service.name == "b");
+    assert!(loser.expect("b still compiled").frontends.is_empty());
+}
+
+#[test]
+fn duplicate_addresses_keep_the_readiest_conditions() {
+    let snap = build(vec![
+        Object::Service(service("web", "10.0.0.1")),
+        Object::EndpointSlice(slice(
+            "web",
+            "a",
+            Some(80),
+            &[("10.1.0.1", NOT_READY, None)],
+        )),
+        Object::EndpointSlice(slice("web", "b", Some(80), &[("10.1.0.1", READY, None)])),
+    ]);
+    let port = snap.proxy.ports.values().next().expect("port");
+    assert_eq!(port.endpoints.len(), 1);
+    assert!(port.endpoints[0].conditions.ready);
+}
+
+#[test]
+fn publish_not_ready_addresses_makes_every_endpoint_ready() {
+    let mut svc = service("web", "10.0.0.1");
+    svc.publish_not_ready_addresses = true;
+    let snap = build(vec![
+        Object::Service(svc),
+        Object::EndpointSlice(slice(
+            "web",
+            "a",
+            Some(80),
+            &[("10.1.0.1", NOT_READY, None)],
+        )),
+    ]);
+    let port = snap.proxy.ports.values().next().expect("port");
+    assert_eq!(addrs(&port.internal), ["10.1.0.1:80"]);
+}
+
+#[test]
+fn live_state_is_carried_over_by_port_and_address() {
+    let objects = vec![
+        Object::Service(service("web", "10.0.0.1")),
+        Object::EndpointSlice(slice("web", "a", Some(80), &[("10.1.0.1", READY, None)])),
+    ];
+    let first = build(objects.clone());
+    let port = first.proxy.ports.values().next().expect("port");
+    port.endpoints[0]
+        .stats
+        .in_flight
+        .store(7, Ordering::Relaxed);
+    port.state.counters.connections.store(42, Ordering::Relaxed);
+
+    let mut objects = objects;
+    objects.push(Object::EndpointSlice(slice(
+        "web",
+        "b",
+        Some(80),
+        &[("10.1.0.2", READY, None)],
+    )));
+    let second = compile(
+        &catalog(objects),
+        Some(&first),
+        &CompileOptions::default(),
+        Generation(2),
+    );
+    let port = second.proxy.ports.values().next().expect("port");
+    assert_eq!(port.state.counters.connections.load(Ordering::Relaxed), 42);
+    let in_flight: Vec<u64> = port
+        .endpoints
+        .iter()
+        .map(|e| e.stats.in_flight.load(Ordering::Relaxed))
+        .collect();
+    assert_eq!(in_flight, [7, 0]);
+}
+
+#[test]
+fn per_service_overrides_beat_defaults() {
+    let mut svc = service("web", "10.0.0.1");
+    svc.balance = Some(BalancePolicy::RoundRobin);
+    svc.connect_timeout = Some(Duration::from_millis(250));
+    svc.session_affinity = Some(Duration::from_secs(60));
+    let snap = build(vec![Object::Service(svc)]);
+    let port = snap.proxy.ports.values().next().expect("port");
+    assert_eq!(port.policy, BalancePolicy::RoundRobin);
+    assert_eq!(port.timeouts.connect, Duration::from_millis(250));
+    assert_eq!(port.timeouts.idle, Timeouts::default().idle);
+    assert_eq!(port.affinity, Some(Duration::from_secs(60)));
+}
+
+fn endpoint(addr: &str, conditions: EndpointConditions, node: Option<&str>) -> Arc<Endpoint> {
+    Arc::new(Endpoint {
+        addr: sock(addr),
+        conditions,
+        node_name: node.map(Into::into),
+        zone: None,
+        stats: Arc::default(),
+    })
+}
+
+#[test]
+fn categorize_follows_kube_proxy() {
+    let eps = [
+        endpoint("10.0.0.1:80", READY, Some("n1")),
+        endpoint("10.0.0.2:80", TERMINATING, Some("n2")),
+        endpoint("10.0.0.3:80", NOT_READY, Some("n2")),
+    ];
+    let cases: &[(
+        &str,
+        &[Arc<Endpoint>],
+        TrafficPolicy,
+        Option<&str>,
+        &[&str],
+        WhenEmpty,
+    )] = &[
+        (
+            "ready wins",
+            &eps,
+            TrafficPolicy::Cluster,
+            None,
+            &["10.0.0.1:80"],
+            WhenEmpty::Reject,
+        ),
+        (
+            "terminating fallback",
+            &eps[1..],
+            TrafficPolicy::Cluster,
+            None,
+            &["10.0.0.2:80"],
+            WhenEmpty::Reject,
+        ),
+        (
+            "nothing usable",
+            &eps[2..],
+            TrafficPolicy::Cluster,
+            None,
+            &[],
+            WhenEmpty::Reject,
+        ),
+        (
+            "local ready",
+            &eps,
+            TrafficPolicy::Local,
+            Some("n1"),
+            &["10.0.0.1:80"],
+            WhenEmpty::Drop,
+        ),
+        (
+            "local terminating fallback",
+            &eps,
+            TrafficPolicy::Local,
+            Some("n2"),
+            &["10.0.0.2:80"],
+            WhenEmpty::Drop,
+        ),
+        (
+            "no local endpoint drops",
+            &eps,
+            TrafficPolicy::Local,
+            Some("n3"),
+            &[],
+            WhenEmpty::Drop,
+        ),
+        (
+            "no node name: nothing local",
+            &eps,
+            TrafficPolicy::Local,
+            None,
+            &[],
+            WhenEmpty::Drop,
+        ),
+        (
+            "local with nothing anywhere rejects",
+            &eps[2..],
+            TrafficPolicy::Local,
+            Some("n2"),
+            &[],
+            WhenEmpty::Reject,
+        ),
+    ];
+    for (name, endpoints, policy, node, want, when_empty) in cases {
+        let set = categorize(endpoints, *policy, *node);
+        assert_eq!(addrs(&set), *want, "{name}");
+        assert_eq!(set.when_empty, *when_empty, "{name}");
+    }
+}
+
+fn arb_conditions() -> impl Strategy<Value = EndpointConditions> {
+    (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(ready, serving, terminating)| {
+        EndpointConditions {
+            ready,
+            serving: serving || ready,
+            terminating,
+        }
+    })
+}
+
+proptest! {
+    #[test]
+    fn categorize_invariants(
+        conds in proptest::collection::vec((arb_conditions(), 0u8..3), 0..12),
+        local in any::<bool>(),
+    ) {
+        let endpoints: Vec<_> = conds.iter().enumerate().map(|(i, (c, node))| {
+            endpoint(&format!("10.0.0.{i}:80"), *c, Some(["n0", "n1", "n2"][*node as usize]))
+        }).collect();
+        let policy = if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster };
+        let set = categorize(&endpoints, policy, Some("n0"));
+        let any_ready = set.endpoints.iter().any(|e| e.conditions.ready);
+        for e in &set.endpoints {
+            // Never a not-serving endpoint; terminating ones only when no ready one was eligible.
+            prop_assert!(e.conditions.ready || (e.conditions.serving && e.conditions.terminating));
+            prop_assert!(!(any_ready && !e.conditions.ready), "ready and fallback never mixed");
+            if local {
+                prop_assert_eq!(e.node_name.as_deref(), Some("n0"));
+            }
+        }
+        let usable_anywhere = endpoints.iter().any(|e| e.conditions.ready || (e.conditions.serving && e.conditions.terminating));
+        if !usable_anywhere {
+            prop_assert!(set.endpoints.is_empty());
+            prop_assert_eq!(set.when_empty, WhenEmpty::Reject);
+        }
+        if !local {
+            prop_assert_eq!(set.endpoints.is_empty(), !usable_anywhere, "cluster scope uses every usable endpoint");
+        }
+    }
+}

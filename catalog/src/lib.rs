@@ -1,0 +1,21 @@
+//! Desired state and the pure compile step.
+//!
+//! Owns: the validated, defaulted catalog entries ([`Service`], [`EndpointSlice`]), the [`Update`]s
+//! sources send, [`Catalog::apply`], and [`compile`], which turns a catalog (plus the previous
+//! snapshot, for carried-over state) into one immutable [`capstan_table::Snapshot`].
+//!
+//! Must not import: tokio, kube, k8s-openapi, hyper, or any plane. Sources translate the outside
+//! world into these types; planes only ever see the compiled snapshot.
+
+mod catalog;
+mod compile;
+mod error;
+mod model;
+
+pub use catalog::{Catalog, Object, ObjectId, SourceId, Update};
+pub use compile::{CompileOptions, categorize, compile};
+pub use error::CatalogError;
+pub use model::{
+    EndpointSlice, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    TrafficPolicy,
+};

@@ -1,0 +1,241 @@
+//! Catalog entries: what sources produce, already validated and defaulted.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_table::{BalancePolicy, EndpointConditions, Protocol, ServiceKey};
+
+use crate::CatalogError;
+
+/// A Service: named ports reachable on VIPs, NodePorts or explicit listen addresses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    pub key: ServiceKey,
+    pub kind: ServiceKind,
+    /// ClusterIPs (one per family); empty for a headless Service.
+    pub cluster_ips: Vec<IpAddr>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP` timeout, `None` for `None`.
+    pub session_affinity: Option<Duration>,
+    pub internal_traffic_policy: TrafficPolicy,
+    pub external_traffic_policy: TrafficPolicy,
+    pub publish_not_ready_addresses: bool,
+    /// Overrides of the defaults in [`crate::CompileOptions`] (standalone config only).
+    pub balance: Option<BalancePolicy>,
+    pub connect_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The Service `type`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    /// DNS-only alias: never proxied.
+    ExternalName(String),
+}
+
+/// `internalTrafficPolicy` / `externalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub target_port: TargetPort,
+    pub node_port: Option<u16>,
+    pub app_protocol: Option<String>,
+    /// Extra listen addresses (standalone config), in addition to the VIPs × `port`.
+    pub listen: Vec<SocketAddr>,
+}
+
+/// `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// An EndpointSlice: endpoints of one Service for a set of named ports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointSlice {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// The owning Service (`kubernetes.io/service-name` label).
+    pub service: ServiceKey,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// A port of an EndpointSlice; `port: None` means "all ports" in the API and is resolved from the
+/// Service's numeric `targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: Arc<str>,
+    pub protocol: Protocol,
+    pub port: Option<u16>,
+}
+
+/// One endpoint of a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub addresses: Vec<IpAddr>,
+    pub conditions: EndpointConditions,
+    pub hostname: Option<String>,
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
+    /// `hints.forZones[].name`.
+    pub zone_hints: Vec<String>,
+}
+
+// === impl Service ===
+
+impl Service {
+    /// A Service with no ClusterIP: DNS returns its endpoints, nothing is proxied on a VIP.
+    pub fn is_headless(&self) -> bool {
+        self.cluster_ips.is_empty()
+    }
+
+    /// Checks the invariants the compile step relies on.
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        let invalid = |reason: String| CatalogError::InvalidService {
+            service: self.key.clone(),
+            reason,
+        };
+        if let ServiceKind::ExternalName(name) = &self.kind {
+            if name.is_empty() {
+                return Err(invalid("type ExternalName needs spec.externalName".into()));
+            }
+            return Ok(());
+        }
+        let mut names = BTreeSet::new();
+        let mut numbers = BTreeSet::new();
+        for port in &self.ports {
+            if port.port == 0 && port.listen.is_empty() {
+                return Err(invalid(format!("port {:?} has port number 0", &*port.name)));
+            }
+            if !names.insert((port.name.clone(), port.protocol)) {
+                return Err(invalid(format!(
+                    "port name {:?} is used twice for {}",
+                    &*port.name, port.protocol
+                )));
+            }
+            if port.port != 0 && !numbers.insert((port.port, port.protocol)) {
+                return Err(invalid(format!(
+                    "port {}/{} is declared twice",
+                    port.port, port.protocol
+                )));
+            }
+            if let TargetPort::Number(0) = port.target_port {
+                return Err(invalid(format!("port {:?} has targetPort 0", &*port.name)));
+            }
+            if port.node_port == Some(0) {
+                return Err(invalid(format!("port {:?} has nodePort 0", &*port.name)));
+            }
+        }
+        if self.ports.len() > 1 && self.ports.iter().any(|p| p.name.is_empty()) {
+            return Err(invalid(
+                "every port must be named when a Service has more than one".into(),
+            ));
+        }
+        if let Some(timeout) = self.session_affinity {
+            if timeout.is_zero() || timeout > Duration::from_secs(86_400) {
+                return Err(invalid(
+                    "sessionAffinityConfig.clientIP.timeoutSeconds must be 1..=86400".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl EndpointSlice ===
+
+impl EndpointSlice {
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        let invalid = |reason: String| CatalogError::InvalidSlice {
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            reason,
+        };
+        if self.service.name.is_empty() {
+            return Err(invalid(
+                "missing label kubernetes.io/service-name naming its Service".into(),
+            ));
+        }
+        if self.ports.iter().any(|p| p.port == Some(0)) {
+            return Err(invalid("port 0".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(ports: Vec<ServicePort>) -> Service {
+        Service {
+            key: ServiceKey::new("default", "web"),
+            kind: ServiceKind::ClusterIp,
+            cluster_ips: vec![[10, 0, 0, 1].into()],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports,
+            session_affinity: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            publish_not_ready_addresses: false,
+            balance: None,
+            connect_timeout: None,
+            idle_timeout: None,
+        }
+    }
+
+    fn port(name: &str, number: u16) -> ServicePort {
+        ServicePort {
+            name: name.into(),
+            protocol: Protocol::Tcp,
+            port: number,
+            target_port: TargetPort::Number(8080),
+            node_port: None,
+            app_protocol: None,
+            listen: vec![],
+        }
+    }
+
+    #[test]
+    fn validation_rejects_what_the_api_server_would() {
+        assert!(service(vec![port("", 80)]).validate().is_ok());
+        assert!(
+            service(vec![port("a", 80), port("b", 81)])
+                .validate()
+                .is_ok()
+        );
+        let dup_name = service(vec![port("a", 80), port("a", 81)]).validate();
+        assert!(dup_name.unwrap_err().to_string().contains("used twice"));
+        let dup_port = service(vec![port("a", 80), port("b", 80)]).validate();
+        assert!(dup_port.unwrap_err().to_string().contains("declared twice"));
+        let unnamed = service(vec![port("", 80), port("b", 81)]).validate();
+        assert!(unnamed.unwrap_err().to_string().contains("must be named"));
+        let mut zero = service(vec![port("", 80)]);
+        zero.ports[0].target_port = TargetPort::Number(0);
+        assert!(zero.validate().is_err());
+        let mut affinity = service(vec![port("", 80)]);
+        affinity.session_affinity = Some(Duration::ZERO);
+        assert!(affinity.validate().is_err());
+    }
+}

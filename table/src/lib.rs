@@ -1,0 +1,23 @@
+//! The vocabulary of Capstan and the compiled, immutable tables the data planes read.
+//!
+//! Owns: [`ServiceKey`], [`ServicePortKey`], [`Protocol`], [`Endpoint`] and its carried-over
+//! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), the [`Snapshot`] that bundles every
+//! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
+//! `ArcSwap`.
+//!
+//! Must not import: any other workspace crate, tokio, or anything that does I/O. Everything here is
+//! plain data plus lock-free atomics, so it can be built by the pure `compile` step and read by every
+//! plane without locks.
+
+mod endpoint;
+mod key;
+mod proxy;
+mod snapshot;
+
+pub use endpoint::{Endpoint, EndpointConditions, EndpointStats};
+pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
+pub use proxy::{
+    AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, PortCounters, ProxyTable,
+    ServicePortState, ServicePortTable, Timeouts, WhenEmpty,
+};
+pub use snapshot::{Generation, Problem, Snapshot, SnapshotHandle};

@@ -1,0 +1,170 @@
+//! The L4 routing table: which Service port each frontend serves and which endpoints may get it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use crate::{Endpoint, Frontend, ServicePortKey, TrafficScope};
+
+/// Everything the L4 proxy needs, for one generation.
+#[derive(Debug, Default)]
+pub struct ProxyTable {
+    /// Every proxied Service port, by key (ordered, for stable dumps and metrics).
+    pub ports: BTreeMap<ServicePortKey, Arc<ServicePortTable>>,
+    /// The frontend → Service port index used on every accepted connection.
+    pub frontends: HashMap<Frontend, FrontendTarget>,
+}
+
+/// What a frontend leads to.
+#[derive(Clone, Debug)]
+pub struct FrontendTarget {
+    pub port: Arc<ServicePortTable>,
+    pub scope: TrafficScope,
+}
+
+/// One compiled Service port.
+#[derive(Debug)]
+pub struct ServicePortTable {
+    pub key: ServicePortKey,
+    /// The frontends of this port, with the traffic policy scope each one uses.
+    pub frontends: Vec<(Frontend, TrafficScope)>,
+    pub policy: BalancePolicy,
+    /// `sessionAffinity: ClientIP` timeout; `None` when affinity is off.
+    pub affinity: Option<Duration>,
+    pub timeouts: Timeouts,
+    /// Every endpoint known for this port, with its conditions (for dumps and metrics).
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Endpoints eligible for traffic arriving on a ClusterIP.
+    pub internal: EndpointSet,
+    /// Endpoints eligible for traffic arriving on a NodePort, external or LoadBalancer IP.
+    pub external: EndpointSet,
+    /// State carried across swaps: round-robin position, affinity table, counters.
+    pub state: Arc<ServicePortState>,
+}
+
+/// Endpoints that may receive a connection, already categorised by kube-proxy's rules.
+#[derive(Clone, Debug)]
+pub struct EndpointSet {
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// What to do when `endpoints` is empty.
+    pub when_empty: WhenEmpty,
+}
+
+/// How a connection with no eligible endpoint is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenEmpty {
+    /// The Service has no usable endpoints at all: refuse at once (TCP RST, like kube-proxy's
+    /// REJECT rule).
+    Reject,
+    /// Endpoints exist but none is local under a `Local` traffic policy: drop (kube-proxy drops).
+    Drop,
+}
+
+/// Load-balancing policy of a Service port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BalancePolicy {
+    /// Uniform random choice: kube-proxy's iptables/nftables behaviour.
+    #[default]
+    Random,
+    RoundRobin,
+    /// Power of two random choices on in-flight connections.
+    LeastConnections,
+}
+
+/// Timeouts and passive-health settings of a Service port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle: Duration,
+    /// First ejection period after a failed connect; doubles per consecutive failure.
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+}
+
+/// State of a Service port that outlives snapshots: carried over by key by `compile`.
+#[derive(Debug, Default)]
+pub struct ServicePortState {
+    pub round_robin: AtomicUsize,
+    /// `sessionAffinity: ClientIP`: client address → chosen endpoint and last use.
+    pub affinity: papaya::HashMap<IpAddr, AffinityEntry>,
+    pub counters: PortCounters,
+}
+
+/// An entry of the ClientIP affinity table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub endpoint: SocketAddr,
+    pub last_used_ms: u64,
+}
+
+/// Traffic counters of one Service port, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    pub connections: AtomicU64,
+    pub active: AtomicU64,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    /// Connections refused because no endpoint was eligible.
+    pub no_endpoints: AtomicU64,
+    /// Connections closed because every connect attempt failed.
+    pub upstream_failures: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+}
+
+// === impl ProxyTable ===
+
+impl ProxyTable {
+    pub fn target(&self, frontend: &Frontend) -> Option<&FrontendTarget> {
+        self.frontends.get(frontend)
+    }
+}
+
+// === impl ServicePortTable ===
+
+impl ServicePortTable {
+    pub fn endpoints_for(&self, scope: TrafficScope) -> &EndpointSet {
+        match scope {
+            TrafficScope::Internal => &self.internal,
+            TrafficScope::External => &self.external,
+        }
+    }
+}
+
+// === impl EndpointSet ===
+
+impl EndpointSet {
+    pub fn empty(when_empty: WhenEmpty) -> Self {
+        Self {
+            endpoints: Vec::new(),
+            when_empty,
+        }
+    }
+}
+
+// === impl BalancePolicy ===
+
+impl BalancePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancePolicy::Random => "random",
+            BalancePolicy::RoundRobin => "round-robin",
+            BalancePolicy::LeastConnections => "least-connections",
+        }
+    }
+}
+
+// === impl Timeouts ===
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            idle: Duration::from_secs(3600),
+            eject_base: Duration::from_secs(1),
+            eject_max: Duration::from_secs(30),
+        }
+    }
+}
