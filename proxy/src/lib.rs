@@ -1,1 +1,20 @@
-//! proxy
+//! The L4 data plane: Service frontends (ClusterIPs, NodePorts, external and LoadBalancer IPs,
+//! standalone listen addresses), endpoint selection and TCP relaying.
+//!
+//! Owns: the listener set reconciled against each snapshot ([`run_listeners`]), the per-connection
+//! pipeline (load snapshot → [`balance::choose`] → connect with timeout and retry → relay with
+//! half-close and idle timeout), and passive health (ejection with backoff).
+//!
+//! Must not import: `catalog`, the sources, or anything Kubernetes. It reads only the compiled
+//! [`capstan_table::ProxyTable`] from the snapshot, once per connection, without locks.
+
+pub mod balance;
+mod clock;
+mod connection;
+mod error;
+mod listen;
+mod relay;
+
+pub use clock::now_ms;
+pub use error::ProxyError;
+pub use listen::{ListenerState, ListenerStatus, run_listeners};

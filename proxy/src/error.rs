@@ -1,0 +1,25 @@
+use std::io;
+use std::net::SocketAddr;
+
+/// Why a proxied connection could not be served. Each variant says whose fault it was.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bind {addr}: {source}")]
+    Bind { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connect to {addr}: timed out")]
+    ConnectTimeout { addr: SocketAddr },
+}
+
+// === impl ProxyError ===
+
+impl ProxyError {
+    /// Metric label: whose fault it was.
+    pub fn blame(&self) -> &'static str {
+        match self {
+            ProxyError::Bind { .. } => "internal",
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => "upstream",
+        }
+    }
+}

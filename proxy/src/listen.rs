@@ -1,0 +1,148 @@
+//! The listener set: one accept loop per TCP frontend of the current snapshot, opened and closed
+//! as snapshots change, without touching established connections.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use capstan_table::{Frontend, Generation, Protocol, SnapshotHandle};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::ProxyError;
+use crate::connection::serve;
+
+/// How often frontends that failed to bind are retried when no new snapshot arrives.
+const BIND_RETRY: Duration = Duration::from_secs(5);
+const BACKLOG: i32 = 4096;
+
+/// The state of each frontend's listener, for the admin endpoint.
+pub type ListenerStatus = BTreeMap<Frontend, ListenerState>;
+
+/// What happened to one frontend's listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerState {
+    Listening,
+    /// Bind failed (e.g. the VIP is not a local address); retried periodically.
+    BindFailed(String),
+    Unsupported(&'static str),
+}
+
+/// Keeps one listener per TCP frontend of the current snapshot until `shutdown` is cancelled.
+///
+/// Wakes on every new generation. Accepted connections run on `connections`, so closing a
+/// listener (a Service removed) or shutting down never cuts an established connection; the caller
+/// drains `connections` with its own deadline.
+pub async fn run_listeners(
+    snapshots: SnapshotHandle,
+    mut generations: watch::Receiver<Generation>,
+    status: watch::Sender<ListenerStatus>,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+) {
+    let mut active: HashMap<Frontend, CancellationToken> = HashMap::new();
+    let mut retry = tokio::time::interval(BIND_RETRY);
+    loop {
+        let wanted: Vec<Frontend> = snapshots
+            .load()
+            .map(|s| s.proxy.frontends.keys().copied().collect())
+            .unwrap_or_default();
+        let mut next = ListenerStatus::new();
+        active.retain(|frontend, token| {
+            let keep = wanted.contains(frontend);
+            if !keep {
+                info!(%frontend, "closing listener");
+                token.cancel();
+            }
+            keep
+        });
+        for frontend in wanted {
+            if active.contains_key(&frontend) {
+                next.insert(frontend, ListenerState::Listening);
+                continue;
+            }
+            if frontend.protocol != Protocol::Tcp {
+                next.insert(
+                    frontend,
+                    ListenerState::Unsupported("only TCP frontends are proxied so far"),
+                );
+                continue;
+            }
+            match bind(frontend.addr) {
+                Ok(listener) => {
+                    info!(%frontend, "listening");
+                    let token = shutdown.child_token();
+                    active.insert(frontend, token.clone());
+                    let accept = accept_loop(
+                        listener,
+                        frontend,
+                        snapshots.clone(),
+                        token,
+                        connections.clone(),
+                    );
+                    tokio::spawn(accept);
+                    next.insert(frontend, ListenerState::Listening);
+                }
+                Err(error) => {
+                    debug!(%frontend, %error, "bind failed");
+                    next.insert(frontend, ListenerState::BindFailed(error.to_string()));
+                }
+            }
+        }
+        status.send_replace(next);
+
+        tokio::select! {
+            changed = generations.changed() => if changed.is_err() { break },
+            _ = retry.tick() => {},
+            () = shutdown.cancelled() => break,
+        }
+    }
+    for token in active.values() {
+        token.cancel();
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let socket = (|| {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        TcpListener::from_std(socket.into())
+    })();
+    socket.map_err(|source| ProxyError::Bind { addr, source })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    frontend: Frontend,
+    snapshots: SnapshotHandle,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    loop {
+        let accepted: std::io::Result<(TcpStream, SocketAddr)> = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve(stream, peer, frontend, snapshots.clone()));
+            }
+            Err(error) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(%frontend, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
