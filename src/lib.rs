@@ -1,1 +1,183 @@
+//! Capstan, the node agent: sources → publisher → snapshot → planes.
+//!
+//! Owns: the command line ([`config`]), the sources ([`source`]: Kubernetes manifests and
+//! `capstan.yaml` on disk), the single-writer [`publish`] step, the admin endpoint ([`admin`]),
+//! telemetry, and [`run`], which wires them with the planes and can be used in-process.
+//!
+//! May import every workspace crate. Kubernetes types never leave [`source`].
 
+pub mod admin;
+pub mod config;
+mod error;
+pub mod publish;
+pub mod source;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use capstan_catalog::{Catalog, CompileOptions, compile};
+use capstan_proxy::{ListenerStatus, run_listeners};
+use capstan_table::{Generation, SnapshotHandle, Timeouts};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use error::{Error, Errors};
+
+use crate::admin::AdminState;
+use crate::config::{RunArgs, SourceArgs};
+use crate::publish::Publisher;
+use crate::source::{FileSources, SourceStatus};
+use crate::telemetry::{Metrics, ProxyCollector};
+
+/// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
+/// Invalid input at startup is an error; later it is logged, counted and kept out.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let options = compile_options(&args)?;
+    let snapshots = SnapshotHandle::default();
+    let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::new());
+    let metrics = Arc::new(Metrics::new(ProxyCollector {
+        snapshots: snapshots.clone(),
+        listeners: listener_status.clone(),
+    }));
+    let source_status = SourceStatus::default();
+
+    let admin = TcpListener::bind(args.admin)
+        .await
+        .map_err(|source| Error::AdminBind {
+            addr: args.admin,
+            source,
+        })?;
+    let admin_addr = admin.local_addr().map_err(|source| Error::Io {
+        what: "admin local address",
+        source,
+    })?;
+    info!(addr = %admin_addr, "admin listening");
+    let admin_state = AdminState {
+        snapshots: snapshots.clone(),
+        listeners: listener_status.clone(),
+        sources: source_status.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(admin::serve(admin, admin_state, shutdown.clone()));
+
+    let mut files = FileSources::new(
+        &args.sources.manifests,
+        args.sources.config.as_ref(),
+        source_status,
+        metrics.clone(),
+    );
+    let initial = files
+        .initial()
+        .await
+        .map_err(|e| Error::Invalid(Errors(e)))?;
+
+    let (updates_tx, updates) = mpsc::channel(1024);
+    let (generations_tx, generations) = watch::channel(Generation::default());
+    let publisher = Publisher {
+        catalog: Catalog::default(),
+        sources: files.ids(),
+        options,
+        snapshots: snapshots.clone(),
+        generations: generations_tx,
+        metrics,
+    };
+    for update in initial {
+        let _ = updates_tx.send(update).await;
+    }
+    tokio::spawn(publisher.run(updates));
+
+    let connections = TaskTracker::new();
+    let listeners = tokio::spawn(run_listeners(
+        snapshots.clone(),
+        generations,
+        listener_status_tx,
+        shutdown.clone(),
+        connections.clone(),
+    ));
+    let watch_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = files.watch(updates_tx, watch_shutdown).await {
+            error!(%error, "file watching stopped; SIGHUP and changes will not reload");
+        }
+    });
+
+    shutdown.cancelled().await;
+    let _ = listeners.await;
+    connections.close();
+    info!(open = connections.len(), deadline = ?args.drain_timeout, "draining connections");
+    if tokio::time::timeout(args.drain_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            open = connections.len(),
+            "drain deadline passed; closing the rest"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Loads and compiles the sources once: `capstan check`. Returns a human summary.
+pub async fn check(args: &SourceArgs) -> Result<String, Error> {
+    let metrics = Arc::new(Metrics::new(ProxyCollector {
+        snapshots: SnapshotHandle::default(),
+        listeners: watch::channel(ListenerStatus::new()).1,
+    }));
+    let mut files = FileSources::new(
+        &args.manifests,
+        args.config.as_ref(),
+        SourceStatus::default(),
+        metrics,
+    );
+    let updates = files
+        .initial()
+        .await
+        .map_err(|e| Error::Invalid(Errors(e)))?;
+    let mut catalog = Catalog::default();
+    for update in updates {
+        catalog.apply(update);
+    }
+    let snapshot = compile(&catalog, None, &CompileOptions::default(), Generation(1));
+    let mut out = String::new();
+    for port in snapshot.proxy.ports.values() {
+        let frontends: Vec<String> = port.frontends.iter().map(|(f, _)| f.to_string()).collect();
+        out.push_str(&format!(
+            "{}: {} endpoint(s), {} eligible, on {}\n",
+            port.key,
+            port.endpoints.len(),
+            port.internal.endpoints.len(),
+            if frontends.is_empty() {
+                "no frontend".to_owned()
+            } else {
+                frontends.join(", ")
+            },
+        ));
+    }
+    for problem in snapshot.problems.iter() {
+        out.push_str(&format!("problem: {problem}\n"));
+    }
+    Ok(out)
+}
+
+fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
+    let balance = source::parse_balance(&args.balance).map_err(|reason| Error::Convert {
+        kind: "flag",
+        name: "--balance".into(),
+        reason,
+    })?;
+    Ok(CompileOptions {
+        node_name: args.node_name.clone(),
+        node_port_addresses: args.nodeport_addresses.clone(),
+        balance,
+        timeouts: Timeouts {
+            connect: args.connect_timeout,
+            idle: args.idle_timeout,
+            eject_base: args.eject_backoff,
+            eject_max: args.eject_backoff_max.max(args.eject_backoff),
+        },
+    })
+}

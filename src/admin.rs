@@ -1,0 +1,198 @@
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics` and `/debug/snapshot`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use capstan_proxy::{ListenerState, ListenerStatus};
+use capstan_table::{Endpoint, ServicePortTable, Snapshot, SnapshotHandle};
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::source::SourceStatus;
+use crate::telemetry::Metrics;
+
+/// What the admin endpoint reads.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    pub snapshots: SnapshotHandle,
+    pub listeners: watch::Receiver<ListenerStatus>,
+    pub sources: SourceStatus,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    debug!(%error, "admin accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&state, &request)) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %error, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match state.snapshots.load() {
+            Some(snapshot) => text(
+                StatusCode::OK,
+                &format!("ready: generation {}\n", snapshot.generation),
+            ),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no snapshot yet\n",
+            ),
+        },
+        "/metrics" => Response::builder()
+            .header(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .body(Full::new(Bytes::from(state.metrics.encode())))
+            .unwrap_or_default(),
+        "/debug/snapshot" => {
+            let body = serde_json::to_string_pretty(&snapshot_json(state)).unwrap_or_default();
+            Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body + "\n")))
+                .unwrap_or_default()
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /healthz /readyz /metrics /debug/snapshot\n",
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+/// The current snapshot, listener states and source reports as JSON.
+fn snapshot_json(state: &AdminState) -> Value {
+    let listeners = state.listeners.borrow().clone();
+    let sources: serde_json::Map<String, Value> = state
+        .sources
+        .lock()
+        .map(|s| {
+            s.iter()
+                .map(|(id, r)| {
+                    let report =
+                        json!({"files": r.files, "objects": r.objects, "errors": r.errors});
+                    (id.to_string(), report)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let Some(snapshot) = state.snapshots.load() else {
+        return json!({"generation": null, "services": [], "sources": sources});
+    };
+    json!({
+        "generation": snapshot.generation.0,
+        "services": services_json(&snapshot, &listeners),
+        "problems": snapshot.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "sources": sources,
+    })
+}
+
+fn services_json(snapshot: &Snapshot, listeners: &ListenerStatus) -> Vec<Value> {
+    let now = capstan_proxy::now_ms();
+    snapshot
+        .proxy
+        .ports
+        .values()
+        .map(|port| port_json(port, listeners, now))
+        .collect()
+}
+
+fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> Value {
+    let frontends: Vec<Value> = port
+        .frontends
+        .iter()
+        .map(|(frontend, scope)| {
+            let listener = match listeners.get(frontend) {
+                Some(ListenerState::Listening) => "listening".to_owned(),
+                Some(ListenerState::BindFailed(reason)) => format!("bind failed: {reason}"),
+                Some(ListenerState::Unsupported(reason)) => format!("unsupported: {reason}"),
+                None => "pending".to_owned(),
+            };
+            json!({"address": frontend.addr.to_string(), "scope": scope.as_str(), "listener": listener})
+        })
+        .collect();
+    let eligible = |set: &[Arc<Endpoint>], e: &Endpoint| set.iter().any(|x| x.addr == e.addr);
+    let endpoints: Vec<Value> = port
+        .endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "address": e.addr.to_string(),
+                "ready": e.conditions.ready,
+                "serving": e.conditions.serving,
+                "terminating": e.conditions.terminating,
+                "node_name": e.node_name.as_deref(),
+                "zone": e.zone.as_deref(),
+                "eligible_internal": eligible(&port.internal.endpoints, e),
+                "eligible_external": eligible(&port.external.endpoints, e),
+                "ejected": e.stats.is_ejected(now),
+                "active_connections": e.stats.in_flight.load(Ordering::Relaxed),
+                "chosen": e.stats.chosen.load(Ordering::Relaxed),
+                "connect_errors": e.stats.connect_errors.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let c = &port.state.counters;
+    json!({
+        "service": port.key.service.to_string(),
+        "port": &*port.key.port_name,
+        "protocol": port.key.protocol.as_str(),
+        "policy": port.policy.as_str(),
+        "session_affinity_seconds": port.affinity.map(|d| d.as_secs()),
+        "connect_timeout_ms": port.timeouts.connect.as_millis() as u64,
+        "idle_timeout_ms": port.timeouts.idle.as_millis() as u64,
+        "frontends": frontends,
+        "endpoints": endpoints,
+        "connections": c.connections.load(Ordering::Relaxed),
+        "active_connections": c.active.load(Ordering::Relaxed),
+        "rejected_no_endpoints": c.no_endpoints.load(Ordering::Relaxed),
+        "rejected_connect_failed": c.upstream_failures.load(Ordering::Relaxed),
+    })
+}

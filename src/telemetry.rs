@@ -1,0 +1,287 @@
+//! Logs and metrics: the tracing subscriber, the agent's Prometheus registry, and a collector that
+//! reads the proxy's lock-free counters from the current snapshot at scrape time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use capstan_proxy::{ListenerState, ListenerStatus};
+use capstan_table::SnapshotHandle;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+/// The agent's metrics. Counters the data plane updates per connection are not here: they are
+/// atomics inside the snapshot, read by [`ProxyCollector`].
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub snapshot_generation: Gauge,
+    pub compile_seconds: Histogram,
+    pub catalog_problems: Gauge,
+    pub reloads: Family<ReloadLabels, Counter>,
+    pub invalid_files: Family<SourceLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub source: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+/// Encodes the proxy's per-port and per-endpoint counters from the current snapshot.
+#[derive(Debug)]
+pub struct ProxyCollector {
+    pub snapshots: SnapshotHandle,
+    pub listeners: watch::Receiver<ListenerStatus>,
+}
+
+/// Installs the global tracing subscriber: `filter` uses `RUST_LOG` syntax.
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(collector: ProxyCollector) -> Self {
+        let mut registry = Registry::with_prefix("capstan");
+        let snapshot_generation = Gauge::default();
+        registry.register(
+            "snapshot_generation",
+            "Generation of the snapshot being served",
+            snapshot_generation.clone(),
+        );
+        let compile_seconds = Histogram::new(exponential_buckets(0.0001, 4.0, 10));
+        registry.register(
+            "compile_duration_seconds",
+            "Time to compile the catalog into a snapshot",
+            compile_seconds.clone(),
+        );
+        let catalog_problems = Gauge::default();
+        registry.register(
+            "catalog_problems",
+            "Objects the last compile could not honour (see /debug/snapshot)",
+            catalog_problems.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "source_reloads",
+            "Source loads by result (success, failure)",
+            reloads.clone(),
+        );
+        let invalid_files = Family::default();
+        registry.register(
+            "source_invalid_files",
+            "Files whose last read failed; their previous content is still in force",
+            invalid_files.clone(),
+        );
+        registry.register_collector(Box::new(collector));
+        Self {
+            registry,
+            snapshot_generation,
+            compile_seconds,
+            catalog_problems,
+            reloads,
+            invalid_files,
+        }
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+// === impl ProxyCollector ===
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let listeners = self.listeners.borrow().clone();
+        let mut states: [(&str, i64); 3] =
+            [("listening", 0), ("bind_failed", 0), ("unsupported", 0)];
+        for state in listeners.values() {
+            let index = match state {
+                ListenerState::Listening => 0,
+                ListenerState::BindFailed(_) => 1,
+                ListenerState::Unsupported(_) => 2,
+            };
+            states[index].1 += 1;
+        }
+        let gauges: Vec<(Labels, i64)> = states
+            .iter()
+            .map(|(state, n)| (vec![("state", (*state).to_owned())], *n))
+            .collect();
+        encode_gauges(
+            &mut encoder,
+            "proxy_listeners",
+            "Frontend listeners by state",
+            &gauges,
+        )?;
+
+        let Some(snapshot) = self.snapshots.load() else {
+            return Ok(());
+        };
+        let mut ports = Families::default();
+        for port in snapshot.proxy.ports.values() {
+            let labels: Labels = vec![
+                ("service", port.key.service.to_string()),
+                ("port", port.key.port_name.to_string()),
+                ("protocol", port.key.protocol.to_string()),
+            ];
+            let c = &port.state.counters;
+            ports.counter("proxy_connections", &labels, &[], &c.connections);
+            ports.gauge("proxy_active_connections", &labels, &[], &c.active);
+            ports.counter(
+                "proxy_bytes",
+                &labels,
+                &[("direction", "from_client")],
+                &c.bytes_from_client,
+            );
+            ports.counter(
+                "proxy_bytes",
+                &labels,
+                &[("direction", "to_client")],
+                &c.bytes_to_client,
+            );
+            ports.counter(
+                "proxy_rejected_connections",
+                &labels,
+                &[("reason", "no_endpoints"), ("blame", "upstream")],
+                &c.no_endpoints,
+            );
+            ports.counter(
+                "proxy_rejected_connections",
+                &labels,
+                &[("reason", "connect_failed"), ("blame", "upstream")],
+                &c.upstream_failures,
+            );
+            ports.counter("proxy_idle_timeouts", &labels, &[], &c.idle_timeouts);
+            let now = capstan_proxy::now_ms();
+            for endpoint in &port.endpoints {
+                let mut labels = labels.clone();
+                labels.push(("endpoint", endpoint.addr.to_string()));
+                let s = &endpoint.stats;
+                ports.counter("proxy_endpoint_choices", &labels, &[], &s.chosen);
+                ports.counter(
+                    "proxy_endpoint_connect_errors",
+                    &labels,
+                    &[],
+                    &s.connect_errors,
+                );
+                ports.gauge(
+                    "proxy_endpoint_active_connections",
+                    &labels,
+                    &[],
+                    &s.in_flight,
+                );
+                let ejected = AtomicU64::new(u64::from(s.is_ejected(now)));
+                ports.gauge("proxy_endpoint_ejected", &labels, &[], &ejected);
+            }
+        }
+        ports.encode(&mut encoder)
+    }
+}
+
+/// Samples grouped by metric name, so each family is described once.
+#[derive(Default)]
+struct Families {
+    counters: std::collections::BTreeMap<&'static str, Vec<(Labels, u64)>>,
+    gauges: std::collections::BTreeMap<&'static str, Vec<(Labels, i64)>>,
+}
+
+impl Families {
+    fn counter(
+        &mut self,
+        name: &'static str,
+        labels: &Labels,
+        extra: &[(&'static str, &str)],
+        v: &AtomicU64,
+    ) {
+        let labels = with_extra(labels, extra);
+        self.counters
+            .entry(name)
+            .or_default()
+            .push((labels, v.load(Ordering::Relaxed)));
+    }
+
+    fn gauge(
+        &mut self,
+        name: &'static str,
+        labels: &Labels,
+        extra: &[(&'static str, &str)],
+        v: &AtomicU64,
+    ) {
+        let labels = with_extra(labels, extra);
+        let value = i64::try_from(v.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        self.gauges.entry(name).or_default().push((labels, value));
+    }
+
+    fn encode(self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        for (name, samples) in &self.counters {
+            let mut family =
+                encoder.encode_descriptor(name, help(name), None, MetricType::Counter)?;
+            for (labels, value) in samples {
+                ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+            }
+        }
+        for (name, samples) in &self.gauges {
+            encode_gauges(encoder, name, help(name), samples)?;
+        }
+        Ok(())
+    }
+}
+
+fn encode_gauges(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, i64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn with_extra(labels: &Labels, extra: &[(&'static str, &str)]) -> Labels {
+    let mut labels = labels.clone();
+    labels.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    labels
+}
+
+fn help(name: &str) -> &'static str {
+    match name {
+        "proxy_connections" => "Connections accepted per Service port",
+        "proxy_active_connections" => "Connections currently relayed per Service port",
+        "proxy_bytes" => "Bytes relayed per Service port and direction",
+        "proxy_rejected_connections" => "Connections refused with RST, by reason",
+        "proxy_idle_timeouts" => "Connections closed by the idle timeout",
+        "proxy_endpoint_choices" => "Times an endpoint was chosen for a connection",
+        "proxy_endpoint_connect_errors" => "Failed connection attempts to an endpoint",
+        "proxy_endpoint_active_connections" => "Connections currently open to an endpoint",
+        "proxy_endpoint_ejected" => "1 while an endpoint is ejected after failed connects",
+        _ => "",
+    }
+}
