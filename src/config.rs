@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Load and compile the sources once, print what would be served, and exit (non-zero if any
     /// file is invalid).
     Check(SourceArgs),

@@ -18,7 +18,7 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signals(shutdown.clone()));
-                capstan::run(args, shutdown).await
+                capstan::run(*args, shutdown).await
             })?;
         }
         Command::Check(args) => {

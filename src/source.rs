@@ -113,10 +113,10 @@ impl FileSources {
             .filter(|(index, _)| wanted(Some(*index)))
             .map(|(_, (id, dir))| (id.clone(), dir.load()))
             .collect();
-        if let Some((id, file)) = &mut self.standalone {
-            if wanted(None) {
-                loads.push((id.clone(), file.load()));
-            }
+        if let Some((id, file)) = &mut self.standalone
+            && wanted(None)
+        {
+            loads.push((id.clone(), file.load()));
         }
         let mut updates = Vec::new();
         let mut all_errors = Vec::new();

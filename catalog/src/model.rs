@@ -151,12 +151,12 @@ impl Service {
                 "every port must be named when a Service has more than one".into(),
             ));
         }
-        if let Some(timeout) = self.session_affinity {
-            if timeout.is_zero() || timeout > Duration::from_secs(86_400) {
-                return Err(invalid(
-                    "sessionAffinityConfig.clientIP.timeoutSeconds must be 1..=86400".into(),
-                ));
-            }
+        if let Some(timeout) = self.session_affinity
+            && (timeout.is_zero() || timeout > Duration::from_secs(86_400))
+        {
+            return Err(invalid(
+                "sessionAffinityConfig.clientIP.timeoutSeconds must be 1..=86400".into(),
+            ));
         }
         Ok(())
     }

@@ -38,17 +38,14 @@ pub fn choose(
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         (port.state.affinity.pin(), timeout_ms)
     });
-    if let Some((table, timeout_ms)) = &affinity {
-        if let Some(entry) = table.get(&client) {
-            let fresh = now_ms.saturating_sub(entry.last_used_ms) <= *timeout_ms;
-            if let Some(endpoint) = candidates.iter().find(|e| e.addr == entry.endpoint) {
-                if fresh {
-                    let endpoint = Arc::clone(endpoint);
-                    table.insert(client, entry_for(endpoint.addr, now_ms));
-                    return Some(endpoint);
-                }
-            }
-        }
+    if let Some((table, timeout_ms)) = &affinity
+        && let Some(entry) = table.get(&client)
+        && now_ms.saturating_sub(entry.last_used_ms) <= *timeout_ms
+        && let Some(endpoint) = candidates.iter().find(|e| e.addr == entry.endpoint)
+    {
+        let endpoint = Arc::clone(endpoint);
+        table.insert(client, entry_for(endpoint.addr, now_ms));
+        return Some(endpoint);
     }
 
     let chosen = match port.policy {

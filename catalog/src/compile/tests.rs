@@ -348,6 +348,15 @@ fn endpoint(addr: &str, conditions: EndpointConditions, node: Option<&str>) -> A
     })
 }
 
+type Case<'a> = (
+    &'a str,
+    &'a [Arc<Endpoint>],
+    TrafficPolicy,
+    Option<&'a str>,
+    &'a [&'a str],
+    WhenEmpty,
+);
+
 #[test]
 fn categorize_follows_kube_proxy() {
     let eps = [
@@ -355,14 +364,7 @@ fn categorize_follows_kube_proxy() {
         endpoint("10.0.0.2:80", TERMINATING, Some("n2")),
         endpoint("10.0.0.3:80", NOT_READY, Some("n2")),
     ];
-    let cases: &[(
-        &str,
-        &[Arc<Endpoint>],
-        TrafficPolicy,
-        Option<&str>,
-        &[&str],
-        WhenEmpty,
-    )] = &[
+    let cases: &[Case<'_>] = &[
         (
             "ready wins",
             &eps,
@@ -460,7 +462,7 @@ proptest! {
         for e in &set.endpoints {
             // Never a not-serving endpoint; terminating ones only when no ready one was eligible.
             prop_assert!(e.conditions.ready || (e.conditions.serving && e.conditions.terminating));
-            prop_assert!(!(any_ready && !e.conditions.ready), "ready and fallback never mixed");
+            prop_assert!(!any_ready || e.conditions.ready, "ready and fallback never mixed");
             if local {
                 prop_assert_eq!(e.node_name.as_deref(), Some("n0"));
             }
