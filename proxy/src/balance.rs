@@ -9,12 +9,13 @@ use capstan_table::{AffinityEntry, BalancePolicy, Endpoint, ServicePortTable};
 
 /// Affinity entries past which a choice also sweeps expired ones.
 const AFFINITY_SWEEP_AT: usize = 4096;
+/// An affinity entry's last use is recorded at this granularity.
+const AFFINITY_REFRESH_MS: u64 = 1_000;
 
 /// Chooses an endpoint of `eligible` for a connection from `client`.
 ///
 /// Endpoints in `tried` (this connection's failed attempts) are skipped. Ejected endpoints are
-/// skipped unless every remaining one is ejected (then ejection is ignored rather than refusing:
-/// Envoy's panic threshold). `sessionAffinity: ClientIP` returns the client's previous endpoint
+/// skipped unless every remaining one is ejected (see `Candidates::new`). `sessionAffinity: ClientIP` returns the client's previous endpoint
 /// while it is eligible and the entry has not expired.
 pub fn choose(
     port: &ServicePortTable,
@@ -24,12 +25,7 @@ pub fn choose(
     now_ms: u64,
     rng: &mut fastrand::Rng,
 ) -> Option<Arc<Endpoint>> {
-    let untried = || eligible.iter().filter(|e| !tried.contains(&e.addr));
-    let mut candidates: Vec<&Arc<Endpoint>> =
-        untried().filter(|e| !e.stats.is_ejected(now_ms)).collect();
-    if candidates.is_empty() {
-        candidates = untried().collect();
-    }
+    let candidates = Candidates::new(eligible, tried, now_ms);
     if candidates.is_empty() {
         return None;
     }
@@ -41,18 +37,21 @@ pub fn choose(
     if let Some((table, timeout_ms)) = &affinity
         && let Some(entry) = table.get(&client)
         && now_ms.saturating_sub(entry.last_used_ms) <= *timeout_ms
-        && let Some(endpoint) = candidates.iter().find(|e| e.addr == entry.endpoint)
+        && let Some(endpoint) = candidates.find(entry.endpoint)
     {
-        let endpoint = Arc::clone(endpoint);
-        table.insert(client, entry_for(endpoint.addr, now_ms));
-        return Some(endpoint);
+        // Refresh the entry at most once a second: timeouts are in seconds, and an insert
+        // allocates.
+        if now_ms.saturating_sub(entry.last_used_ms) >= AFFINITY_REFRESH_MS {
+            table.insert(client, entry_for(endpoint.addr, now_ms));
+        }
+        return Some(Arc::clone(endpoint));
     }
 
     let chosen = match port.policy {
-        BalancePolicy::Random => candidates[rng.usize(..candidates.len())],
+        BalancePolicy::Random => candidates.get(rng.usize(..candidates.len())),
         BalancePolicy::RoundRobin => {
             let next = port.state.round_robin.fetch_add(1, Ordering::Relaxed);
-            candidates[next % candidates.len()]
+            candidates.get(next % candidates.len())
         }
         BalancePolicy::LeastConnections => power_of_two(&candidates, rng),
     };
@@ -66,23 +65,70 @@ pub fn choose(
 }
 
 /// Two distinct random candidates; the one with fewer in-flight connections wins.
-fn power_of_two<'a>(
-    candidates: &[&'a Arc<Endpoint>],
-    rng: &mut fastrand::Rng,
-) -> &'a Arc<Endpoint> {
+fn power_of_two<'a>(candidates: &Candidates<'a>, rng: &mut fastrand::Rng) -> &'a Arc<Endpoint> {
     if candidates.len() == 1 {
-        return candidates[0];
+        return candidates.get(0);
     }
     let a = rng.usize(..candidates.len());
     let mut b = rng.usize(..candidates.len() - 1);
     if b >= a {
         b += 1;
     }
-    let load = |i: usize| candidates[i].stats.in_flight.load(Ordering::Relaxed);
+    let load = |i: usize| candidates.get(i).stats.in_flight.load(Ordering::Relaxed);
     if load(b) < load(a) {
-        candidates[b]
+        candidates.get(b)
     } else {
-        candidates[a]
+        candidates.get(a)
+    }
+}
+
+/// The endpoints a choice may pick from. Borrowed as is in the common case (no retry, nothing
+/// ejected), so a choice allocates nothing.
+enum Candidates<'a> {
+    All(&'a [Arc<Endpoint>]),
+    Filtered(Vec<&'a Arc<Endpoint>>),
+}
+
+impl<'a> Candidates<'a> {
+    /// Untried endpoints that are not ejected; if every untried one is ejected, all untried ones
+    /// (ejection is ignored rather than refusing: Envoy's panic threshold).
+    fn new(eligible: &'a [Arc<Endpoint>], tried: &[SocketAddr], now_ms: u64) -> Self {
+        let ejected = |e: &Arc<Endpoint>| e.stats.is_ejected(now_ms);
+        if tried.is_empty() && !eligible.iter().any(ejected) {
+            return Candidates::All(eligible);
+        }
+        let untried = || eligible.iter().filter(|e| !tried.contains(&e.addr));
+        let healthy: Vec<_> = untried().filter(|e| !ejected(e)).collect();
+        if healthy.is_empty() {
+            Candidates::Filtered(untried().collect())
+        } else {
+            Candidates::Filtered(healthy)
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Candidates::All(all) => all.len(),
+            Candidates::Filtered(some) => some.len(),
+        }
+    }
+
+    /// The `index`th candidate; `index < len()`.
+    fn get(&self, index: usize) -> &'a Arc<Endpoint> {
+        match self {
+            Candidates::All(all) => &all[index],
+            Candidates::Filtered(some) => some[index],
+        }
+    }
+
+    fn find(&self, addr: SocketAddr) -> Option<&'a Arc<Endpoint>> {
+        (0..self.len())
+            .map(|i| self.get(i))
+            .find(|e| e.addr == addr)
     }
 }
 
