@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# L4 load comparison in one run on this machine: the same backends reached directly, through
+# Capstan, and through HAProxy (Debian package, mode tcp), with the same client and settings.
+#
+#   connection rate : oha, a new TCP connection per HTTP request (--disable-keepalive)
+#   request rate    : oha, keep-alive HTTP/1.1 requests over CONCURRENCY connections
+#   bulk throughput : iperf3, one TCP stream
+#
+# Usage: benches/load.sh [DURATION_SECONDS] [CONCURRENCY]      (defaults: 10, 64)
+# Installs what it needs: apt packages (haproxy, nginx-light, iperf3) and `cargo install oha`.
+# Everything listens on 127.0.0.1 ports picked at run time; everything is stopped at exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-10}
+CONCURRENCY=${2:-64}
+
+need_apt=()
+command -v haproxy >/dev/null || need_apt+=(haproxy)
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v iperf3 >/dev/null || need_apt+=(iperf3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v oha >/dev/null || cargo install oha --locked
+cargo build --release --locked --quiet --bin capstan
+CAPSTAN=target/release/capstan
+
+# Many short connections on loopback: allow TIME_WAIT reuse and a wide ephemeral range.
+if [ "$(id -u)" = 0 ]; then
+  sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000" || true
+fi
+ulimit -n 65536 2>/dev/null || true
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+HTTP=$(free_port); IPERF=$(free_port)
+CAP_HTTP=$(free_port); CAP_BULK=$(free_port); CAP_ADMIN=$(free_port)
+HAP_HTTP=$(free_port); HAP_BULK=$(free_port)
+
+# Backend: nginx answering a small body with keep-alive; iperf3 server for bulk.
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log crit;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$HTTP backlog=4096;
+    location / { return 200 "ok\n"; }
+  }
+}
+CONF
+nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
+iperf3 -s -B 127.0.0.1 -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
+
+cat > "$work/capstan.yaml" <<CONF
+services:
+  http:
+    listen: 127.0.0.1:$CAP_HTTP
+    backends: [127.0.0.1:$HTTP]
+  bulk:
+    listen: 127.0.0.1:$CAP_BULK
+    backends: [127.0.0.1:$IPERF]
+CONF
+$CAPSTAN run --config "$work/capstan.yaml" --admin "127.0.0.1:$CAP_ADMIN" --log warn & pids+=($!)
+
+cat > "$work/haproxy.cfg" <<CONF
+global
+  nbthread 2
+  maxconn 200000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+frontend http_in
+  bind 127.0.0.1:$HAP_HTTP
+  default_backend http
+backend http
+  server s1 127.0.0.1:$HTTP
+frontend bulk_in
+  bind 127.0.0.1:$HAP_BULK
+  default_backend bulk
+backend bulk
+  server s1 127.0.0.1:$IPERF
+CONF
+haproxy -f "$work/haproxy.cfg" -q & pids+=($!)
+
+for port in $HTTP $IPERF $CAP_HTTP $CAP_BULK $HAP_HTTP $HAP_BULK; do wait_port "$port"; done
+
+# oha's JSON summary: requests/s and the success ratio.
+oha_run() {
+  local url=$1; shift
+  oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --output-format json "$@" "$url" > "$work/oha.json" 2>/dev/null
+  python3 - "$work/oha.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+s = d["summary"]
+errors = sum(d.get("errorDistribution", {}).values())
+p = d.get("latencyPercentiles", {})
+print(f'{s["requestsPerSec"]:.0f} {s["successRate"]:.4f} {errors} {p.get("p50", 0)*1000:.3f} {p.get("p99", 0)*1000:.3f}')
+PY
+}
+iperf_run() {
+  iperf3 -c 127.0.0.1 -p "$1" -t "$DURATION" -J > "$work/iperf.json"
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' "$work/iperf.json"
+}
+
+declare -A result
+for target in direct:$HTTP capstan:$CAP_HTTP haproxy:$HAP_HTTP; do
+  name=${target%%:*}; port=${target##*:}
+  result[conn_$name]=$(oha_run "http://127.0.0.1:$port/" --disable-keepalive)
+  result[req_$name]=$(oha_run "http://127.0.0.1:$port/")
+done
+for target in direct:$IPERF capstan:$CAP_BULK haproxy:$HAP_BULK; do
+  name=${target%%:*}; port=${target##*:}
+  result[bulk_$name]=$(iperf_run "$port")
+done
+
+field() { echo "$1" | cut -d' ' -f"$2"; }
+ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
+echo
+echo "Capstan L4 load comparison: ${DURATION}s per run, $CONCURRENCY connections, $(nproc) cores"
+printf '%-32s %12s %12s %12s\n' "" direct capstan haproxy
+for kind in conn req; do
+  label=$([ $kind = conn ] && echo "new connections/s (oha)" || echo "keep-alive requests/s (oha)")
+  printf '%-32s %12s %12s %12s\n' "$label" "$(field "${result[${kind}_direct]}" 1)" "$(field "${result[${kind}_capstan]}" 1)" "$(field "${result[${kind}_haproxy]}" 1)"
+  printf '%-32s %12s %12s %12s\n' "  p50 / p99 latency ms" \
+    "$(field "${result[${kind}_direct]}" 4)/$(field "${result[${kind}_direct]}" 5)" \
+    "$(field "${result[${kind}_capstan]}" 4)/$(field "${result[${kind}_capstan]}" 5)" \
+    "$(field "${result[${kind}_haproxy]}" 4)/$(field "${result[${kind}_haproxy]}" 5)"
+  printf '%-32s %12s %12s %12s\n' "  failed requests" "$(field "${result[${kind}_direct]}" 3)" "$(field "${result[${kind}_capstan]}" 3)" "$(field "${result[${kind}_haproxy]}" 3)"
+done
+printf '%-32s %12s %12s %12s\n' "bulk Gbit/s (iperf3)" "${result[bulk_direct]}" "${result[bulk_capstan]}" "${result[bulk_haproxy]}"
+echo
+echo "capstan / haproxy, new connections/s : $(ratio "$(field "${result[conn_capstan]}" 1)" "$(field "${result[conn_haproxy]}" 1)")   (target >= 1.00)"
+echo "capstan / haproxy, keep-alive req/s  : $(ratio "$(field "${result[req_capstan]}" 1)" "$(field "${result[req_haproxy]}" 1)")"
+echo "capstan / direct,  bulk throughput   : $(ratio "${result[bulk_capstan]}" "${result[bulk_direct]}")   (target >= 0.90)"
+echo "haproxy / direct,  bulk throughput   : $(ratio "${result[bulk_haproxy]}" "${result[bulk_direct]}")"
