@@ -10,6 +10,7 @@
 # Installs what it needs: apt packages (haproxy, nginx-light, iperf3) and `cargo install oha`.
 # Everything listens on 127.0.0.1 ports picked at run time; everything is stopped at exit.
 set -euo pipefail
+[ -n "${TRACE:-}" ] && set -x
 cd "$(dirname "$0")/.."
 DURATION=${1:-10}
 CONCURRENCY=${2:-64}
@@ -30,7 +31,7 @@ CAPSTAN=target/release/capstan
 if [ "$(id -u)" = 0 ]; then
   sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000" || true
 fi
-ulimit -n 65536 2>/dev/null || true
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d)
 pids=()
@@ -76,7 +77,7 @@ $CAPSTAN run --config "$work/capstan.yaml" --admin "127.0.0.1:$CAP_ADMIN" --log 
 cat > "$work/haproxy.cfg" <<CONF
 global
   nbthread 2
-  maxconn 200000
+  maxconn 8000
 defaults
   mode tcp
   timeout connect 5s
