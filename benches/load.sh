@@ -7,6 +7,7 @@
 #   bulk throughput : iperf3, one TCP stream
 #
 # Usage: benches/load.sh [DURATION_SECONDS] [CONCURRENCY]      (defaults: 10, 64)
+#        QUICK=1 benches/load.sh ...   measures only the connection rate
 # Installs what it needs: apt packages (haproxy, nginx-light, iperf3) and `cargo install oha`.
 # Everything listens on 127.0.0.1 ports picked at run time; everything is stopped at exit.
 set -euo pipefail
@@ -27,18 +28,33 @@ command -v oha >/dev/null || cargo install oha --locked
 cargo build --release --locked --quiet --bin capstan
 CAPSTAN=target/release/capstan
 
-# Many short connections on loopback: allow TIME_WAIT reuse and a wide ephemeral range.
+# Hundreds of thousands of short connections on loopback: without limits, TIME_WAIT sockets
+# fill the port space and whichever target runs later pays for the earlier ones. Allow reuse,
+# widen the ephemeral range, and cap TIME_WAIT buckets for the run (restored at exit).
+saved_sysctls=""
 if [ "$(id -u)" = 0 ]; then
-  sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000" || true
+  saved_sysctls=$(sysctl -n net.ipv4.tcp_tw_reuse net.ipv4.ip_local_port_range net.ipv4.tcp_max_tw_buckets | tr '\t\n' '  ')
+  sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range="1024 65000" net.ipv4.tcp_max_tw_buckets=16384 || true
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d)
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"
+  if [ -n "$saved_sysctls" ]; then
+    read -r reuse low high buckets <<< "$saved_sysctls"
+    sysctl -qw net.ipv4.tcp_tw_reuse="$reuse" net.ipv4.ip_local_port_range="$low $high" net.ipv4.tcp_max_tw_buckets="$buckets" || true
+  fi
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0; sleep 0.05; done; echo "$1:$2 never opened" >&2; exit 1; }
+# Each path gets its own loopback addresses (client side and backend side), so the three
+# targets never share TCP 4-tuples: backends listen on every address.
+DIRECT_IP=127.0.1.1
+CAP_IP=127.0.2.1; CAP_BACKEND_IP=127.0.2.2
+HAP_IP=127.0.3.1; HAP_BACKEND_IP=127.0.3.2
 
 HTTP=$(free_port); IPERF=$(free_port)
 CAP_HTTP=$(free_port); CAP_BULK=$(free_port); CAP_ADMIN=$(free_port)
@@ -55,22 +71,22 @@ http {
   access_log off;
   keepalive_requests 1000000;
   server {
-    listen 127.0.0.1:$HTTP backlog=4096;
+    listen $HTTP backlog=4096;
     location / { return 200 "ok\n"; }
   }
 }
 CONF
 nginx -c "$work/nginx/nginx.conf" -g 'daemon off;' & pids+=($!)
-iperf3 -s -B 127.0.0.1 -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
+iperf3 -s -p "$IPERF" >/dev/null 2>&1 & pids+=($!)
 
 cat > "$work/capstan.yaml" <<CONF
 services:
   http:
-    listen: 127.0.0.1:$CAP_HTTP
-    backends: [127.0.0.1:$HTTP]
+    listen: $CAP_IP:$CAP_HTTP
+    backends: [$CAP_BACKEND_IP:$HTTP]
   bulk:
-    listen: 127.0.0.1:$CAP_BULK
-    backends: [127.0.0.1:$IPERF]
+    listen: $CAP_IP:$CAP_BULK
+    backends: [$CAP_BACKEND_IP:$IPERF]
 CONF
 $CAPSTAN run --config "$work/capstan.yaml" --admin "127.0.0.1:$CAP_ADMIN" --log warn & pids+=($!)
 
@@ -84,19 +100,21 @@ defaults
   timeout client 1h
   timeout server 1h
 frontend http_in
-  bind 127.0.0.1:$HAP_HTTP
+  bind $HAP_IP:$HAP_HTTP
   default_backend http
 backend http
-  server s1 127.0.0.1:$HTTP
+  server s1 $HAP_BACKEND_IP:$HTTP
 frontend bulk_in
-  bind 127.0.0.1:$HAP_BULK
+  bind $HAP_IP:$HAP_BULK
   default_backend bulk
 backend bulk
-  server s1 127.0.0.1:$IPERF
+  server s1 $HAP_BACKEND_IP:$IPERF
 CONF
 haproxy -f "$work/haproxy.cfg" -q & pids+=($!)
 
-for port in $HTTP $IPERF $CAP_HTTP $CAP_BULK $HAP_HTTP $HAP_BULK; do wait_port "$port"; done
+for target in $DIRECT_IP:$HTTP $DIRECT_IP:$IPERF $CAP_IP:$CAP_HTTP $CAP_IP:$CAP_BULK $HAP_IP:$HAP_HTTP $HAP_IP:$HAP_BULK; do
+  wait_port "${target%:*}" "${target##*:}"
+done
 
 # oha's JSON summary: requests/s and the success ratio.
 oha_run() {
@@ -112,25 +130,39 @@ print(f'{s["requestsPerSec"]:.0f} {s["successRate"]:.4f} {errors} {p.get("p50", 
 PY
 }
 iperf_run() {
-  iperf3 -c 127.0.0.1 -p "$1" -t "$DURATION" -J > "$work/iperf.json"
+  iperf3 -c "$1" -p "$2" -t "$DURATION" -J > "$work/iperf.json"
   python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' "$work/iperf.json"
 }
 
-declare -A result
-for target in direct:$HTTP capstan:$CAP_HTTP haproxy:$HAP_HTTP; do
-  name=${target%%:*}; port=${target##*:}
-  result[conn_$name]=$(oha_run "http://127.0.0.1:$port/" --disable-keepalive)
-  result[req_$name]=$(oha_run "http://127.0.0.1:$port/")
+# Each measurement runs ROUNDS times, the three targets interleaved within a round, and the
+# median round is reported: this machine is shared, and a single run is noisy.
+ROUNDS=${ROUNDS:-3}
+median_by_first_field() { sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
+declare -A runs result
+for round in $(seq "$ROUNDS"); do
+  for target in direct:$DIRECT_IP:$HTTP capstan:$CAP_IP:$CAP_HTTP haproxy:$HAP_IP:$HAP_HTTP; do
+    name=${target%%:*}; addr=${target#*:}
+    runs[conn_$name]+="$(oha_run "http://$addr/" --disable-keepalive)"$'\n'
+    [ -n "${QUICK:-}" ] && continue
+    runs[req_$name]+="$(oha_run "http://$addr/")"$'\n'
+  done
+  [ -n "${QUICK:-}" ] && continue
+  for target in direct:$DIRECT_IP:$IPERF capstan:$CAP_IP:$CAP_BULK haproxy:$HAP_IP:$HAP_BULK; do
+    name=${target%%:*}; addr=${target#*:}
+    runs[bulk_$name]+="$(iperf_run "${addr%:*}" "${addr##*:}")"$'\n'
+  done
 done
-for target in direct:$IPERF capstan:$CAP_BULK haproxy:$HAP_BULK; do
-  name=${target%%:*}; port=${target##*:}
-  result[bulk_$name]=$(iperf_run "$port")
+for key in "${!runs[@]}"; do
+  result[$key]=$(printf '%s' "${runs[$key]}" | median_by_first_field)
+done
+for name in direct capstan haproxy; do
+  : "${result[req_$name]:=0 0 0 0 0}" "${result[bulk_$name]:=0}"
 done
 
 field() { echo "$1" | cut -d' ' -f"$2"; }
 ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
 echo
-echo "Capstan L4 load comparison: ${DURATION}s per run, $CONCURRENCY connections, $(nproc) cores"
+echo "Capstan L4 load comparison: median of $ROUNDS rounds of ${DURATION}s, $CONCURRENCY connections, $(nproc) cores"
 printf '%-32s %12s %12s %12s\n' "" direct capstan haproxy
 for kind in conn req; do
   label=$([ $kind = conn ] && echo "new connections/s (oha)" || echo "keep-alive requests/s (oha)")

@@ -19,6 +19,8 @@ use crate::connection::serve;
 /// How often frontends that failed to bind are retried when no new snapshot arrives.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 const BACKLOG: i32 = 4096;
+/// Upper bound on accept sockets per frontend.
+const MAX_ACCEPT_SOCKETS: usize = 8;
 
 /// The state of each frontend's listener, for the admin endpoint.
 pub type ListenerStatus = BTreeMap<Frontend, ListenerState>;
@@ -72,19 +74,21 @@ pub async fn run_listeners(
                 );
                 continue;
             }
-            match bind(frontend.addr) {
-                Ok(listener) => {
-                    info!(%frontend, "listening");
+            match bind_all(frontend.addr) {
+                Ok(listeners) => {
+                    info!(%frontend, sockets = listeners.len(), "listening");
                     let token = shutdown.child_token();
                     active.insert(frontend, token.clone());
-                    let accept = accept_loop(
-                        listener,
-                        frontend,
-                        snapshots.clone(),
-                        token,
-                        connections.clone(),
-                    );
-                    tokio::spawn(accept);
+                    for listener in listeners {
+                        let accept = accept_loop(
+                            listener,
+                            frontend,
+                            snapshots.clone(),
+                            token.clone(),
+                            connections.clone(),
+                        );
+                        tokio::spawn(accept);
+                    }
                     next.insert(frontend, ListenerState::Listening);
                 }
                 Err(error) => {
@@ -106,10 +110,32 @@ pub async fn run_listeners(
     }
 }
 
+/// One listening socket per core with `SO_REUSEPORT`: the kernel spreads new connections over
+/// the accept queues, so accepting scales with the runtime's worker threads. The first socket
+/// binds without `SO_REUSEPORT` peers present, so a port held by another process still fails.
+fn bind_all(addr: SocketAddr) -> Result<Vec<TcpListener>, ProxyError> {
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ACCEPT_SOCKETS));
+    let first = bind(addr)?;
+    // Port 0 (tests) resolves to a real port on the first bind; the others share it.
+    let addr = first.local_addr().unwrap_or(addr);
+    let mut all = vec![first];
+    for _ in 1..count {
+        match bind(addr) {
+            Ok(listener) => all.push(listener),
+            Err(error) => {
+                debug!(%addr, %error, "extra accept socket not bound");
+                break;
+            }
+        }
+    }
+    Ok(all)
+}
+
 fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     let socket = (|| {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
