@@ -136,6 +136,8 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
+        // Inherited by every accepted socket on Linux: no setsockopt per connection.
+        socket.set_tcp_nodelay(true)?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
         }
@@ -161,7 +163,6 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 connections.spawn(serve(stream, peer, frontend, snapshots.clone()));
             }
             Err(error) => {
@@ -170,5 +171,47 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_and_share_one_port() {
+        let listeners = bind_all(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let addr = listeners[0].local_addr().expect("addr");
+        assert!(listeners.iter().all(|l| l.local_addr().ok() == Some(addr)));
+        let client = TcpStream::connect(addr).await.expect("connect");
+        // With several SO_REUSEPORT sockets the kernel picks one: accept on whichever has it.
+        let accepted = futures_select(&listeners).await;
+        assert!(accepted.nodelay().expect("nodelay"), "TCP_NODELAY inherited from the listener");
+        drop(client);
+    }
+
+    async fn futures_select(listeners: &[TcpListener]) -> TcpStream {
+        loop {
+            for listener in listeners {
+                if let Ok(Ok((stream, _))) =
+                    tokio::time::timeout(Duration::from_millis(20), listener.accept()).await
+                {
+                    return stream;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_port_held_without_reuseport_is_a_bind_error() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = held.local_addr().expect("addr");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = runtime.enter();
+        let error = bind_all(addr).expect_err("port in use");
+        assert!(error.to_string().contains(&addr.to_string()), "{error}");
     }
 }

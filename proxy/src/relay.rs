@@ -45,8 +45,10 @@ pub(crate) async fn relay(
 ) -> RelayEnd {
     let activity = AtomicU64::new(now_ms());
     let finished = AtomicBool::new(false);
-    let up = pump(&client, &upstream, from_client, &activity, &finished);
-    let down = pump(&upstream, &client, to_client, &activity, &finished);
+    // The client usually sent its first bytes while we connected: read them at once. A fresh
+    // upstream has sent nothing yet: wait for readiness instead of a read that would block.
+    let up = pump(&client, &upstream, from_client, &activity, &finished, true);
+    let down = pump(&upstream, &client, to_client, &activity, &finished, false);
     tokio::select! {
         result = async { tokio::try_join!(up, down) } => match result {
             Ok(_) => RelayEnd::Closed,
@@ -66,7 +68,11 @@ async fn pump(
     bytes: &AtomicU64,
     activity: &AtomicU64,
     finished: &AtomicBool,
+    data_expected: bool,
 ) -> io::Result<()> {
+    if !data_expected {
+        from.readable().await?;
+    }
     // Not zeroed: reads fill the spare capacity directly.
     let mut buffer = Vec::with_capacity(COPY_BUFFER);
     let mut full_reads = 0;
