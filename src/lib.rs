@@ -16,7 +16,7 @@ pub mod telemetry;
 use std::sync::Arc;
 
 use capstan_catalog::{Catalog, CompileOptions, compile};
-use capstan_proxy::{ListenerStatus, run_listeners};
+use capstan_proxy::{ListenerStatus, Workers, run_listeners};
 use capstan_table::{Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -89,8 +89,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     }
     tokio::spawn(publisher.run(updates));
 
+    let workers = Arc::new(Workers::per_core().map_err(|source| Error::Io {
+        what: "start proxy worker threads",
+        source,
+    })?);
     let connections = TaskTracker::new();
     let listeners = tokio::spawn(run_listeners(
+        workers.clone(),
         snapshots.clone(),
         generations,
         listener_status_tx,

@@ -14,7 +14,9 @@ mod connection;
 mod error;
 mod listen;
 mod relay;
+mod workers;
 
 pub use clock::now_ms;
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, run_listeners};
+pub use workers::Workers;

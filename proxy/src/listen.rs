@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::ProxyError;
 use crate::connection::serve;
+use crate::{ProxyError, Workers};
 
 /// How often frontends that failed to bind are retried when no new snapshot arrives.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -40,6 +40,7 @@ pub enum ListenerState {
 /// listener (a Service removed) or shutting down never cuts an established connection; the caller
 /// drains `connections` with its own deadline.
 pub async fn run_listeners(
+    workers: std::sync::Arc<Workers>,
     snapshots: SnapshotHandle,
     mut generations: watch::Receiver<Generation>,
     status: watch::Sender<ListenerStatus>,
@@ -74,20 +75,27 @@ pub async fn run_listeners(
                 );
                 continue;
             }
-            match bind_all(frontend.addr) {
+            match bind_all(frontend.addr, workers.len()) {
                 Ok(listeners) => {
                     info!(%frontend, sockets = listeners.len(), "listening");
                     let token = shutdown.child_token();
                     active.insert(frontend, token.clone());
-                    for listener in listeners {
-                        let accept = accept_loop(
-                            listener,
-                            frontend,
-                            snapshots.clone(),
-                            token.clone(),
-                            connections.clone(),
-                        );
-                        tokio::spawn(accept);
+                    // One accept socket per worker: each worker accepts and serves its own.
+                    for (listener, worker) in listeners.into_iter().zip(workers.handles()) {
+                        let (snapshots, token) = (snapshots.clone(), token.clone());
+                        let connections = connections.clone();
+                        worker.spawn(async move {
+                            // Registered with this worker's reactor.
+                            match TcpListener::from_std(listener) {
+                                Ok(listener) => {
+                                    accept_loop(listener, frontend, snapshots, token, connections)
+                                        .await;
+                                }
+                                Err(error) => {
+                                    warn!(%frontend, %error, "accept socket not registered")
+                                }
+                            }
+                        });
                     }
                     next.insert(frontend, ListenerState::Listening);
                 }
@@ -110,16 +118,15 @@ pub async fn run_listeners(
     }
 }
 
-/// One listening socket per core with `SO_REUSEPORT`: the kernel spreads new connections over
-/// the accept queues, so accepting scales with the runtime's worker threads. The first socket
-/// binds without `SO_REUSEPORT` peers present, so a port held by another process still fails.
-fn bind_all(addr: SocketAddr) -> Result<Vec<TcpListener>, ProxyError> {
-    let count = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ACCEPT_SOCKETS));
+/// `count` listening sockets with `SO_REUSEPORT`, one per worker: the kernel spreads new
+/// connections over their accept queues. A port held by another process without `SO_REUSEPORT`
+/// still fails the first bind.
+fn bind_all(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
     let first = bind(addr)?;
     // Port 0 (tests) resolves to a real port on the first bind; the others share it.
     let addr = first.local_addr().unwrap_or(addr);
     let mut all = vec![first];
-    for _ in 1..count {
+    for _ in 1..count.min(MAX_ACCEPT_SOCKETS) {
         match bind(addr) {
             Ok(listener) => all.push(listener),
             Err(error) => {
@@ -131,7 +138,7 @@ fn bind_all(addr: SocketAddr) -> Result<Vec<TcpListener>, ProxyError> {
     Ok(all)
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
     let socket = (|| {
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         socket.set_reuse_address(true)?;
@@ -144,7 +151,7 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         socket.listen(BACKLOG)?;
-        TcpListener::from_std(socket.into())
+        Ok(socket.into())
     })();
     socket.map_err(|source| ProxyError::Bind { addr, source })
 }
@@ -180,13 +187,21 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_sockets_inherit_nodelay_and_share_one_port() {
-        let listeners = bind_all(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind");
+        let listeners = bind_all(SocketAddr::from(([127, 0, 0, 1], 0)), 2).expect("bind");
         let addr = listeners[0].local_addr().expect("addr");
+        assert_eq!(listeners.len(), 2);
         assert!(listeners.iter().all(|l| l.local_addr().ok() == Some(addr)));
+        let listeners: Vec<TcpListener> = listeners
+            .into_iter()
+            .map(|l| TcpListener::from_std(l).expect("register"))
+            .collect();
         let client = TcpStream::connect(addr).await.expect("connect");
         // With several SO_REUSEPORT sockets the kernel picks one: accept on whichever has it.
         let accepted = futures_select(&listeners).await;
-        assert!(accepted.nodelay().expect("nodelay"), "TCP_NODELAY inherited from the listener");
+        assert!(
+            accepted.nodelay().expect("nodelay"),
+            "TCP_NODELAY inherited from the listener"
+        );
         drop(client);
     }
 
@@ -206,12 +221,7 @@ mod tests {
     fn a_port_held_without_reuseport_is_a_bind_error() {
         let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = held.local_addr().expect("addr");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let _guard = runtime.enter();
-        let error = bind_all(addr).expect_err("port in use");
+        let error = bind_all(addr, 2).expect_err("port in use");
         assert!(error.to_string().contains(&addr.to_string()), "{error}");
     }
 }
