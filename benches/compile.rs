@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use capstan_catalog::{
     Catalog, CompileOptions, EndpointSlice, Object, Service, ServiceKind, ServicePort,
-    SliceEndpoint, SlicePort, SourceId, TargetPort, TrafficPolicy, Update, compile,
+    SliceEndpoint, SlicePort, SourceId, TargetPort, Update, compile,
 };
 use capstan_table::{EndpointConditions, Generation, Protocol, ServiceKey};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -16,11 +16,7 @@ fn catalog(services: u32, endpoints: u32) -> Catalog {
     for i in 0..services {
         let key = ServiceKey::new("bench", &format!("svc-{i}"));
         objects.push(Object::Service(Service {
-            key: key.clone(),
-            kind: ServiceKind::ClusterIp,
             cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(0x0a60_0000 + i))],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
             ports: vec![ServicePort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -30,13 +26,7 @@ fn catalog(services: u32, endpoints: u32) -> Catalog {
                 app_protocol: None,
                 listen: vec![],
             }],
-            session_affinity: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            publish_not_ready_addresses: false,
-            balance: None,
-            connect_timeout: None,
-            idle_timeout: None,
+            ..Service::new(key.clone(), ServiceKind::ClusterIp)
         }));
         objects.push(Object::EndpointSlice(EndpointSlice {
             namespace: "bench".into(),

@@ -145,24 +145,13 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ServiceKind, TrafficPolicy};
+    use crate::ServiceKind;
 
     fn service(name: &str) -> Object {
-        Object::Service(Service {
-            key: ServiceKey::new("default", name),
-            kind: ServiceKind::ClusterIp,
-            cluster_ips: vec![],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            ports: vec![],
-            session_affinity: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            publish_not_ready_addresses: false,
-            balance: None,
-            connect_timeout: None,
-            idle_timeout: None,
-        })
+        Object::Service(Service::new(
+            ServiceKey::new("default", name),
+            ServiceKind::ClusterIp,
+        ))
     }
 
     #[test]

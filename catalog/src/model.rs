@@ -104,6 +104,26 @@ pub struct SliceEndpoint {
 // === impl Service ===
 
 impl Service {
+    /// A Service of `kind` with no addresses or ports, API defaults for every policy, and no
+    /// overrides: the base that sources fill in.
+    pub fn new(key: ServiceKey, kind: ServiceKind) -> Self {
+        Self {
+            key,
+            kind,
+            cluster_ips: vec![],
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            ports: vec![],
+            session_affinity: None,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            publish_not_ready_addresses: false,
+            balance: None,
+            connect_timeout: None,
+            idle_timeout: None,
+        }
+    }
+
     /// A Service with no ClusterIP: DNS returns its endpoints, nothing is proxied on a VIP.
     pub fn is_headless(&self) -> bool {
         self.cluster_ips.is_empty()
@@ -189,19 +209,9 @@ mod tests {
 
     fn service(ports: Vec<ServicePort>) -> Service {
         Service {
-            key: ServiceKey::new("default", "web"),
-            kind: ServiceKind::ClusterIp,
             cluster_ips: vec![[10, 0, 0, 1].into()],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
             ports,
-            session_affinity: None,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            publish_not_ready_addresses: false,
-            balance: None,
-            connect_timeout: None,
-            idle_timeout: None,
+            ..Service::new(ServiceKey::new("default", "web"), ServiceKind::ClusterIp)
         }
     }
 

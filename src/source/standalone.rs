@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use capstan_catalog::{
     EndpointSlice, Object, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
-    TrafficPolicy,
 };
 use capstan_table::{EndpointConditions, Protocol, ServiceKey};
 use serde::Deserialize;
@@ -314,11 +313,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Error> {
             },
         };
         let service = Service {
-            key: ServiceKey::new(NAMESPACE, name),
-            kind: ServiceKind::ClusterIp,
-            cluster_ips: vec![],
-            external_ips: vec![],
-            load_balancer_ips: vec![],
             ports: vec![ServicePort {
                 name: "".into(),
                 protocol,
@@ -329,12 +323,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Error> {
                 listen,
             }],
             session_affinity,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            publish_not_ready_addresses: false,
             balance: balance(&schema.balance)?.or(default_balance),
             connect_timeout: optional_duration(&schema.connect_timeout)?.or(default_connect),
             idle_timeout: optional_duration(&schema.idle_timeout)?.or(default_idle),
+            ..Service::new(ServiceKey::new(NAMESPACE, name), ServiceKind::ClusterIp)
         };
         service
             .validate()

@@ -34,11 +34,7 @@ fn sock(s: &str) -> SocketAddr {
 
 fn service(name: &str, cluster_ip: &str) -> Service {
     Service {
-        key: ServiceKey::new("default", name),
-        kind: ServiceKind::ClusterIp,
         cluster_ips: vec![ip(cluster_ip)],
-        external_ips: vec![],
-        load_balancer_ips: vec![],
         ports: vec![ServicePort {
             name: "http".into(),
             protocol: Protocol::Tcp,
@@ -48,13 +44,7 @@ fn service(name: &str, cluster_ip: &str) -> Service {
             app_protocol: None,
             listen: vec![],
         }],
-        session_affinity: None,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        publish_not_ready_addresses: false,
-        balance: None,
-        connect_timeout: None,
-        idle_timeout: None,
+        ..Service::new(ServiceKey::new("default", name), ServiceKind::ClusterIp)
     }
 }
 
