@@ -13,7 +13,7 @@ use capstan_table::{
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
-    let endpoints: Vec<_> = (0..10u8)
+    let endpoints: Arc<[Arc<Endpoint>]> = (0..10u8)
         .map(|i| {
             Arc::new(Endpoint {
                 addr: SocketAddr::from(([10, 0, 0, i + 1], 8080)),

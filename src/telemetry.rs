@@ -179,7 +179,7 @@ impl Collector for ProxyCollector {
             );
             ports.counter("proxy_idle_timeouts", &labels, &[], &c.idle_timeouts);
             let now = capstan_proxy::now_ms();
-            for endpoint in &port.endpoints {
+            for endpoint in port.endpoints.iter() {
                 let mut labels = labels.clone();
                 labels.push(("endpoint", endpoint.addr.to_string()));
                 let s = &endpoint.stats;

@@ -6,14 +6,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use capstan_table::{
-    BalancePolicy, Endpoint, EndpointSet, EndpointStats, Frontend, FrontendTarget, Generation,
+    BalancePolicy, Endpoint, EndpointConditions, EndpointSet, Frontend, FrontendTarget, Generation,
     Problem, ProxyTable, ServiceKey, ServicePortKey, ServicePortTable, Snapshot, Timeouts,
     TrafficScope, WhenEmpty,
 };
 
 use crate::{
-    Catalog, EndpointSlice, Object, Service, ServiceKind, ServicePort, SourceId, TargetPort,
-    TrafficPolicy,
+    Catalog, EndpointSlice, Object, Service, ServiceKind, ServicePort, SliceEndpoint, SourceId,
+    TargetPort, TrafficPolicy,
 };
 
 /// Node-level settings that shape the compiled tables.
@@ -118,14 +118,14 @@ pub fn compile(
 /// this node's endpoints. With no usable endpoint at all the connection is rejected; with usable
 /// endpoints elsewhere but none local, it is dropped.
 pub fn categorize(
-    endpoints: &[Arc<Endpoint>],
+    endpoints: &Arc<[Arc<Endpoint>]>,
     policy: TrafficPolicy,
     node_name: Option<&str>,
 ) -> EndpointSet {
     let cluster = usable(endpoints.iter());
     match policy {
         TrafficPolicy::Cluster => EndpointSet {
-            endpoints: cluster,
+            endpoints: share(endpoints, cluster),
             when_empty: WhenEmpty::Reject,
         },
         TrafficPolicy::Local => {
@@ -140,10 +140,19 @@ pub fn categorize(
                 WhenEmpty::Drop
             };
             EndpointSet {
-                endpoints: local,
+                endpoints: share(endpoints, local),
                 when_empty,
             }
         }
+    }
+}
+
+/// `subset` as a shared slice: `all` itself when nothing was filtered out.
+fn share(all: &Arc<[Arc<Endpoint>]>, subset: Vec<Arc<Endpoint>>) -> Arc<[Arc<Endpoint>]> {
+    if subset.len() == all.len() {
+        Arc::clone(all)
+    } else {
+        subset.into()
     }
 }
 
@@ -171,10 +180,14 @@ fn compile_port(
     carried: Option<&Arc<ServicePortTable>>,
     options: &CompileOptions,
 ) -> ServicePortTable {
-    let endpoints = port_endpoints(service, port, slices, carried);
+    let endpoints: Arc<[Arc<Endpoint>]> = port_endpoints(service, port, slices, carried).into();
     let node_name = options.node_name.as_deref();
     let internal = categorize(&endpoints, service.internal_traffic_policy, node_name);
-    let external = categorize(&endpoints, service.external_traffic_policy, node_name);
+    let external = if service.external_traffic_policy == service.internal_traffic_policy {
+        internal.clone()
+    } else {
+        categorize(&endpoints, service.external_traffic_policy, node_name)
+    };
     let mut timeouts = options.timeouts;
     if let Some(connect) = service.connect_timeout {
         timeouts.connect = connect;
@@ -264,10 +277,14 @@ fn port_endpoints(
     slices: &[&EndpointSlice],
     carried: Option<&Arc<ServicePortTable>>,
 ) -> Vec<Arc<Endpoint>> {
-    let carried_stats: HashMap<SocketAddr, &Arc<EndpointStats>> = carried
-        .map(|t| t.endpoints.iter().map(|e| (e.addr, &e.stats)).collect())
-        .unwrap_or_default();
-    let mut by_addr: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+    // Carried endpoints are sorted by address: look them up by binary search.
+    let carried: &[Arc<Endpoint>] = carried.map_or(&[], |t| &t.endpoints);
+    let stats_for = |addr: SocketAddr| {
+        carried
+            .binary_search_by_key(&addr, |e| e.addr)
+            .map_or_else(|_| Arc::default(), |i| Arc::clone(&carried[i].stats))
+    };
+    let mut found: Vec<(SocketAddr, &SliceEndpoint, EndpointConditions)> = Vec::new();
     for slice in slices {
         for slice_port in &slice.ports {
             if slice_port.name != port.name || slice_port.protocol != port.protocol {
@@ -287,31 +304,28 @@ fn port_endpoints(
                     conditions.ready = true;
                     conditions.serving = true;
                 }
-                let better = by_addr
-                    .get(&addr)
-                    .is_none_or(|seen| rank(conditions) > rank(seen.conditions));
-                if better {
-                    let stats = carried_stats
-                        .get(&addr)
-                        .map_or_else(Default::default, |s| Arc::clone(s));
-                    by_addr.insert(
-                        addr,
-                        Endpoint {
-                            addr,
-                            conditions,
-                            node_name: endpoint.node_name.clone(),
-                            zone: endpoint.zone.clone(),
-                            stats,
-                        },
-                    );
-                }
+                found.push((addr, endpoint, conditions));
             }
         }
     }
-    by_addr.into_values().map(Arc::new).collect()
+    // One endpoint per address, keeping the readiest conditions.
+    found.sort_by(|a, b| a.0.cmp(&b.0).then(rank(b.2).cmp(&rank(a.2))));
+    found.dedup_by_key(|(addr, _, _)| *addr);
+    found
+        .into_iter()
+        .map(|(addr, endpoint, conditions)| {
+            Arc::new(Endpoint {
+                addr,
+                conditions,
+                node_name: endpoint.node_name.clone(),
+                zone: endpoint.zone.clone(),
+                stats: stats_for(addr),
+            })
+        })
+        .collect()
 }
 
-fn rank(c: capstan_table::EndpointConditions) -> u8 {
+fn rank(c: EndpointConditions) -> u8 {
     u8::from(c.ready) * 4 + u8::from(c.serving) * 2 + u8::from(!c.terminating)
 }
 

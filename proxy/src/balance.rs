@@ -32,7 +32,7 @@ pub fn choose(
 
     let affinity = port.affinity.map(|timeout| {
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        (port.state.affinity.pin(), timeout_ms)
+        (port.state.affinity().pin(), timeout_ms)
     });
     if let Some((table, timeout_ms)) = &affinity
         && let Some(entry) = table.get(&client)

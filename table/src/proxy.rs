@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::{Endpoint, Frontend, ServicePortKey, TrafficScope};
@@ -35,7 +35,7 @@ pub struct ServicePortTable {
     pub affinity: Option<Duration>,
     pub timeouts: Timeouts,
     /// Every endpoint known for this port, with its conditions (for dumps and metrics).
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Endpoints eligible for traffic arriving on a ClusterIP.
     pub internal: EndpointSet,
     /// Endpoints eligible for traffic arriving on a NodePort, external or LoadBalancer IP.
@@ -44,10 +44,11 @@ pub struct ServicePortTable {
     pub state: Arc<ServicePortState>,
 }
 
-/// Endpoints that may receive a connection, already categorised by kube-proxy's rules.
+/// Endpoints that may receive a connection, already categorised by kube-proxy's rules. Shared by
+/// `Arc` when several sets are equal (the common case: every endpoint ready, Cluster policy).
 #[derive(Clone, Debug)]
 pub struct EndpointSet {
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub endpoints: Arc<[Arc<Endpoint>]>,
     /// What to do when `endpoints` is empty.
     pub when_empty: WhenEmpty,
 }
@@ -88,8 +89,9 @@ pub struct Timeouts {
 #[derive(Debug, Default)]
 pub struct ServicePortState {
     pub round_robin: AtomicUsize,
-    /// `sessionAffinity: ClientIP`: client address → chosen endpoint and last use.
-    pub affinity: papaya::HashMap<IpAddr, AffinityEntry>,
+    /// `sessionAffinity: ClientIP`: client address → chosen endpoint and last use. Created on
+    /// first use, so ports without affinity pay nothing for it.
+    affinity: OnceLock<papaya::HashMap<IpAddr, AffinityEntry>>,
     pub counters: PortCounters,
 }
 
@@ -138,9 +140,18 @@ impl ServicePortTable {
 impl EndpointSet {
     pub fn empty(when_empty: WhenEmpty) -> Self {
         Self {
-            endpoints: Vec::new(),
+            endpoints: Arc::new([]),
             when_empty,
         }
+    }
+}
+
+// === impl ServicePortState ===
+
+impl ServicePortState {
+    /// The ClientIP affinity table, created on first use.
+    pub fn affinity(&self) -> &papaya::HashMap<IpAddr, AffinityEntry> {
+        self.affinity.get_or_init(papaya::HashMap::new)
     }
 }
 

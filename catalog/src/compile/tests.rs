@@ -421,7 +421,7 @@ fn categorize_follows_kube_proxy() {
         ),
     ];
     for (name, endpoints, policy, node, want, when_empty) in cases {
-        let set = categorize(endpoints, *policy, *node);
+        let set = categorize(&Arc::from(endpoints.to_vec()), *policy, *node);
         assert_eq!(addrs(&set), *want, "{name}");
         assert_eq!(set.when_empty, *when_empty, "{name}");
     }
@@ -447,9 +447,9 @@ proptest! {
             endpoint(&format!("10.0.0.{i}:80"), *c, Some(["n0", "n1", "n2"][*node as usize]))
         }).collect();
         let policy = if local { TrafficPolicy::Local } else { TrafficPolicy::Cluster };
-        let set = categorize(&endpoints, policy, Some("n0"));
+        let set = categorize(&Arc::from(endpoints.clone()), policy, Some("n0"));
         let any_ready = set.endpoints.iter().any(|e| e.conditions.ready);
-        for e in &set.endpoints {
+        for e in set.endpoints.iter() {
             // Never a not-serving endpoint; terminating ones only when no ready one was eligible.
             prop_assert!(e.conditions.ready || (e.conditions.serving && e.conditions.terminating));
             prop_assert!(!any_ready || e.conditions.ready, "ready and fallback never mixed");

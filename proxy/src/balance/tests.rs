@@ -32,7 +32,7 @@ fn port(
     eps: &[Arc<Endpoint>],
 ) -> ServicePortTable {
     let set = EndpointSet {
-        endpoints: eps.to_vec(),
+        endpoints: eps.to_vec().into(),
         when_empty: WhenEmpty::Reject,
     };
     ServicePortTable {
@@ -45,7 +45,7 @@ fn port(
         policy,
         affinity,
         timeouts: Timeouts::default(),
-        endpoints: eps.to_vec(),
+        endpoints: eps.to_vec().into(),
         internal: set.clone(),
         external: set,
         state: Arc::default(),
