@@ -214,3 +214,29 @@ async fn ejected_endpoint_returns_after_its_backoff() {
         "b is back after its backoff: {names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_given_by_name_are_resolved() {
+    // A compose service name resolves to its containers; here `localhost` stands in for it.
+    let backend = Backend::start_on("named", "127.0.0.1:0".parse().expect("addr")).await;
+    let listen = frontend();
+    let dir = TempDir::new("named");
+    let config = dir.write(
+        "capstan.yaml",
+        &format!(
+            "defaults:\n  resolve_interval: 200ms\nservices:\n  web:\n    listen: '{listen}'\n    backends: ['localhost:{}']\n",
+            backend.addr.port()
+        ),
+    );
+    let capstan = Capstan::start(&["--config", path_str(&config)]);
+    capstan.wait_listening(listen);
+    let snapshot = capstan.snapshot();
+    let endpoints = snapshot["services"][0]["endpoints"].to_string();
+    assert!(
+        endpoints.contains(&format!("127.0.0.1:{}", backend.addr.port())),
+        "{endpoints}"
+    );
+    for _ in 0..5 {
+        assert_eq!(exchange(listen, b"x").await.expect("served"), "named");
+    }
+}

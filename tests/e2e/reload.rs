@@ -123,6 +123,21 @@ async fn reloads_under_a_thousand_connections_lose_nothing() {
         LONG_LIVED + SHORT_WORKERS * SHORT_PER_WORKER
     );
     assert!(capstan.generation() >= first + SWAPS as u64);
+    // Every connection closed: nothing leaked, every gauge back to zero.
+    eventually(Duration::from_secs(5), || {
+        let snapshot = capstan.snapshot();
+        let services = snapshot["services"].as_array()?.clone();
+        services
+            .iter()
+            .all(|s| {
+                s["active_connections"] == 0
+                    && s["endpoints"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().all(|e| e["active_connections"] == 0))
+            })
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("gauges not back to zero: {:#}", capstan.snapshot()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
