@@ -234,15 +234,15 @@ impl FileSources {
                 what: "install SIGHUP handler",
                 source,
             })?;
-        let resolve_every = self
-            .standalone
-            .as_ref()
-            .map_or(Duration::from_secs(3600), |(_, f)| f.resolve_interval());
-        let mut resolve = tokio::time::interval(resolve_every);
-        resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        resolve.tick().await;
+        let mut resolve_every = self.resolve_interval();
+        let mut resolve = resolve_timer(resolve_every).await;
 
         loop {
+            // A reload may have changed `resolve_interval`.
+            if self.resolve_interval() != resolve_every {
+                resolve_every = self.resolve_interval();
+                resolve = resolve_timer(resolve_every).await;
+            }
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
                 Some(mut paths) = events.recv() => {
@@ -278,6 +278,12 @@ impl FileSources {
         }
     }
 
+    fn resolve_interval(&self) -> Duration {
+        self.standalone
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(_, f)| f.resolve_interval())
+    }
+
     /// Reloads the given sources (manifest directory indexes, `None` for `capstan.yaml`), or all.
     async fn reload(&mut self, updates: &mpsc::Sender<Update>, which: Option<&[Option<usize>]>) {
         let (mut batch, _errors) = self.load(which);
@@ -289,6 +295,14 @@ impl FileSources {
             }
         }
     }
+}
+
+/// An interval whose first tick is one period away.
+async fn resolve_timer(every: Duration) -> tokio::time::Interval {
+    let mut timer = tokio::time::interval(every);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer.tick().await;
+    timer
 }
 
 fn canonical(path: &Path) -> PathBuf {
