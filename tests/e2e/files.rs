@@ -177,3 +177,28 @@ async fn sighup_reloads() {
     .expect("reloaded");
     assert_eq!(exchange(listen, b"x").await.expect("served"), "b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_frontends_keep_the_first_and_are_reported() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let listen = frontend();
+    let dir = TempDir::new("conflict");
+    let config = dir.write(
+        "capstan.yaml",
+        &format!(
+            "services:\n  first:\n    listen: '{listen}'\n    backends: ['{}']\n  second:\n    listen: '{listen}'\n    backends: ['{}']\n",
+            a.addr, b.addr
+        ),
+    );
+    let capstan = Capstan::start(&["--config", path_str(&config)]);
+    capstan.wait_listening(listen);
+    let problems = capstan.snapshot()["problems"].to_string();
+    assert!(
+        problems.contains("is already served by standalone/first"),
+        "{problems}"
+    );
+    assert!(capstan.metrics().contains("capstan_catalog_problems 1"));
+    assert_eq!(exchange(listen, b"x").await.expect("served"), "a");
+    assert_eq!(http_get(capstan.admin, "/nope").map(|r| r.0), Some(404));
+}
