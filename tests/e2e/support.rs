@@ -187,7 +187,7 @@ impl Capstan {
 
     pub(crate) fn signal(&self, signal: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");
-        // SAFETY-free: `kill` from the test only; the crate itself forbids unsafe.
+        // Through the `kill` command: the tests need no syscall bindings of their own.
         let status = Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(pid.to_string())
