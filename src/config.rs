@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// A connection with no traffic in either direction for this long is closed.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// A UDP flow with no datagram either way for this long is forgotten (conntrack's UDP
+    /// timeout); its client's next datagram is balanced afresh.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_UDP_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub udp_idle_timeout: Duration,
     /// First ejection period of an endpoint whose connect failed; doubles per consecutive failure.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_EJECT_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
     pub eject_backoff: Duration,

@@ -183,6 +183,7 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
             idle: args.idle_timeout,
             eject_base: args.eject_backoff,
             eject_max: args.eject_backoff_max.max(args.eject_backoff),
+            udp_idle: args.udp_idle_timeout,
         },
     })
 }

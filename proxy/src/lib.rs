@@ -2,8 +2,9 @@
 //! standalone listen addresses), endpoint selection and TCP relaying.
 //!
 //! Owns: the listener set reconciled against each snapshot ([`run_listeners`]), the per-connection
-//! pipeline (load snapshot → [`balance::choose`] → connect with timeout and retry → relay with
-//! half-close and idle timeout), and passive health (ejection with backoff).
+//! TCP pipeline (load snapshot → [`balance::choose`] → connect with timeout and retry → relay with
+//! half-close and idle timeout), UDP flows (a flow per client address, idle expiry, re-balanced
+//! when its endpoint stops being eligible), and passive health (ejection with backoff).
 //!
 //! Must not import: `catalog`, the sources, or anything Kubernetes. It reads only the compiled
 //! [`capstan_table::ProxyTable`] from the snapshot, once per connection, without locks.
@@ -14,6 +15,7 @@ mod connection;
 mod error;
 mod listen;
 mod relay;
+mod udp;
 mod workers;
 
 pub use clock::now_ms;

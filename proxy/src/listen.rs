@@ -68,12 +68,17 @@ pub async fn run_listeners(
                 next.insert(frontend, ListenerState::Listening);
                 continue;
             }
-            if frontend.protocol != Protocol::Tcp {
-                next.insert(
-                    frontend,
-                    ListenerState::Unsupported("only TCP frontends are proxied so far"),
-                );
-                continue;
+            match frontend.protocol {
+                Protocol::Tcp => {}
+                Protocol::Udp => {
+                    let state = start_udp(frontend, &workers, &snapshots, &shutdown, &mut active);
+                    next.insert(frontend, state);
+                    continue;
+                }
+                Protocol::Sctp => {
+                    next.insert(frontend, ListenerState::Unsupported("SCTP is not proxied"));
+                    continue;
+                }
             }
             match bind_all(frontend.addr, workers.len()) {
                 Ok(listeners) => {
@@ -116,6 +121,49 @@ pub async fn run_listeners(
     for token in active.values() {
         token.cancel();
     }
+}
+
+/// Binds a UDP frontend and serves it on one worker (its flows live in that worker's loop).
+fn start_udp(
+    frontend: Frontend,
+    workers: &Workers,
+    snapshots: &SnapshotHandle,
+    shutdown: &CancellationToken,
+    active: &mut HashMap<Frontend, CancellationToken>,
+) -> ListenerState {
+    let socket = match bind_udp(frontend.addr) {
+        Ok(socket) => socket,
+        Err(error) => {
+            debug!(%frontend, %error, "bind failed");
+            return ListenerState::BindFailed(error.to_string());
+        }
+    };
+    info!(%frontend, "listening");
+    let token = shutdown.child_token();
+    active.insert(frontend, token.clone());
+    let index = usize::from(frontend.addr.port()) % workers.len().max(1);
+    let snapshots = snapshots.clone();
+    workers.handles()[index].spawn(async move {
+        match tokio::net::UdpSocket::from_std(socket) {
+            Ok(socket) => crate::udp::serve(socket, frontend, snapshots, token).await,
+            Err(error) => warn!(%frontend, %error, "udp socket not registered"),
+        }
+    });
+    ListenerState::Listening
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
+    let socket = (|| {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        Ok(socket.into())
+    })();
+    socket.map_err(|source| ProxyError::Bind { addr, source })
 }
 
 /// `count` listening sockets with `SO_REUSEPORT`, one per worker: the kernel spreads new

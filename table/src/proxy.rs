@@ -83,6 +83,9 @@ pub struct Timeouts {
     /// First ejection period after a failed connect; doubles per consecutive failure.
     pub eject_base: Duration,
     pub eject_max: Duration,
+    /// A UDP flow (client address → endpoint) with no datagram either way for this long is
+    /// forgotten: conntrack's UDP timeout.
+    pub udp_idle: Duration,
 }
 
 /// State of a Service port that outlives snapshots: carried over by key by `compile`.
@@ -176,6 +179,7 @@ impl Default for Timeouts {
             idle: Duration::from_secs(3600),
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
+            udp_idle: Duration::from_secs(30),
         }
     }
 }

@@ -5,3 +5,4 @@ mod files;
 mod lifecycle;
 mod reload;
 mod support;
+mod udp;

@@ -1,0 +1,151 @@
+//! UDP Services through the real binary: flows, balancing, re-balancing, expiry, no endpoints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use crate::support::*;
+
+/// A UDP backend answering every datagram with `NAME:PAYLOAD`.
+struct UdpBackend {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl UdpBackend {
+    async fn start(name: &str) -> Self {
+        let socket = UdpSocket::bind(SocketAddr::new(unique_ip(), 0))
+            .await
+            .expect("bind");
+        let addr = socket.local_addr().expect("addr");
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let reply = [name.as_bytes(), b":", &buf[..n]].concat();
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+        Self { addr, task }
+    }
+}
+
+impl Drop for UdpBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn udp_frontend() -> SocketAddr {
+    let ip = unique_ip();
+    let socket = std::net::UdpSocket::bind((ip, 0)).expect("bind udp :0");
+    socket.local_addr().expect("addr")
+}
+
+/// Sends `payload` from `client` and returns the backend's name, or `None` without a reply.
+async fn ask(client: &UdpSocket, to: SocketAddr, payload: &str) -> Option<String> {
+    client.send_to(payload.as_bytes(), to).await.expect("send");
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    assert_eq!(from, to, "replies come from the frontend address");
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    let (name, echoed) = reply.split_once(':')?;
+    assert_eq!(echoed, payload);
+    Some(name.to_owned())
+}
+
+async fn client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.expect("client")
+}
+
+fn udp_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+    config_one(
+        "dns",
+        listen,
+        backends,
+        "    protocol: udp\n    balance: round-robin\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_stick_and_new_clients_are_balanced() {
+    let a = UdpBackend::start("a").await;
+    let b = UdpBackend::start("b").await;
+    let listen = udp_frontend();
+    let dir = TempDir::new("udp");
+    let config = dir.write("capstan.yaml", &udp_config(listen, &[a.addr, b.addr]));
+    let capstan = Capstan::start(&["--config", path_str(&config)]);
+    capstan.wait_listening(listen);
+
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let client = client().await;
+        let first = ask(&client, listen, "hello").await.expect("reply");
+        for i in 0..5 {
+            let again = ask(&client, listen, &format!("more {i}"))
+                .await
+                .expect("reply");
+            assert_eq!(
+                again, first,
+                "one client address is one flow to one endpoint"
+            );
+        }
+        names.push(first);
+    }
+    names.sort();
+    assert_eq!(names, ["a", "a", "b", "b"], "round-robin over new flows");
+    let metrics = capstan.metrics();
+    assert!(metrics.contains("capstan_proxy_connections_total{service=\"standalone/dns\",port=\"\",protocol=\"UDP\"} 4"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_move_off_a_removed_endpoint_and_expire_when_idle() {
+    let a = UdpBackend::start("a").await;
+    let b = UdpBackend::start("b").await;
+    let listen = udp_frontend();
+    let dir = TempDir::new("udp-move");
+    let config = dir.write("capstan.yaml", &udp_config(listen, &[a.addr, b.addr]));
+    let capstan = Capstan::start(&["--config", path_str(&config), "--udp-idle-timeout", "300ms"]);
+    capstan.wait_listening(listen);
+
+    // Idle expiry: after the timeout the same client is balanced afresh (round-robin moves it).
+    let one = client().await;
+    let first = ask(&one, listen, "x").await.expect("reply");
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let after_idle = ask(&one, listen, "x").await.expect("reply");
+    assert_ne!(first, after_idle, "expired flow re-balanced");
+
+    // Removing the flow's endpoint moves it on the very next datagram.
+    let keep = if after_idle == "a" { b.addr } else { a.addr };
+    let before = capstan.generation();
+    dir.write("capstan.yaml", &udp_config(listen, &[keep]));
+    eventually(Duration::from_secs(5), || {
+        (capstan.generation() > before).then_some(())
+    })
+    .expect("reload");
+    let moved = ask(&one, listen, "x").await.expect("reply");
+    assert_ne!(moved, after_idle, "flow left the removed endpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_without_endpoints_drops_and_counts() {
+    let listen = udp_frontend();
+    let dir = TempDir::new("udp-empty");
+    let config = dir.write("capstan.yaml", &udp_config(listen, &[]));
+    let capstan = Capstan::start(&["--config", path_str(&config)]);
+    capstan.wait_listening(listen);
+    let one = client().await;
+    assert_eq!(ask(&one, listen, "anyone?").await, None);
+    eventually(Duration::from_secs(2), || {
+        capstan
+            .metrics()
+            .contains("protocol=\"UDP\",reason=\"no_endpoints\",blame=\"upstream\"} 1")
+            .then_some(())
+    })
+    .expect("counted");
+}
