@@ -31,7 +31,7 @@ pub fn choose(
     }
 
     let affinity = port.affinity.map(|timeout| {
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let timeout_ms = capstan_table::millis(timeout);
         (port.state.affinity().pin(), timeout_ms)
     });
     if let Some((table, timeout_ms)) = &affinity

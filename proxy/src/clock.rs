@@ -9,5 +9,5 @@ static ORIGIN: OnceLock<Instant> = OnceLock::new();
 /// 0 can mean "never" in atomics.
 pub fn now_ms() -> u64 {
     let origin = *ORIGIN.get_or_init(Instant::now);
-    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    capstan_table::millis(origin.elapsed()) + 1
 }

@@ -85,12 +85,7 @@ async fn connect(
                 return Some((endpoint, stream));
             }
             Err(error) => {
-                let t = port.timeouts;
-                let until = endpoint.stats.record_failure(
-                    now_ms(),
-                    millis(t.eject_base),
-                    millis(t.eject_max),
-                );
+                let until = endpoint.stats.record_failure(now_ms(), &port.timeouts);
                 debug!(%peer, service = %port.key, %error, eject_ms = until.saturating_sub(now_ms()), "connect failed");
                 tried.push(endpoint.addr);
             }
@@ -115,10 +110,6 @@ async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, P
 fn reset(client: TcpStream) {
     let _ = socket2::SockRef::from(&client).set_linger(Some(Duration::ZERO));
     drop(client);
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Increments a gauge for as long as it lives.

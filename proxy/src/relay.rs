@@ -186,7 +186,7 @@ fn moved(bytes: &AtomicU64, activity: &AtomicU64, n: usize) {
 }
 
 async fn idle_expired(activity: &AtomicU64, idle: Duration) {
-    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let idle_ms = capstan_table::millis(idle);
     loop {
         let deadline = activity.load(Ordering::Relaxed).saturating_add(idle_ms);
         let now = now_ms();

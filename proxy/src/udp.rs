@@ -84,7 +84,7 @@ pub(crate) async fn serve(
         let port = &target.port;
         let counters = &port.state.counters;
         let eligible = &port.endpoints_for(target.scope).endpoints;
-        flows.set_idle_ms(u64::try_from(port.timeouts.udp_idle.as_millis()).unwrap_or(u64::MAX));
+        flows.set_idle_ms(capstan_table::millis(port.timeouts.udp_idle));
 
         let live = flows.get(client, now, last_reply).filter(|flow| {
             !flow.replies.is_finished() && eligible.iter().any(|e| e.addr == flow.endpoint.addr)
@@ -180,11 +180,7 @@ async fn relay_replies(
                 let _ = frontend.send_to(&buffer[..n], client).await;
             }
             Err(error) => {
-                let t = port.timeouts;
-                let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-                endpoint
-                    .stats
-                    .record_failure(now_ms(), millis(t.eject_base), millis(t.eject_max));
+                endpoint.stats.record_failure(now_ms(), &port.timeouts);
                 debug!(%client, endpoint = %endpoint.addr, %error, "udp endpoint failed");
                 return;
             }

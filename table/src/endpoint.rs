@@ -3,6 +3,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::Timeouts;
 
 /// One backend of a Service port, as compiled into a snapshot.
 #[derive(Debug)]
@@ -57,9 +60,11 @@ impl EndpointStats {
         self.ejected_until_ms.load(Ordering::Relaxed) > now_ms
     }
 
-    /// Records a failed connect and ejects the endpoint for `base_ms` doubled per consecutive
-    /// failure, capped at `max_ms`. Returns the ejection deadline.
-    pub fn record_failure(&self, now_ms: u64, base_ms: u64, max_ms: u64) -> u64 {
+    /// Records a failed connect and ejects the endpoint for `timeouts.eject_base` doubled per
+    /// consecutive failure, capped at `timeouts.eject_max`. Returns the ejection deadline.
+    pub fn record_failure(&self, now_ms: u64, timeouts: &Timeouts) -> u64 {
+        let base_ms = millis(timeouts.eject_base);
+        let max_ms = millis(timeouts.eject_max);
         self.connect_errors.fetch_add(1, Ordering::Relaxed);
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
         let backoff = base_ms.saturating_mul(1u64 << failures.min(16)).min(max_ms);
@@ -77,21 +82,31 @@ impl EndpointStats {
     }
 }
 
+/// A duration in whole milliseconds, saturating: the unit of every monotonic deadline.
+pub fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ejection_backs_off_and_success_clears_it() {
+        let t = &Timeouts {
+            eject_base: Duration::from_millis(100),
+            eject_max: Duration::from_millis(1_000),
+            ..Timeouts::default()
+        };
         let stats = EndpointStats::default();
         assert!(!stats.is_ejected(0));
-        assert_eq!(stats.record_failure(1_000, 100, 1_000), 1_100);
+        assert_eq!(stats.record_failure(1_000, t), 1_100);
         assert!(stats.is_ejected(1_099));
         assert!(!stats.is_ejected(1_100));
-        assert_eq!(stats.record_failure(2_000, 100, 1_000), 2_200);
-        assert_eq!(stats.record_failure(3_000, 100, 1_000), 3_400);
+        assert_eq!(stats.record_failure(2_000, t), 2_200);
+        assert_eq!(stats.record_failure(3_000, t), 3_400);
         for _ in 0..10 {
-            stats.record_failure(5_000, 100, 1_000);
+            stats.record_failure(5_000, t);
         }
         assert_eq!(
             stats.ejected_until_ms.load(Ordering::Relaxed),
@@ -100,11 +115,7 @@ mod tests {
         );
         stats.record_success();
         assert!(!stats.is_ejected(5_000));
-        assert_eq!(
-            stats.record_failure(7_000, 100, 1_000),
-            7_100,
-            "backoff restarts"
-        );
+        assert_eq!(stats.record_failure(7_000, t), 7_100, "backoff restarts");
         assert_eq!(stats.connect_errors.load(Ordering::Relaxed), 14);
     }
 }

@@ -14,7 +14,7 @@ mod key;
 mod proxy;
 mod snapshot;
 
-pub use endpoint::{Endpoint, EndpointConditions, EndpointStats};
+pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, millis};
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, PortCounters, ProxyTable,
