@@ -93,6 +93,72 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, how long open connections may take to finish.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// Cluster DNS listen address (UDP and TCP), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_DNS", default_value = "0.0.0.0:53", value_parser = parse_listen)]
+    pub dns: Listen,
+    /// The cluster domain answered authoritatively.
+    #[arg(
+        long,
+        value_name = "DOMAIN",
+        env = "CAPSTAN_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
+    pub cluster_domain: String,
+    /// Zone the capstan.yaml services are named in (`<service>.<zone>`).
+    #[arg(
+        long,
+        value_name = "ZONE",
+        env = "CAPSTAN_STANDALONE_ZONE",
+        default_value = "capstan.internal"
+    )]
+    pub standalone_zone: String,
+    /// What standalone services listening on 0.0.0.0 or [::] resolve to (repeatable). Default:
+    /// this host's primary address (the source address of its default route).
+    #[arg(
+        long,
+        value_name = "IP",
+        env = "CAPSTAN_STANDALONE_ADDRESS",
+        value_delimiter = ','
+    )]
+    pub standalone_address: Vec<IpAddr>,
+    /// Upstream resolver for names outside Capstan's zones, IP or IP:PORT (repeatable). Default:
+    /// the nameservers of /etc/resolv.conf.
+    #[arg(
+        long,
+        value_name = "IP[:PORT]",
+        env = "CAPSTAN_UPSTREAM",
+        value_delimiter = ',',
+        value_parser = parse_upstream
+    )]
+    pub upstream: Vec<SocketAddr>,
+    /// TTL of the records Capstan answers authoritatively.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_DNS_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_ttl: Duration,
+    /// Time allowed for one upstream exchange before trying the next upstream.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_UPSTREAM_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+    /// Forwarded queries in flight at most; more are answered REFUSED.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_DNS_MAX_CONCURRENT",
+        default_value = "1000"
+    )]
+    pub dns_max_concurrent: usize,
+    /// Forwarded answers cached at most; 0 disables the cache.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_DNS_CACHE_SIZE",
+        default_value = "10000"
+    )]
+    pub dns_cache_size: usize,
+    /// Cached answers live at least this long (shorter upstream TTLs are raised).
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_DNS_CACHE_MIN_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub dns_cache_min_ttl: Duration,
+    /// Cached answers live at most this long.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_DNS_CACHE_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub dns_cache_max_ttl: Duration,
     /// Log filter (RUST_LOG syntax), e.g. info or capstan_proxy=debug.
     #[arg(
         long,
@@ -101,4 +167,63 @@ pub struct RunArgs {
         default_value = "info"
     )]
     pub log: String,
+}
+
+/// A listen address that can be turned off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    At(SocketAddr),
+}
+
+impl Listen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::At(addr) => Some(addr),
+        }
+    }
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen::Off);
+    }
+    text.parse()
+        .map(Listen::At)
+        .map_err(|_| format!("{text:?} is not IP:PORT or off"))
+}
+
+/// `IP` (port 53) or `IP:PORT`, IPv6 as `[IP]:PORT`.
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{text:?} is not IP or IP:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_default_to_port_53() {
+        assert_eq!(
+            parse_upstream("10.0.0.1"),
+            Ok("10.0.0.1:53".parse().unwrap())
+        );
+        assert_eq!(
+            parse_upstream("10.0.0.1:5353"),
+            Ok("10.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(parse_upstream("::1"), Ok("[::1]:53".parse().unwrap()));
+        assert_eq!(parse_upstream("[::1]:54"), Ok("[::1]:54".parse().unwrap()));
+        assert!(parse_upstream("example.com").is_err());
+        assert_eq!(parse_listen("off"), Ok(Listen::Off));
+        assert!(parse_listen("53").is_err());
+    }
 }

@@ -23,6 +23,8 @@ pub enum Error {
     Invalid(Errors),
     #[error(transparent)]
     Catalog(#[from] capstan_catalog::CatalogError),
+    #[error(transparent)]
+    Dns(#[from] capstan_dns::DnsError),
     #[error("watch {}: {source}", path.display())]
     Watch {
         path: PathBuf,

@@ -10,12 +10,14 @@ pub mod admin;
 pub mod config;
 mod error;
 pub mod publish;
+pub mod resolv;
 pub mod source;
 pub mod telemetry;
 
 use std::sync::Arc;
 
-use capstan_catalog::{Catalog, CompileOptions, compile};
+use capstan_catalog::{Catalog, CompileOptions, DnsOptions, compile};
+use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_proxy::{ListenerStatus, Workers, run_listeners};
 use capstan_table::{Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
@@ -30,7 +32,7 @@ use crate::admin::AdminState;
 use crate::config::{RunArgs, SourceArgs};
 use crate::publish::Publisher;
 use crate::source::{FileSources, SourceStatus};
-use crate::telemetry::{Metrics, ProxyCollector};
+use crate::telemetry::{DnsCollector, Metrics, ProxyCollector};
 
 /// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
 /// Invalid input at startup is an error; later it is logged, counted and kept out.
@@ -38,10 +40,22 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let options = compile_options(&args)?;
     let snapshots = SnapshotHandle::default();
     let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::new());
-    let metrics = Arc::new(Metrics::new(ProxyCollector {
-        snapshots: snapshots.clone(),
-        listeners: listener_status.clone(),
-    }));
+    let dns_metrics = Arc::new(DnsMetrics::default());
+    let forwarder = Arc::new(Forwarder::new(
+        forward_config(&args),
+        args.dns.addr(),
+        dns_metrics.clone(),
+    ));
+    let metrics = Arc::new(Metrics::new(
+        ProxyCollector {
+            snapshots: snapshots.clone(),
+            listeners: listener_status.clone(),
+        },
+        DnsCollector {
+            metrics: dns_metrics.clone(),
+            forwarder: Some(forwarder.clone()),
+        },
+    ));
     let source_status = SourceStatus::default();
 
     let admin = TcpListener::bind(args.admin)
@@ -79,7 +93,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let publisher = Publisher {
         catalog: Catalog::default(),
         sources: files.ids(),
-        options,
+        options: options.clone(),
         snapshots: snapshots.clone(),
         generations: generations_tx,
         metrics,
@@ -93,6 +107,23 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         what: "start proxy worker threads",
         source,
     })?);
+    if let Some(listen) = args.dns.addr() {
+        let config = DnsConfig {
+            listen,
+            zones: std::iter::once(options.dns.cluster_domain.clone())
+                .chain(options.dns.standalone_zone.clone())
+                .collect(),
+        };
+        let handler = Arc::new(Handler::new(
+            snapshots.clone(),
+            config.zones.clone(),
+            forwarder.clone(),
+            dns_metrics,
+        ));
+        let addr = capstan_dns::serve(&config, workers.handles(), handler, &shutdown)?;
+        info!(%addr, upstreams = ?forwarder.upstreams().iter().map(|u| u.addr).collect::<Vec<_>>(), "dns listening");
+        tokio::spawn(forwarder.clone().probe_down_upstreams(shutdown.clone()));
+    }
     let connections = TaskTracker::new();
     let listeners = tokio::spawn(run_listeners(
         workers.clone(),
@@ -128,10 +159,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
 
 /// Loads and compiles the sources once: `capstan check`. Returns a human summary.
 pub async fn check(args: &SourceArgs) -> Result<String, Error> {
-    let metrics = Arc::new(Metrics::new(ProxyCollector {
-        snapshots: SnapshotHandle::default(),
-        listeners: watch::channel(ListenerStatus::new()).1,
-    }));
+    let metrics = Arc::new(Metrics::new(
+        ProxyCollector {
+            snapshots: SnapshotHandle::default(),
+            listeners: watch::channel(ListenerStatus::new()).1,
+        },
+        DnsCollector::default(),
+    ));
     let mut files = FileSources::new(
         &args.manifests,
         args.config.as_ref(),
@@ -185,5 +219,39 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
             eject_max: args.eject_backoff_max.max(args.eject_backoff),
             udp_idle: args.udp_idle_timeout,
         },
+        dns: DnsOptions {
+            cluster_domain: args
+                .cluster_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            standalone_zone: Some(
+                args.standalone_zone
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase(),
+            ),
+            standalone_addresses: if args.standalone_address.is_empty() {
+                vec![resolv::primary_address()]
+            } else {
+                args.standalone_address.clone()
+            },
+            ttl: u32::try_from(args.dns_ttl.as_secs()).unwrap_or(u32::MAX),
+        },
     })
+}
+
+fn forward_config(args: &RunArgs) -> ForwardConfig {
+    ForwardConfig {
+        upstreams: if args.upstream.is_empty() {
+            resolv::system_nameservers()
+        } else {
+            args.upstream.clone()
+        },
+        timeout: args.upstream_timeout,
+        max_concurrent: args.dns_max_concurrent,
+        cache: CacheConfig {
+            capacity: args.dns_cache_size,
+            min_ttl: args.dns_cache_min_ttl,
+            max_ttl: args.dns_cache_max_ttl.max(args.dns_cache_min_ttl),
+        },
+    }
 }

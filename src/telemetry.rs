@@ -15,6 +15,10 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+mod dns;
+
+pub use dns::DnsCollector;
+
 /// The agent's metrics. Counters the data plane updates per connection are not here: they are
 /// atomics inside the snapshot, read by [`ProxyCollector`].
 #[derive(Debug)]
@@ -59,7 +63,7 @@ pub fn init_logging(filter: &str) {
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(collector: ProxyCollector) -> Self {
+    pub fn new(collector: ProxyCollector, dns: DnsCollector) -> Self {
         let mut registry = Registry::with_prefix("capstan");
         let snapshot_generation = Gauge::default();
         registry.register(
@@ -92,6 +96,7 @@ impl Metrics {
             invalid_files.clone(),
         );
         registry.register_collector(Box::new(collector));
+        registry.register_collector(Box::new(dns));
         Self {
             registry,
             snapshot_generation,
@@ -114,7 +119,7 @@ impl Metrics {
 
 // === impl ProxyCollector ===
 
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -253,7 +258,7 @@ impl Families {
     }
 }
 
-fn encode_gauges(
+pub(crate) fn encode_gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

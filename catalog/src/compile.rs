@@ -27,6 +27,7 @@ pub struct CompileOptions {
     /// Policy for Services that do not choose one.
     pub balance: BalancePolicy,
     pub timeouts: Timeouts,
+    pub dns: DnsOptions,
 }
 
 /// Compiles the catalog into the next snapshot. Never fails as a whole: objects that cannot be
@@ -62,7 +63,7 @@ pub fn compile(
 
     let previous_ports = previous.map(|s| &s.proxy.ports);
     let mut proxy = ProxyTable::default();
-    for (key, (_, service)) in services {
+    for (&key, &(_, service)) in &services {
         if matches!(service.kind, ServiceKind::ExternalName(_)) {
             continue;
         }
@@ -106,9 +107,13 @@ pub fn compile(
         }
     }
 
+    // The serial only needs to change with the data; 32 bits of the generation do.
+    let serial = generation.0 as u32;
+    let dns = dns::compile_dns(&services, &slices, &options.dns, serial);
     Snapshot {
         generation,
         proxy: Arc::new(proxy),
+        dns: Arc::new(dns),
         problems: problems.into(),
     }
 }
@@ -329,5 +334,8 @@ fn rank(c: EndpointConditions) -> u8 {
     u8::from(c.ready) * 4 + u8::from(c.serving) * 2 + u8::from(!c.terminating)
 }
 
+mod dns;
 #[cfg(test)]
 mod tests;
+
+pub use dns::DnsOptions;

@@ -13,9 +13,9 @@ mod error;
 mod model;
 
 pub use catalog::{Catalog, Object, ObjectId, SourceId, Update};
-pub use compile::{CompileOptions, categorize, compile};
+pub use compile::{CompileOptions, DnsOptions, categorize, compile};
 pub use error::CatalogError;
 pub use model::{
-    EndpointSlice, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
     TrafficPolicy,
 };

@@ -14,6 +14,8 @@ use crate::CatalogError;
 pub struct Service {
     pub key: ServiceKey,
     pub kind: ServiceKind,
+    /// Where it was declared, which decides the DNS zone it is named in.
+    pub origin: Origin,
     /// ClusterIPs (one per family); empty for a headless Service.
     pub cluster_ips: Vec<IpAddr>,
     pub external_ips: Vec<IpAddr>,
@@ -29,6 +31,16 @@ pub struct Service {
     pub balance: Option<BalancePolicy>,
     pub connect_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+}
+
+/// Where a Service was declared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// The Kubernetes API or a manifest: named `<service>.<namespace>.svc.<cluster domain>`.
+    #[default]
+    Kubernetes,
+    /// `capstan.yaml`: named `<service>.<standalone zone>`.
+    Standalone,
 }
 
 /// The Service `type`.
@@ -110,6 +122,7 @@ impl Service {
         Self {
             key,
             kind,
+            origin: Origin::Kubernetes,
             cluster_ips: vec![],
             external_ips: vec![],
             load_balancer_ips: vec![],

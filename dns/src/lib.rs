@@ -1,6 +1,26 @@
-//! Cluster DNS (not built yet).
+//! Cluster DNS: the Kubernetes DNS-Based Service Discovery specification (1.1.0) answered from the
+//! snapshot, plus forwarding of every other name to upstream resolvers through a cache.
 //!
-//! Will own: the pure `answer(&DnsTable, &Message) -> Message` for the cluster domain, the UDP and
-//! TCP servers, and the upstream forwarder with its cache. It reads the DNS table of the snapshot.
+//! Owns: the pure [`answer`] function over the snapshot's [`capstan_table::DnsTable`], the wire
+//! edge ([`wire`]: FORMERR, EDNS(0) sizes, truncation), the forwarding [`Cache`], the
+//! [`Forwarder`] (upstream health, concurrency cap, loop detection), the UDP + TCP [`serve`]r and
+//! its lock-free [`DnsMetrics`].
 //!
-//! Must not import: `catalog`, the sources, or anything Kubernetes; only `table`.
+//! Must not import: `catalog`, the sources, or anything Kubernetes; only `table`. hickory-proto is
+//! used for the wire format only: names are answered from Capstan's own table, not a hickory zone
+//! store (which sits behind a lock and cannot be swapped atomically).
+
+mod answer;
+mod cache;
+mod error;
+mod forward;
+mod metrics;
+mod server;
+pub mod wire;
+
+pub use answer::{Resolution, answer, lookup_key, reverse_address};
+pub use cache::{Cache, CacheConfig, CacheKey, Cached};
+pub use error::DnsError;
+pub use forward::{ForwardConfig, Forwarder, UpstreamStats};
+pub use metrics::{DnsMetrics, DurationSample, RequestSample, Transport};
+pub use server::{DnsConfig, Handler, Pending, Step, serve};

@@ -48,7 +48,7 @@ impl Workers {
         Self::start(std::thread::available_parallelism().map_or(1, usize::from))
     }
 
-    pub(crate) fn handles(&self) -> &[Handle] {
+    pub fn handles(&self) -> &[Handle] {
         &self.handles
     }
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use capstan_catalog::{
-    EndpointSlice, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
     TrafficPolicy,
 };
 use capstan_table::{BalancePolicy, EndpointConditions, Protocol, ServiceKey};
@@ -104,6 +104,7 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
     let service = Service {
         key,
         kind,
+        origin: Origin::Kubernetes,
         cluster_ips,
         external_ips,
         load_balancer_ips,

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capstan_catalog::{
-    EndpointSlice, Object, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
+    EndpointSlice, Object, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort,
+    TargetPort,
 };
 use capstan_table::{EndpointConditions, Protocol, ServiceKey};
 use serde::Deserialize;
@@ -326,6 +327,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Error> {
             balance: balance(&schema.balance)?.or(default_balance),
             connect_timeout: optional_duration(&schema.connect_timeout)?.or(default_connect),
             idle_timeout: optional_duration(&schema.idle_timeout)?.or(default_idle),
+            origin: Origin::Standalone,
             ..Service::new(ServiceKey::new(NAMESPACE, name), ServiceKind::ClusterIp)
         };
         service

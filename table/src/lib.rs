@@ -1,7 +1,8 @@
 //! The vocabulary of Capstan and the compiled, immutable tables the data planes read.
 //!
 //! Owns: [`ServiceKey`], [`ServicePortKey`], [`Protocol`], [`Endpoint`] and its carried-over
-//! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), the [`Snapshot`] that bundles every
+//! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), the
+//! authoritative DNS data ([`DnsTable`]), the [`Snapshot`] that bundles every
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
 //! `ArcSwap`.
 //!
@@ -9,11 +10,13 @@
 //! plain data plus lock-free atomics, so it can be built by the pure `compile` step and read by every
 //! plane without locks.
 
+mod dns;
 mod endpoint;
 mod key;
 mod proxy;
 mod snapshot;
 
+pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
 pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, millis};
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use proxy::{

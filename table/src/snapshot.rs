@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::ProxyTable;
+use crate::{DnsTable, ProxyTable};
 
 /// Monotonic snapshot number; 1 is the first published snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,6 +16,7 @@ pub struct Generation(pub u64);
 pub struct Snapshot {
     pub generation: Generation,
     pub proxy: Arc<ProxyTable>,
+    pub dns: Arc<DnsTable>,
     /// Objects `compile` rejected or degraded (conflicts, unusable ports), for the admin endpoint.
     pub problems: Arc<[Problem]>,
 }
