@@ -265,6 +265,11 @@ pub(crate) fn encode_gauges(
     samples: &[(Labels, i64)],
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        return ConstGauge::new(*value).encode(family);
+    }
     for (labels, value) in samples {
         ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
     }

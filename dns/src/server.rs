@@ -60,7 +60,7 @@ pub enum Step {
 #[derive(Debug)]
 pub struct Pending {
     request: Box<Message>,
-    chase: Option<(Message, Name)>,
+    chase: Option<Box<(Message, Name)>>,
     started: Instant,
     transport: Transport,
 }
@@ -121,7 +121,7 @@ impl Handler {
             }),
             Resolution::Chase { partial, target } => Step::Pending(Pending {
                 request,
-                chase: Some((partial, target)),
+                chase: Some(Box::new((partial, target))),
                 started,
                 transport,
             }),
@@ -138,7 +138,8 @@ impl Handler {
         } = pending;
         let response = match chase {
             None => self.forwarder.forward(&request).await,
-            Some((mut partial, target)) => {
+            Some(chase) => {
+                let (mut partial, target) = *chase;
                 let qtype = request
                     .queries
                     .first()

@@ -239,7 +239,8 @@ mod tests {
         let badvers = unsupported_edns_version(&v1).expect("BADVERS");
         let bytes = encode(badvers, &v1, 512);
         let reply = Message::from_vec(&bytes).expect("decode");
-        assert_eq!(reply.metadata.response_code, ResponseCode::BADVERS);
+        // BADVERS and BADSIG share code 16; hickory decodes it as BADSIG.
+        assert_eq!(u16::from(reply.metadata.response_code), 16);
         assert!(unsupported_edns_version(&request).is_none());
     }
 

@@ -163,6 +163,11 @@ fn counters(
     samples: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        return ConstCounter::new(*value).encode(family);
+    }
     for (labels, value) in samples {
         ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
     }

@@ -1,6 +1,9 @@
 //! End-to-end tests: the real `capstan` binary, real TCP backends and clients on loopback.
 
 mod balance;
+mod dns;
+mod dns_spec;
+mod dns_support;
 mod files;
 mod lifecycle;
 mod reload;

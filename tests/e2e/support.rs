@@ -90,9 +90,16 @@ impl Capstan {
 
     /// Starts without waiting for readiness.
     pub(crate) fn spawn(args: &[&str]) -> Self {
+        // DNS is on by default (port 53); tests that want it pass their own --dns.
+        let dns_off: &[&str] = if args.contains(&"--dns") {
+            &[]
+        } else {
+            &["--dns", "off"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .arg("run")
             .args(args)
+            .args(dns_off)
             .args([
                 "--admin",
                 "127.0.0.1:0",
@@ -127,6 +134,21 @@ impl Capstan {
                 )
             });
         Self { child, admin, logs }
+    }
+
+    /// The DNS server's address, from its log line.
+    pub(crate) fn dns_addr(&self) -> SocketAddr {
+        eventually(Duration::from_secs(10), || {
+            let logs = self.logs();
+            let line = logs.lines().find(|l| l.contains("dns listening addr="))?;
+            line.split("addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no dns address in logs:\n{}", self.logs()))
     }
 
     pub(crate) fn logs(&self) -> String {
