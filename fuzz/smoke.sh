@@ -10,7 +10,7 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for target in manifests config; do
+for target in manifests config dns_query; do
   mkdir -p "corpus/$target"
   cp -n corpus-seed/"$target"/* "corpus/$target/" 2>/dev/null || true
   cargo +nightly fuzz run "$target" "corpus/$target" -- -max_total_time="$SECONDS_EACH" -max_len=8192

@@ -298,9 +298,10 @@ fn soa(table: &DnsTable, zone: &DnsZone) -> Record {
     Record::from_rdata(apex, table.ttl, RData::SOA(data))
 }
 
-/// A table name (lowercase, no trailing dot) as a fully qualified wire name.
+/// A table name (lowercase, no trailing dot) as a fully qualified wire name. Labels are taken as
+/// they are (no IDNA rules), as the table holds them.
 fn to_name(text: &str) -> Option<Name> {
-    let mut name = Name::from_ascii(text).ok()?;
+    let mut name = Name::from_labels(text.split('.').map(str::as_bytes)).ok()?;
     name.set_fqdn(true);
     Some(name)
 }

@@ -375,3 +375,95 @@ async fn serve_tcp_connection(stream: TcpStream, handler: Arc<Handler>) {
     drop(replies);
     let _ = write.await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use capstan_table::{DnsTable, DnsZone, Snapshot};
+    use hickory_proto::op::{MessageType, OpCode, Query};
+    use hickory_proto::rr::RecordType;
+
+    use super::*;
+    use crate::cache::CacheConfig;
+    use crate::forward::ForwardConfig;
+
+    fn handler(snapshots: SnapshotHandle) -> Handler {
+        let metrics = Arc::new(DnsMetrics::default());
+        let config = ForwardConfig {
+            upstreams: vec![],
+            timeout: Duration::from_secs(1),
+            max_concurrent: 1,
+            cache: CacheConfig {
+                capacity: 0,
+                min_ttl: Duration::ZERO,
+                max_ttl: Duration::ZERO,
+            },
+        };
+        let forwarder = Arc::new(Forwarder::new(config, None, metrics.clone()));
+        Handler::new(snapshots, vec!["cluster.local".into()], forwarder, metrics)
+    }
+
+    fn query(name: &str) -> Vec<u8> {
+        let mut message = Message::new(3, MessageType::Query, OpCode::Query);
+        let name = Name::from_ascii(name).expect("name");
+        message.add_query(Query::query(name, RecordType::A));
+        message.to_vec().expect("encode")
+    }
+
+    fn rcode(step: Step) -> ResponseCode {
+        match step {
+            Step::Reply(bytes) => {
+                Message::from_vec(&bytes)
+                    .expect("decode")
+                    .metadata
+                    .response_code
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cluster_names_are_servfail_until_the_first_snapshot_and_others_forwarded() {
+        let snapshots = SnapshotHandle::default();
+        let handler = handler(snapshots.clone());
+        let web = query("web.ns.svc.cluster.local.");
+        assert_eq!(
+            rcode(handler.start(&web, Transport::Udp)),
+            ResponseCode::ServFail
+        );
+        assert!(matches!(
+            handler.start(&query("example.org."), Transport::Udp),
+            Step::Pending(_)
+        ));
+
+        let mut table = DnsTable::new(
+            vec![DnsZone {
+                name: "cluster.local".into(),
+                pods: true,
+            }],
+            5,
+            1,
+        );
+        let node = table.node_mut("web.ns.svc.cluster.local").expect("zone");
+        node.a.push(Ipv4Addr::new(10, 0, 0, 1));
+        snapshots.store(Arc::new(Snapshot {
+            dns: Arc::new(table),
+            ..Snapshot::default()
+        }));
+        assert_eq!(
+            rcode(handler.start(&web, Transport::Udp)),
+            ResponseCode::NoError
+        );
+    }
+
+    #[tokio::test]
+    async fn with_no_upstream_forwarded_names_are_servfail() {
+        let handler = handler(SnapshotHandle::default());
+        let Step::Pending(pending) = handler.start(&query("example.org."), Transport::Tcp) else {
+            panic!("expected pending");
+        };
+        let reply = Message::from_vec(&handler.complete(pending).await).expect("decode");
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
+    }
+}
