@@ -15,6 +15,7 @@ mod cache;
 mod error;
 mod forward;
 mod metrics;
+mod packet_cache;
 mod server;
 pub mod wire;
 
@@ -23,4 +24,5 @@ pub use cache::{Cache, CacheConfig, CacheKey, Cached};
 pub use error::DnsError;
 pub use forward::{ForwardConfig, Forwarder, UpstreamStats};
 pub use metrics::{DnsMetrics, DurationSample, RequestSample, Transport};
+pub use packet_cache::{PacketCache, PlainQuery};
 pub use server::{DnsConfig, Handler, Pending, Step, serve};

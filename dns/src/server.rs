@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use capstan_table::{SnapshotHandle, in_zone};
+use capstan_table::{Snapshot, SnapshotHandle, in_zone};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, RecordType};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -22,6 +22,7 @@ use tracing::debug;
 use crate::answer::{Resolution, answer, error, lookup_key};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Transport};
+use crate::packet_cache::{PacketCache, PlainQuery};
 use crate::{DnsError, wire};
 
 /// A TCP connection with no complete query for this long is closed.
@@ -84,7 +85,41 @@ impl Handler {
 
     /// Answers `raw` from the snapshot if it can.
     pub fn start(&self, raw: &[u8], transport: Transport) -> Step {
+        self.start_with(raw, transport, self.snapshots.load(), Instant::now())
+    }
+
+    /// [`Handler::start`] for UDP with the socket's packet cache: repeated plain questions about
+    /// Capstan's names are answered by copying bytes.
+    pub fn start_cached(&self, raw: &[u8], cache: &mut PacketCache) -> Step {
         let started = Instant::now();
+        let snapshot = self.snapshots.load();
+        let (Some(generation), Some(plain)) = (
+            snapshot.as_ref().map(|s| s.generation),
+            PlainQuery::parse(raw),
+        ) else {
+            return self.start_with(raw, Transport::Udp, snapshot, started);
+        };
+        if let Some(reply) = cache.answer(generation, raw, &plain) {
+            let qtype = RecordType::from(plain.qtype());
+            let rcode = ResponseCode::from_low(reply[3] & 0x0f);
+            self.metrics
+                .record(Transport::Udp, Some(qtype), rcode, started.elapsed());
+            return Step::Reply(reply);
+        }
+        let step = self.start_with(raw, Transport::Udp, snapshot, started);
+        if let Step::Reply(reply) = &step {
+            cache.store(generation, plain, reply);
+        }
+        step
+    }
+
+    fn start_with(
+        &self,
+        raw: &[u8],
+        transport: Transport,
+        snapshot: Option<Arc<Snapshot>>,
+        started: Instant,
+    ) -> Step {
         let request = match wire::parse(raw) {
             wire::Packet::Query(request) => request,
             wire::Packet::Malformed(reply) => {
@@ -105,7 +140,7 @@ impl Handler {
             let servfail = error(&request, ResponseCode::ServFail);
             return Step::Reply(self.finish(servfail, &request, transport, started));
         }
-        let resolution = match self.snapshots.load() {
+        let resolution = match snapshot {
             Some(snapshot) => answer(&snapshot.dns, &request),
             None => self.before_first_snapshot(&request),
         };
@@ -144,7 +179,7 @@ impl Handler {
                     .queries
                     .first()
                     .map(|q| q.query_type())
-                    .unwrap_or(hickory_proto::rr::RecordType::A);
+                    .unwrap_or(RecordType::A);
                 let upstream = self.forwarder.resolve(&request, target, qtype).await;
                 partial.metadata.response_code = upstream.metadata.response_code;
                 partial.answers.extend(upstream.answers);
@@ -278,6 +313,7 @@ fn bind_once(listen: SocketAddr, count: usize) -> io::Result<Bound> {
 async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
     // Room for any datagram: a query longer than it could be is still read whole and answered.
     let mut buf = vec![0; 65_535];
+    let mut cache = PacketCache::default();
     loop {
         let (n, peer) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
@@ -286,7 +322,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
                 continue;
             }
         };
-        match handler.start(&buf[..n], Transport::Udp) {
+        match handler.start_cached(&buf[..n], &mut cache) {
             Step::Reply(reply) => {
                 if let Err(error) = socket.send_to(&reply, peer).await {
                     debug!(%error, %peer, "dns: UDP send");
