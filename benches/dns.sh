@@ -5,6 +5,8 @@
 # forwarding rate (names it forwards to Knot, answered from its cache after the first pass).
 #
 # Usage: benches/dns.sh [DURATION_SECONDS] [CLIENTS]      (defaults: 10, 20)
+#        ROUNDS=N benches/dns.sh ...   alternates Knot and Capstan N times (default 3) and reports
+#                                      the median of each: this 2-core machine is noisy.
 # Installs what it needs (apt: dnsperf, knot). Everything listens on 127.0.0.1 ports picked at run
 # time; everything is stopped at exit. Prints queries/s and latency for each and the ratio.
 set -euo pipefail
@@ -69,7 +71,14 @@ with open(f"{work}/forward.queries", "w") as f:
 EOF
 
 KNOT=$(free_port); CAP=$(free_port)
-cores=$(nproc)
+# Servers and client on separate cores, so neither steals the other's CPU: the servers share
+# cores 0..n-2 (one worker per core each), dnsperf has the last one.
+ncpu=$(nproc)
+if [ "$ncpu" -ge 2 ]; then
+  cores=$((ncpu - 1)); server_cpus="0-$((ncpu - 2))"; client_cpu="$((ncpu - 1))"
+else
+  cores=1; server_cpus=0; client_cpu=0
+fi
 cat > "$work/knot/knot.conf" <<EOF
 server:
     listen: 127.0.0.1@$KNOT
@@ -90,28 +99,46 @@ log:
   - target: stderr
     any: warning
 EOF
-knotd -c "$work/knot/knot.conf" 2> "$work/knot.log" & pids+=($!)
-"$CAPSTAN" run --manifests "$work/manifests" --admin 127.0.0.1:0 --dns "127.0.0.1:$CAP" \
+taskset -c "$server_cpus" knotd -c "$work/knot/knot.conf" 2> "$work/knot.log" & pids+=($!)
+KNOT_PID=$!
+taskset -c "$server_cpus" "$CAPSTAN" run --manifests "$work/manifests" --admin 127.0.0.1:0 --dns "127.0.0.1:$CAP" \
   --upstream "127.0.0.1:$KNOT" --log warn 2> "$work/capstan.log" & pids+=($!)
+CAP_PID=$!
 
 ready() { for _ in $(seq 200); do dig +time=1 +tries=1 @127.0.0.1 -p "$1" +short "$2" | grep -q . && return 0; sleep 0.05; done; echo "port $1 never answered $2" >&2; cat "$work"/*.log >&2; exit 1; }
 ready "$KNOT" svc-999.bench.svc.cluster.local
 ready "$CAP" svc-999.bench.svc.cluster.local
 
-run() { # port queries → "qps avg_ms lost"
-  dnsperf -s 127.0.0.1 -p "$1" -d "$2" -l "$DURATION" -c "$CLIENTS" -q 100 -t 2 2>&1 | tee -a "$work/dnsperf.log" |
-    awk '/Queries lost:/ { lost = $3 } /Queries per second:/ { qps = $4 } /Average Latency/ { avg = $4 * 1000 }
-         END { printf "%.0f %.3f %s\n", qps, avg, lost }'
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+run() { # port pid queries → "qps avg_ms lost queries_per_server_cpu_second"
+  local before after
+  before=$(cpu_ticks "$2")
+  taskset -c "$client_cpu" dnsperf -s 127.0.0.1 -p "$1" -d "$3" -l "$DURATION" -c "$CLIENTS" -q 100 -t 2 > "$work/run.log" 2>&1
+  after=$(cpu_ticks "$2")
+  cat "$work/run.log" >> "$work/dnsperf.log"
+  awk -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" '
+    /Queries completed:/ { done = $3 } /Queries lost:/ { lost = $3 } /Queries per second:/ { qps = $4 }
+    /Average Latency/ { avg = $4 * 1000 }
+    END { printf "%.0f %.3f %s %.0f\n", qps, avg, lost, done / (ticks > 0 ? ticks / hz : 1) }' "$work/run.log"
 }
-echo "dnsperf: $SERVICES names, ${DURATION}s, $CLIENTS clients, $cores cores shared by server and client"
-read -r knot_qps knot_ms knot_lost < <(run "$KNOT" "$work/cluster.queries")
-read -r cap_qps cap_ms cap_lost < <(run "$CAP" "$work/cluster.queries")
+ROUNDS=${ROUNDS:-3}
+echo "dnsperf: $SERVICES names, ${DURATION}s x $ROUNDS rounds, $CLIENTS clients; servers on CPU $server_cpus ($cores worker(s) each), dnsperf on CPU $client_cpu"
+: > "$work/knot.results"; : > "$work/capstan.results"
+for round in $(seq "$ROUNDS"); do
+  run "$KNOT" "$KNOT_PID" "$work/cluster.queries" >> "$work/knot.results"
+  run "$CAP" "$CAP_PID" "$work/cluster.queries" >> "$work/capstan.results"
+  echo "round $round: knot $(tail -1 "$work/knot.results" | cut -d' ' -f1) q/s, capstan $(tail -1 "$work/capstan.results" | cut -d' ' -f1) q/s"
+done
+median() { sort -n "$1" | awk '{ rows[NR] = $0 } END { print rows[int((NR + 1) / 2)] }'; }
+read -r knot_qps knot_ms knot_lost knot_eff < <(median "$work/knot.results")
+read -r cap_qps cap_ms cap_lost cap_eff < <(median "$work/capstan.results")
 # Warm the cache with one pass, then measure answers served from it.
 dnsperf -s 127.0.0.1 -p "$CAP" -d "$work/forward.queries" -n 1 -c 1 >/dev/null 2>&1
-read -r fwd_qps fwd_ms fwd_lost < <(run "$CAP" "$work/forward.queries")
+read -r fwd_qps fwd_ms fwd_lost fwd_eff < <(run "$CAP" "$CAP_PID" "$work/forward.queries")
 
-printf '%-32s %12s %12s %8s\n' target "queries/s" "avg ms" lost
-printf '%-32s %12s %12s %8s\n' "knot (authoritative)" "$knot_qps" "$knot_ms" "$knot_lost"
-printf '%-32s %12s %12s %8s\n' "capstan (cluster zone)" "$cap_qps" "$cap_ms" "$cap_lost"
-printf '%-32s %12s %12s %8s\n' "capstan (cached forwarding)" "$fwd_qps" "$fwd_ms" "$fwd_lost"
-awk -v c="$cap_qps" -v k="$knot_qps" 'BEGIN { printf "ratio capstan/knot (queries/s): %.2f\n", c / k }'
+printf '%-30s %11s %8s %6s %18s\n' "target (median)" "queries/s" "avg ms" lost "queries/server-cpu-s"
+printf '%-30s %11s %8s %6s %18s\n' "knot (authoritative)" "$knot_qps" "$knot_ms" "$knot_lost" "$knot_eff"
+printf '%-30s %11s %8s %6s %18s\n' "capstan (cluster zone)" "$cap_qps" "$cap_ms" "$cap_lost" "$cap_eff"
+printf '%-30s %11s %8s %6s %18s\n' "capstan (cached forwarding)" "$fwd_qps" "$fwd_ms" "$fwd_lost" "$fwd_eff"
+awk -v c="$cap_qps" -v k="$knot_qps" -v ce="$cap_eff" -v ke="$knot_eff" \
+  'BEGIN { printf "ratio capstan/knot: %.2f queries/s, %.2f queries per server CPU-second\n", c / k, ce / ke }'

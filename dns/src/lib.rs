@@ -17,6 +17,7 @@ mod forward;
 mod metrics;
 mod packet_cache;
 mod server;
+mod udp_batch;
 pub mod wire;
 
 pub use answer::{Resolution, answer, lookup_key, reverse_address};

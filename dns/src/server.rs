@@ -23,6 +23,7 @@ use crate::answer::{Resolution, answer, error, lookup_key};
 use crate::forward::Forwarder;
 use crate::metrics::{DnsMetrics, Transport};
 use crate::packet_cache::{PacketCache, PlainQuery};
+use crate::udp_batch::serve_udp;
 use crate::{DnsError, wire};
 
 /// A TCP connection with no complete query for this long is closed.
@@ -88,16 +89,26 @@ impl Handler {
         self.start_with(raw, transport, self.snapshots.load(), Instant::now())
     }
 
+    /// The snapshot a batch of queries is answered from.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.snapshots.load()
+    }
+
     /// [`Handler::start`] for UDP with the socket's packet cache: repeated plain questions about
-    /// Capstan's names are answered by copying bytes.
-    pub fn start_cached(&self, raw: &[u8], cache: &mut PacketCache) -> Step {
-        let started = Instant::now();
-        let snapshot = self.snapshots.load();
+    /// Capstan's names are answered by copying bytes. `snapshot` and `started` are taken once per
+    /// received batch.
+    pub fn start_cached(
+        &self,
+        raw: &[u8],
+        cache: &mut PacketCache,
+        snapshot: &Option<Arc<Snapshot>>,
+        started: Instant,
+    ) -> Step {
         let (Some(generation), Some(plain)) = (
             snapshot.as_ref().map(|s| s.generation),
             PlainQuery::parse(raw),
         ) else {
-            return self.start_with(raw, Transport::Udp, snapshot, started);
+            return self.start_with(raw, Transport::Udp, snapshot.clone(), started);
         };
         if let Some(reply) = cache.answer(generation, raw, &plain) {
             let qtype = RecordType::from(plain.qtype());
@@ -106,7 +117,7 @@ impl Handler {
                 .record(Transport::Udp, Some(qtype), rcode, started.elapsed());
             return Step::Reply(reply);
         }
-        let step = self.start_with(raw, Transport::Udp, snapshot, started);
+        let step = self.start_with(raw, Transport::Udp, snapshot.clone(), started);
         if let Step::Reply(reply) = &step {
             cache.store(generation, plain, reply);
         }
@@ -308,37 +319,6 @@ fn bind_once(listen: SocketAddr, count: usize) -> io::Result<Bound> {
     tcp.bind(&addr.into())?;
     tcp.listen(1024)?;
     Ok((udp, tcp.into(), addr))
-}
-
-async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
-    // Room for any datagram: a query longer than it could be is still read whole and answered.
-    let mut buf = vec![0; 65_535];
-    let mut cache = PacketCache::default();
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(error) => {
-                debug!(%error, "dns: UDP receive");
-                continue;
-            }
-        };
-        match handler.start_cached(&buf[..n], &mut cache) {
-            Step::Reply(reply) => {
-                if let Err(error) = socket.send_to(&reply, peer).await {
-                    debug!(%error, %peer, "dns: UDP send");
-                }
-            }
-            Step::Ignore => {}
-            Step::Pending(pending) => {
-                let socket = socket.clone();
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let reply = handler.complete(pending).await;
-                    let _ = socket.send_to(&reply, peer).await;
-                });
-            }
-        }
-    }
 }
 
 async fn serve_tcp(listener: TcpListener, handler: Arc<Handler>, shutdown: CancellationToken) {
