@@ -29,6 +29,8 @@ pub struct AdminState {
     pub listeners: watch::Receiver<ListenerStatus>,
     pub sources: SourceStatus,
     pub metrics: Arc<Metrics>,
+    /// The DNS forwarder, for upstream health; `None` with DNS off.
+    pub dns: Option<Arc<capstan_dns::Forwarder>>,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -123,14 +125,43 @@ fn snapshot_json(state: &AdminState) -> Value {
                 .collect()
         })
         .unwrap_or_default();
-    let Some(snapshot) = state.snapshots.load() else {
-        return json!({"generation": null, "services": [], "sources": sources});
+    let snapshot = state.snapshots.load();
+    let dns = dns_json(state.dns.as_deref(), snapshot.as_deref());
+    let Some(snapshot) = snapshot else {
+        return json!({"generation": null, "services": [], "sources": sources, "dns": dns});
     };
     json!({
         "generation": snapshot.generation.0,
         "services": services_json(&snapshot, &listeners),
         "problems": snapshot.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "sources": sources,
+        "dns": dns,
+    })
+}
+
+/// Zones and name counts from the snapshot; upstream health and cache size from the forwarder.
+fn dns_json(forwarder: Option<&capstan_dns::Forwarder>, snapshot: Option<&Snapshot>) -> Value {
+    let Some(forwarder) = forwarder else {
+        return Value::Null;
+    };
+    let upstreams: Vec<Value> = forwarder
+        .upstreams()
+        .iter()
+        .map(|u| {
+            json!({
+                "addr": u.addr.to_string(),
+                "healthy": u.healthy,
+                "looping": u.looping,
+                "requests": u.requests,
+                "failures": u.failures,
+            })
+        })
+        .collect();
+    json!({
+        "zones": snapshot.map(|s| s.dns.zones.iter().map(|z| z.name.to_string()).collect::<Vec<_>>()),
+        "names": snapshot.map(|s| s.dns.names.len()),
+        "upstreams": upstreams,
+        "cache_entries": forwarder.cache_len(),
     })
 }
 

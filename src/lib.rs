@@ -74,6 +74,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         listeners: listener_status.clone(),
         sources: source_status.clone(),
         metrics: metrics.clone(),
+        dns: args.dns.addr().map(|_| forwarder.clone()),
     };
     tokio::spawn(admin::serve(admin, admin_state, shutdown.clone()));
 

@@ -291,6 +291,13 @@ fn a_resolver_loop_is_detected_and_broken() {
         "{metrics}"
     );
     assert!(capstan.logs().contains("resolver loop"));
+    let snapshot = capstan.snapshot();
+    assert_eq!(
+        snapshot["dns"]["upstreams"][0]["looping"], true,
+        "{snapshot}"
+    );
+    let zones = snapshot["dns"]["zones"].as_array().expect("zones");
+    assert!(zones.iter().any(|z| z == "cluster.local"), "{zones:?}");
 }
 
 #[test]
