@@ -219,6 +219,36 @@ fn forwarding_fails_over_caches_and_uses_tcp_for_truncated_answers() {
 }
 
 #[test]
+fn external_names_are_chased_upstream() {
+    let dir = TempDir::new("dns-external");
+    dir.write(
+        "ext.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\n\
+         spec: {type: ExternalName, externalName: www.example.test}\n",
+    );
+    let upstream = Upstream::start();
+    let upstream_arg = upstream.addr.to_string();
+    let (_capstan, dns) = start(&dir, &["--upstream", &upstream_arg]);
+    let answer = dig(dns, &["+noall", "+answer", "ext.shop.svc.cluster.local"]);
+    let lines: Vec<Vec<&str>> = answer
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines.len(), 2, "{answer}");
+    assert_eq!(lines[0][0], "ext.shop.svc.cluster.local.");
+    assert_eq!(lines[0][3..], ["CNAME", "www.example.test."]);
+    assert_eq!(lines[1][0], "www.example.test.");
+    assert_eq!(lines[1][3..], ["A", "192.0.2.1"]);
+    // The CNAME alone when asked for it: no upstream needed.
+    let before = upstream.queries();
+    assert_eq!(
+        dig_short(dns, &["CNAME", "ext.shop.svc.cluster.local"]),
+        ["www.example.test."]
+    );
+    assert_eq!(upstream.queries(), before);
+}
+
+#[test]
 fn past_the_concurrency_cap_queries_are_refused() {
     let dir = TempDir::new("dns-cap");
     dir.write("svc.yaml", &service_manifests(1));
