@@ -245,11 +245,7 @@ impl Families {
 
     fn encode(self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (name, samples) in &self.counters {
-            let mut family =
-                encoder.encode_descriptor(name, help(name), None, MetricType::Counter)?;
-            for (labels, value) in samples {
-                ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
-            }
+            encode_counters(encoder, name, help(name), samples)?;
         }
         for (name, samples) in &self.gauges {
             encode_gauges(encoder, name, help(name), samples)?;
@@ -258,6 +254,26 @@ impl Families {
     }
 }
 
+/// One counter family; a single unlabelled sample is written without braces.
+pub(crate) fn encode_counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    if let [(labels, value)] = samples
+        && labels.is_empty()
+    {
+        return ConstCounter::new(*value).encode(family);
+    }
+    for (labels, value) in samples {
+        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family; a single unlabelled sample is written without braces.
 pub(crate) fn encode_gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,

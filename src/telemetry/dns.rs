@@ -6,11 +6,10 @@ use std::sync::atomic::Ordering;
 
 use capstan_dns::{DnsMetrics, Forwarder};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 
-use super::{Labels, encode_gauges};
+use super::{Labels, encode_counters as counters, encode_gauges};
 
 /// Reads [`DnsMetrics`] and the forwarder's per-upstream figures.
 #[derive(Debug, Default)]
@@ -154,22 +153,4 @@ impl Collector for DnsCollector {
             &healthy,
         )
     }
-}
-
-fn counters(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    samples: &[(Labels, u64)],
-) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        return ConstCounter::new(*value).encode(family);
-    }
-    for (labels, value) in samples {
-        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
 }

@@ -39,6 +39,13 @@ endpoints:
     )
 }
 
+/// A manifests directory with the `shop` Services, the headless one with `endpoints` endpoints.
+fn shop(name: &str, endpoints: usize) -> TempDir {
+    let dir = TempDir::new(name);
+    dir.write("svc.yaml", &service_manifests(endpoints));
+    dir
+}
+
 fn start(dir: &TempDir, extra: &[&str]) -> (Capstan, SocketAddr) {
     let dns = SocketAddr::new(unique_ip(), 0).to_string();
     let mut args = vec!["--manifests", path_str(&dir.0), "--dns", &dns];
@@ -53,8 +60,7 @@ fn start(dir: &TempDir, extra: &[&str]) -> (Capstan, SocketAddr) {
 
 #[test]
 fn answers_over_udp_and_tcp_and_large_answers_move_to_tcp() {
-    let dir = TempDir::new("dns-basic");
-    dir.write("svc.yaml", &service_manifests(60));
+    let dir = shop("dns-basic", 60);
     let (capstan, dns) = start(&dir, &["--upstream", "127.0.0.1:9"]);
 
     assert_eq!(
@@ -99,8 +105,7 @@ fn answers_over_udp_and_tcp_and_large_answers_move_to_tcp() {
 
 #[test]
 fn tcp_connections_carry_pipelined_queries() {
-    let dir = TempDir::new("dns-pipeline");
-    dir.write("svc.yaml", &service_manifests(1));
+    let dir = shop("dns-pipeline", 1);
     let (_capstan, dns) = start(&dir, &["--upstream", "127.0.0.1:9"]);
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::{Name, RecordType};
@@ -140,8 +145,7 @@ fn tcp_connections_carry_pipelined_queries() {
 
 #[test]
 fn records_follow_manifest_changes() {
-    let dir = TempDir::new("dns-reload");
-    dir.write("svc.yaml", &service_manifests(1));
+    let dir = shop("dns-reload", 1);
     let (_capstan, dns) = start(&dir, &["--upstream", "127.0.0.1:9"]);
     assert_eq!(
         dig_short(dns, &["web.shop.svc.cluster.local"]),
@@ -166,8 +170,7 @@ fn records_follow_manifest_changes() {
 
 #[test]
 fn forwarding_fails_over_caches_and_uses_tcp_for_truncated_answers() {
-    let dir = TempDir::new("dns-forward");
-    dir.write("svc.yaml", &service_manifests(1));
+    let dir = shop("dns-forward", 1);
     let upstream = Upstream::start();
     let (_silent, silent) = silent_upstream();
     let upstream_arg = format!("{silent},{}", upstream.addr);
@@ -250,8 +253,7 @@ fn external_names_are_chased_upstream() {
 
 #[test]
 fn past_the_concurrency_cap_queries_are_refused() {
-    let dir = TempDir::new("dns-cap");
-    dir.write("svc.yaml", &service_manifests(1));
+    let dir = shop("dns-cap", 1);
     let upstream = Upstream::start();
     let upstream_arg = upstream.addr.to_string();
     let (capstan, dns) = start(
@@ -285,8 +287,7 @@ fn past_the_concurrency_cap_queries_are_refused() {
 
 #[test]
 fn a_resolver_loop_is_detected_and_broken() {
-    let dir = TempDir::new("dns-loop");
-    dir.write("svc.yaml", &service_manifests(1));
+    let dir = shop("dns-loop", 1);
     // Capstan's only upstream relays back to Capstan.
     let dns_addr = SocketAddr::new(unique_ip(), 5300);
     let relay = Relay::start(dns_addr);
@@ -332,8 +333,7 @@ fn a_resolver_loop_is_detected_and_broken() {
 
 #[test]
 fn upstream_equal_to_own_address_is_not_used() {
-    let dir = TempDir::new("dns-own");
-    dir.write("svc.yaml", &service_manifests(1));
+    let dir = shop("dns-own", 1);
     let addr = SocketAddr::new(unique_ip(), 5300).to_string();
     let capstan = Capstan::start(&[
         "--manifests",
@@ -391,8 +391,7 @@ fn standalone_services_are_named_in_their_zone() {
 
 #[test]
 fn thousands_of_garbage_packets_never_stop_the_server() {
-    let dir = TempDir::new("dns-garbage");
-    dir.write("svc.yaml", &service_manifests(3));
+    let dir = shop("dns-garbage", 3);
     let (capstan, dns) = start(&dir, &["--upstream", "127.0.0.1:9"]);
     let valid = {
         use hickory_proto::op::{Message, Query};
