@@ -91,11 +91,10 @@ impl DnsTable {
     /// zone. `None` when `name` is in none of the table's zones.
     pub fn node_mut(&mut self, name: &str) -> Option<&mut DnsNode> {
         let zone = self.zone_of(name)?.name.clone();
+        // Every existing name already has all its ancestors: stop at the first one found.
         let mut ancestor = name;
-        while ancestor.len() > zone.len() {
-            if !self.names.contains_key(ancestor) {
-                self.names.insert(ancestor.into(), DnsNode::default());
-            }
+        while ancestor.len() > zone.len() && !self.names.contains_key(ancestor) {
+            self.names.insert(ancestor.into(), DnsNode::default());
             match ancestor.split_once('.') {
                 Some((_, parent)) => ancestor = parent,
                 None => break,
