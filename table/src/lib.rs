@@ -2,7 +2,7 @@
 //!
 //! Owns: [`ServiceKey`], [`ServicePortKey`], [`Protocol`], [`Endpoint`] and its carried-over
 //! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), the
-//! authoritative DNS data ([`DnsTable`]), the [`Snapshot`] that bundles every
+//! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]), the [`Snapshot`] that bundles every
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
 //! `ArcSwap`.
 //!
@@ -12,12 +12,14 @@
 
 mod dns;
 mod endpoint;
+mod ingress;
 mod key;
 mod proxy;
 mod snapshot;
 
 pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
 pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, millis};
+pub use ingress::{Backend, BackendPort, HostRoutes, IngressTable, PathType, Route, RouteConflict};
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, PortCounters, ProxyTable,
