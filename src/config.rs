@@ -159,6 +159,14 @@ pub struct RunArgs {
     /// Cached answers live at most this long.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_DNS_CACHE_MAX_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub dns_cache_max_ttl: Duration,
+    /// Ingresses of IngressClasses with this `spec.controller` are served.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "CAPSTAN_INGRESS_CONTROLLER",
+        default_value = "capstan.dev/ingress"
+    )]
+    pub ingress_controller: String,
     /// Log filter (RUST_LOG syntax), e.g. info or capstan_proxy=debug.
     #[arg(
         long,

@@ -16,7 +16,7 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-use capstan_catalog::{Catalog, CompileOptions, DnsOptions, compile};
+use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compile};
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_proxy::{ListenerStatus, Workers, run_listeners};
 use capstan_table::{Generation, SnapshotHandle, Timeouts};
@@ -236,6 +236,9 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
                 args.standalone_address.clone()
             },
             ttl: u32::try_from(args.dns_ttl.as_secs()).unwrap_or(u32::MAX),
+        },
+        ingress: IngressOptions {
+            controller: args.ingress_controller.clone(),
         },
     })
 }

@@ -18,7 +18,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use convert::{BALANCE_ANNOTATION, SERVICE_NAME_LABEL, endpoint_slice, parse_balance, service};
+pub use convert::{
+    BALANCE_ANNOTATION, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, SERVICE_NAME_LABEL,
+    endpoint_slice, ingress, ingress_class, parse_balance, service,
+};
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};
 pub use standalone::{
     Backend, NAMESPACE as STANDALONE_NAMESPACE, Parsed, StandaloneFile, parse as parse_standalone,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use capstan_table::ServiceKey;
 
-use crate::{EndpointSlice, Service};
+use crate::{EndpointSlice, Ingress, IngressClass, Service};
 
 /// Which source an update comes from. Each source owns its objects: a reset from one source
 /// never touches another's.
@@ -18,6 +18,8 @@ pub struct SourceId(pub Arc<str>);
 pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
+    Ingress(Ingress),
+    IngressClass(IngressClass),
 }
 
 /// The identity of a catalog object within its source.
@@ -25,6 +27,8 @@ pub enum Object {
 pub enum ObjectId {
     Service(ServiceKey),
     EndpointSlice { namespace: Arc<str>, name: Arc<str> },
+    Ingress { namespace: Arc<str>, name: Arc<str> },
+    IngressClass(Arc<str>),
 }
 
 /// A change from a source.
@@ -76,6 +80,11 @@ impl Object {
                 namespace: slice.namespace.clone(),
                 name: slice.name.clone(),
             },
+            Object::Ingress(ingress) => ObjectId::Ingress {
+                namespace: ingress.namespace.clone(),
+                name: ingress.name.clone(),
+            },
+            Object::IngressClass(class) => ObjectId::IngressClass(class.name.clone()),
         }
     }
 }
@@ -89,6 +98,8 @@ impl fmt::Display for ObjectId {
             ObjectId::EndpointSlice { namespace, name } => {
                 write!(f, "EndpointSlice {namespace}/{name}")
             }
+            ObjectId::Ingress { namespace, name } => write!(f, "Ingress {namespace}/{name}"),
+            ObjectId::IngressClass(name) => write!(f, "IngressClass {name}"),
         }
     }
 }

@@ -28,6 +28,7 @@ pub struct CompileOptions {
     pub balance: BalancePolicy,
     pub timeouts: Timeouts,
     pub dns: DnsOptions,
+    pub ingress: IngressOptions,
 }
 
 /// Compiles the catalog into the next snapshot. Never fails as a whole: objects that cannot be
@@ -42,6 +43,8 @@ pub fn compile(
     let mut problems = Vec::new();
     let mut services: BTreeMap<&ServiceKey, (&SourceId, &Service)> = BTreeMap::new();
     let mut slices: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+    let mut ingresses = Vec::new();
+    let mut classes = Vec::new();
     for (source, object) in catalog.objects() {
         match object {
             Object::Service(service) => match services.entry(&service.key) {
@@ -58,6 +61,8 @@ pub fn compile(
                 }),
             },
             Object::EndpointSlice(slice) => slices.entry(&slice.service).or_default().push(slice),
+            Object::Ingress(ingress) => ingresses.push(ingress),
+            Object::IngressClass(class) => classes.push(class),
         }
     }
 
@@ -110,10 +115,19 @@ pub fn compile(
     // The serial only needs to change with the data; 32 bits of the generation do.
     let serial = generation.0 as u32;
     let dns = dns::compile_dns(&services, &slices, &options.dns, serial);
+    let ingress = ingress::compile_ingress(
+        ingresses,
+        &classes,
+        &services,
+        &proxy,
+        &options.ingress,
+        &mut problems,
+    );
     Snapshot {
         generation,
         proxy: Arc::new(proxy),
         dns: Arc::new(dns),
+        ingress: Arc::new(ingress),
         problems: problems.into(),
     }
 }
@@ -335,7 +349,9 @@ fn rank(c: EndpointConditions) -> u8 {
 }
 
 mod dns;
+mod ingress;
 #[cfg(test)]
 mod tests;
 
 pub use dns::DnsOptions;
+pub use ingress::IngressOptions;

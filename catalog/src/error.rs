@@ -11,4 +11,10 @@ pub enum CatalogError {
         name: String,
         reason: String,
     },
+    #[error("ingress {namespace}/{name}: {reason}")]
+    InvalidIngress {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
 }

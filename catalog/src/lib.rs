@@ -10,11 +10,13 @@
 mod catalog;
 mod compile;
 mod error;
+mod ingress;
 mod model;
 
 pub use catalog::{Catalog, Object, ObjectId, SourceId, Update};
-pub use compile::{CompileOptions, DnsOptions, categorize, compile};
+pub use compile::{CompileOptions, DnsOptions, IngressOptions, categorize, compile};
 pub use error::CatalogError;
+pub use ingress::{Ingress, IngressBackend, IngressClass, IngressPath, IngressRule};
 pub use model::{
     EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
     TrafficPolicy,

@@ -9,7 +9,7 @@
 use capstan_table::{HostRoutes, IngressTable, Route};
 
 /// The outcome of routing one request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Routed<'t> {
     Route(&'t Route),
     /// No rule matched: `spec.defaultBackend`.

@@ -16,6 +16,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::Error;
 
+mod ingress;
+
+pub use ingress::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, ingress, ingress_class};
+
 /// Annotation choosing the load-balancing policy of a Service.
 pub const BALANCE_ANNOTATION: &str = "capstan.dev/load-balancer";
 /// The label linking an EndpointSlice to its Service.

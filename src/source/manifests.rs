@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use capstan_catalog::{Object, ObjectId};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 use serde::Deserialize;
 
 use crate::Error;
@@ -161,6 +162,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, Error> {
                     convert::endpoint_slice(&slice).map_err(|e| fail(None, e.to_string()))?;
                 objects.extend(slice.map(Object::EndpointSlice));
             }
+            ("networking.k8s.io/v1", "Ingress") => {
+                let ingress: networking::Ingress =
+                    serde_saphyr::from_str(document).map_err(yaml_error)?;
+                let ingress = convert::ingress(&ingress).map_err(|e| fail(None, e.to_string()))?;
+                objects.push(Object::Ingress(ingress));
+            }
+            ("networking.k8s.io/v1", "IngressClass") => {
+                let class: networking::IngressClass =
+                    serde_saphyr::from_str(document).map_err(yaml_error)?;
+                let class =
+                    convert::ingress_class(&class).map_err(|e| fail(None, e.to_string()))?;
+                objects.push(Object::IngressClass(class));
+            }
             _ => {} // Deployments, ConfigMaps...: not ours.
         }
     }
@@ -189,6 +203,20 @@ fn convert_json(item: serde_json::Value, objects: &mut Vec<Object>) -> Result<()
                 serde_json::from_value(item).map_err(|e| e.to_string())?;
             let slice = convert::endpoint_slice(&slice).map_err(|e| e.to_string())?;
             objects.extend(slice.map(Object::EndpointSlice));
+        }
+        ("networking.k8s.io/v1", "Ingress") => {
+            let ingress: networking::Ingress =
+                serde_json::from_value(item).map_err(|e| e.to_string())?;
+            objects.push(Object::Ingress(
+                convert::ingress(&ingress).map_err(|e| e.to_string())?,
+            ));
+        }
+        ("networking.k8s.io/v1", "IngressClass") => {
+            let class: networking::IngressClass =
+                serde_json::from_value(item).map_err(|e| e.to_string())?;
+            objects.push(Object::IngressClass(
+                convert::ingress_class(&class).map_err(|e| e.to_string())?,
+            ));
         }
         _ => {}
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::ServiceKey;
+use crate::{ServiceKey, ServicePortTable};
 
 /// Every Ingress route of one snapshot.
 #[derive(Debug, Default)]
@@ -39,11 +39,14 @@ pub enum PathType {
 }
 
 /// Where a matched request goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Route {
     /// `namespace/name` of the Ingress that declared it (for logs and metrics).
     pub ingress: Arc<str>,
     pub backend: Backend,
+    /// The backend's Service port in this snapshot, with its endpoints; `None` when the Service
+    /// or the port does not exist (503).
+    pub upstream: Option<Arc<ServicePortTable>>,
 }
 
 /// An Ingress backend: a Service port.

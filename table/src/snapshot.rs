@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::{DnsTable, ProxyTable};
+use crate::{DnsTable, IngressTable, ProxyTable};
 
 /// Monotonic snapshot number; 1 is the first published snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -17,6 +17,7 @@ pub struct Snapshot {
     pub generation: Generation,
     pub proxy: Arc<ProxyTable>,
     pub dns: Arc<DnsTable>,
+    pub ingress: Arc<IngressTable>,
     /// Objects `compile` rejected or degraded (conflicts, unusable ports), for the admin endpoint.
     pub problems: Arc<[Problem]>,
 }

@@ -5,6 +5,7 @@ mod dns;
 mod dns_spec;
 mod dns_support;
 mod files;
+mod ingress_spec;
 mod lifecycle;
 mod reload;
 mod support;

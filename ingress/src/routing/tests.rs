@@ -16,6 +16,7 @@ fn to(service: &str) -> Arc<Route> {
             service: ServiceKey::new("test", service),
             port: BackendPort::Number(80),
         },
+        upstream: None,
     })
 }
 

@@ -141,7 +141,7 @@ async fn backends_become_slices_per_port_and_names_resolve() {
                     .map(|e| e.addresses[0].to_string())
                     .collect(),
             )),
-            Object::Service(_) => None,
+            _ => None,
         })
         .collect();
     assert_eq!(

@@ -1,0 +1,84 @@
+//! Ingress catalog entries: `networking.k8s.io/v1` Ingress and IngressClass, validated.
+
+use std::sync::Arc;
+
+use capstan_table::{BackendPort, PathType, ServiceKey};
+
+use crate::CatalogError;
+
+/// An Ingress: host/path rules to Service backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ingress {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    /// `spec.ingressClassName`, or the legacy `kubernetes.io/ingress.class` annotation.
+    pub class_name: Option<String>,
+    pub default_backend: Option<IngressBackend>,
+    pub rules: Vec<IngressRule>,
+}
+
+/// One `spec.rules[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressRule {
+    /// `None` matches every host; `*.example.com` one label of `example.com`.
+    pub host: Option<String>,
+    pub paths: Vec<IngressPath>,
+}
+
+/// One `http.paths[]` entry. ImplementationSpecific is read as Prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressPath {
+    pub path: String,
+    pub path_type: PathType,
+    pub backend: IngressBackend,
+}
+
+/// A Service port in the Ingress's namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressBackend {
+    pub service: ServiceKey,
+    pub port: BackendPort,
+}
+
+/// An IngressClass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressClass {
+    pub name: Arc<str>,
+    /// `spec.controller`: Capstan serves classes whose controller is its own.
+    pub controller: String,
+    /// The `ingressclass.kubernetes.io/is-default-class: "true"` annotation.
+    pub is_default: bool,
+}
+
+// === impl Ingress ===
+
+impl Ingress {
+    pub fn validate(&self) -> Result<(), CatalogError> {
+        let invalid = |reason: String| CatalogError::InvalidIngress {
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            reason,
+        };
+        if self.default_backend.is_none() && self.rules.is_empty() {
+            return Err(invalid(
+                "either spec.defaultBackend or spec.rules is required".into(),
+            ));
+        }
+        for rule in &self.rules {
+            if let Some(host) = &rule.host {
+                let name = host.strip_prefix("*.").unwrap_or(host);
+                if name.is_empty() || name.contains('*') || name.contains(':') {
+                    return Err(invalid(format!(
+                        "host {host:?}: a DNS name, optionally with one leading \"*.\" label"
+                    )));
+                }
+            }
+            for path in &rule.paths {
+                if !path.path.starts_with('/') {
+                    return Err(invalid(format!("path {:?} must start with /", path.path)));
+                }
+            }
+        }
+        Ok(())
+    }
+}

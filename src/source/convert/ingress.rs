@@ -1,0 +1,128 @@
+//! `networking.k8s.io/v1` Ingress and IngressClass → catalog entries.
+
+use std::sync::Arc;
+
+use capstan_catalog::{Ingress, IngressBackend, IngressClass, IngressPath, IngressRule};
+use capstan_table::{BackendPort, PathType, ServiceKey};
+use k8s_openapi::api::networking::v1 as networking;
+
+use crate::Error;
+
+/// The legacy class annotation, honoured when `spec.ingressClassName` is unset.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// Marks the IngressClass used by Ingresses that name none.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// Converts an Ingress into a validated catalog entry.
+pub fn ingress(object: &networking::Ingress) -> Result<Ingress, Error> {
+    let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    let err = |reason: String| Error::Convert {
+        kind: "Ingress",
+        name: format!("{namespace}/{name}"),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name is required".into()));
+    }
+    let spec = object.spec.clone().unwrap_or_default();
+    let backend = |b: &networking::IngressBackend| -> Result<IngressBackend, Error> {
+        let Some(service) = &b.service else {
+            return Err(err(
+                "only service backends are supported (not resource)".into()
+            ));
+        };
+        let port = service.port.as_ref().ok_or_else(|| {
+            err(format!(
+                "backend {}: service.port is required",
+                service.name
+            ))
+        })?;
+        let port = match (port.number, &port.name) {
+            (Some(n), None) => BackendPort::Number(
+                u16::try_from(n)
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| err(format!("backend port {n} is not 1-65535")))?,
+            ),
+            (None, Some(name)) if !name.is_empty() => BackendPort::Name(name.as_str().into()),
+            _ => {
+                return Err(err(
+                    "backend port needs exactly one of number or name".into()
+                ));
+            }
+        };
+        Ok(IngressBackend {
+            service: ServiceKey::new(namespace, &service.name),
+            port,
+        })
+    };
+    let mut rules = Vec::new();
+    for rule in spec.rules.iter().flatten() {
+        let mut paths = Vec::new();
+        for path in rule.http.iter().flat_map(|http| &http.paths) {
+            let path_type = match path.path_type.as_str() {
+                "Exact" => PathType::Exact,
+                // ImplementationSpecific: Capstan's implementation is Prefix.
+                "Prefix" | "ImplementationSpecific" => PathType::Prefix,
+                other => {
+                    return Err(err(format!(
+                        "pathType {other:?} is not Exact, Prefix or ImplementationSpecific"
+                    )));
+                }
+            };
+            paths.push(IngressPath {
+                path: path.path.clone().unwrap_or_else(|| "/".into()),
+                path_type,
+                backend: backend(&path.backend)?,
+            });
+        }
+        rules.push(IngressRule {
+            host: rule.host.clone().filter(|h| !h.is_empty()),
+            paths,
+        });
+    }
+    let class_name = spec.ingress_class_name.clone().or_else(|| {
+        object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION).cloned())
+    });
+    let ingress = Ingress {
+        namespace: namespace.into(),
+        name: name.into(),
+        class_name,
+        default_backend: spec.default_backend.as_ref().map(backend).transpose()?,
+        rules,
+    };
+    ingress.validate()?;
+    Ok(ingress)
+}
+
+/// Converts an IngressClass.
+pub fn ingress_class(object: &networking::IngressClass) -> Result<IngressClass, Error> {
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    if name.is_empty() {
+        return Err(Error::Convert {
+            kind: "IngressClass",
+            name: String::new(),
+            reason: "metadata.name is required".into(),
+        });
+    }
+    let is_default = object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    Ok(IngressClass {
+        name: Arc::from(name),
+        controller: object
+            .spec
+            .as_ref()
+            .and_then(|s| s.controller.clone())
+            .unwrap_or_default(),
+        is_default,
+    })
+}
