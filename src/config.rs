@@ -27,7 +27,8 @@ pub enum Command {
 /// Where desired state comes from.
 #[derive(Clone, Debug, Default, Args)]
 pub struct SourceArgs {
-    /// Directory of Kubernetes manifests (Service, EndpointSlice; other kinds are skipped).
+    /// Directory of Kubernetes manifests (Service, EndpointSlice, Ingress, IngressClass; other
+    /// kinds are skipped).
     /// Repeatable; read recursively, watched for changes.
     #[arg(
         long = "manifests",
