@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, Record};
+use hickory_proto::rr::RData;
 
 /// Cache bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,26 +31,18 @@ pub struct CacheKey {
     pub checking_disabled: bool,
 }
 
-/// A cached upstream answer.
+/// A cached upstream answer: the upstream's message as received.
 #[derive(Debug)]
 struct Entry {
-    rcode: ResponseCode,
-    authentic_data: bool,
-    answers: Vec<Record>,
-    authorities: Vec<Record>,
-    additionals: Vec<Record>,
+    reply: Message,
     stored_ms: u64,
     ttl_ms: u64,
 }
 
-/// A cache hit, with TTLs already reduced by the entry's age.
+/// A cache hit: the upstream's message with TTLs reduced by the entry's age.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Cached {
-    pub rcode: ResponseCode,
-    pub authentic_data: bool,
-    pub answers: Vec<Record>,
-    pub authorities: Vec<Record>,
-    pub additionals: Vec<Record>,
+    pub reply: Message,
     /// A negative answer (NXDOMAIN, or NOERROR with no data).
     pub negative: bool,
 }
@@ -92,24 +84,18 @@ impl Cache {
             return None;
         }
         let remaining = u32::try_from((entry.ttl_ms - age_ms).div_ceil(1000)).unwrap_or(u32::MAX);
-        let aged = |records: &[Record]| -> Vec<Record> {
-            records
-                .iter()
-                .map(|r| {
-                    let mut r = r.clone();
-                    r.ttl = r.ttl.min(remaining);
-                    r
-                })
-                .collect()
-        };
-        Some(Cached {
-            rcode: entry.rcode,
-            authentic_data: entry.authentic_data,
-            answers: aged(&entry.answers),
-            authorities: aged(&entry.authorities),
-            additionals: aged(&entry.additionals),
-            negative: entry.rcode == ResponseCode::NXDomain || entry.answers.is_empty(),
-        })
+        let mut reply = entry.reply.clone();
+        for record in reply
+            .answers
+            .iter_mut()
+            .chain(&mut reply.authorities)
+            .chain(&mut reply.additionals)
+        {
+            record.ttl = record.ttl.min(remaining);
+        }
+        let negative =
+            reply.metadata.response_code == ResponseCode::NXDomain || reply.answers.is_empty();
+        Some(Cached { reply, negative })
     }
 
     /// Stores `response` if it is cacheable: NOERROR with answers (for the smallest answer TTL),
@@ -137,11 +123,7 @@ impl Cache {
             }
         }
         let entry = Entry {
-            rcode: response.metadata.response_code,
-            authentic_data: response.metadata.authentic_data,
-            answers: response.answers.clone(),
-            authorities: response.authorities.clone(),
-            additionals: response.additionals.clone(),
+            reply: response.clone(),
             stored_ms: now_ms,
             ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
         };
@@ -168,8 +150,8 @@ fn cache_ttl(response: &Message) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use hickory_proto::op::{MessageType, OpCode};
-    use hickory_proto::rr::Name;
     use hickory_proto::rr::rdata::{A, SOA};
+    use hickory_proto::rr::{Name, Record};
 
     use super::*;
 
@@ -223,7 +205,7 @@ mod tests {
         cache.insert(key("a.example"), &positive(60), 1_000);
         let hit = cache.get(&key("a.example"), 11_000).expect("hit");
         assert!(!hit.negative);
-        assert_eq!(hit.answers[0].ttl, 50);
+        assert_eq!(hit.reply.answers[0].ttl, 50);
         assert!(cache.get(&key("a.example"), 61_000).is_none());
         assert!(cache.is_empty(), "expired entries are removed on lookup");
     }
@@ -236,7 +218,7 @@ mod tests {
         assert!(cache.get(&key("short"), 5_000).is_none());
         cache.insert(key("long"), &positive(86_400), 0);
         let hit = cache.get(&key("long"), 0).expect("hit");
-        assert_eq!(hit.answers[0].ttl, 3600, "lowered to the maximum");
+        assert_eq!(hit.reply.answers[0].ttl, 3600, "lowered to the maximum");
     }
 
     #[test]
@@ -245,7 +227,7 @@ mod tests {
         cache.insert(key("nx"), &negative(ResponseCode::NXDomain, 300, 30), 0);
         let hit = cache.get(&key("nx"), 29_000).expect("hit");
         assert!(hit.negative);
-        assert_eq!(hit.rcode, ResponseCode::NXDomain);
+        assert_eq!(hit.reply.metadata.response_code, ResponseCode::NXDomain);
         assert!(cache.get(&key("nx"), 30_000).is_none());
         cache.insert(key("nodata"), &negative(ResponseCode::NoError, 10, 900), 0);
         assert!(cache.get(&key("nodata"), 9_000).is_some());

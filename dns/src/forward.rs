@@ -195,12 +195,7 @@ impl Forwarder {
                 &self.metrics.cache_hits_success
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            let mut out = upstream_response(request, hit.rcode);
-            out.metadata.authentic_data = hit.authentic_data;
-            out.answers = hit.answers;
-            out.authorities = hit.authorities;
-            out.additionals = hit.additionals;
-            return out;
+            return relayed(request, hit.reply);
         }
         self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
 
@@ -235,7 +230,7 @@ impl Forwarder {
                         continue;
                     }
                     self.cache.insert(key, &reply, self.now_ms());
-                    return self.relay(request, reply);
+                    return relayed(request, reply);
                 }
                 Err(error) => {
                     upstream.failures.fetch_add(1, Ordering::Relaxed);
@@ -250,7 +245,7 @@ impl Forwarder {
             }
         }
         match last {
-            Some(reply) => self.relay(request, reply),
+            Some(reply) => relayed(request, reply),
             None => upstream_response(request, ResponseCode::ServFail),
         }
     }
@@ -263,15 +258,6 @@ impl Forwarder {
         chase.edns.clone_from(&request.edns);
         chase.add_query(Query::query(target, qtype));
         self.forward(&chase).await
-    }
-
-    fn relay(&self, request: &Message, reply: Message) -> Message {
-        let mut out = upstream_response(request, reply.metadata.response_code);
-        out.metadata.authentic_data = reply.metadata.authentic_data;
-        out.answers = reply.answers;
-        out.authorities = reply.authorities;
-        out.additionals = reply.additionals;
-        out
     }
 
     /// Healthy upstreams in random order, then the unhealthy ones (better than nothing); never
@@ -342,6 +328,17 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// The client's response carrying an upstream's (or the cache's) reply: the client's ID, flags
+/// and question, the upstream's rcode, AD flag and records.
+fn relayed(request: &Message, reply: Message) -> Message {
+    let mut out = upstream_response(request, reply.metadata.response_code);
+    out.metadata.authentic_data = reply.metadata.authentic_data;
+    out.answers = reply.answers;
+    out.authorities = reply.authorities;
+    out.additionals = reply.additionals;
+    out
 }
 
 /// A response to `request` carrying upstream data: not authoritative.
