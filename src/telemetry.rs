@@ -261,16 +261,9 @@ pub(crate) fn encode_counters(
     help: &str,
     samples: &[(Labels, u64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-    if let [(labels, value)] = samples
-        && labels.is_empty()
-    {
-        return ConstCounter::new(*value).encode(family);
-    }
-    for (labels, value) in samples {
-        ConstCounter::new(*value).encode(family.encode_family(labels)?)?;
-    }
-    Ok(())
+    encode_family(encoder, name, help, MetricType::Counter, samples, |v| {
+        ConstCounter::new(v)
+    })
 }
 
 /// One gauge family; a single unlabelled sample is written without braces.
@@ -280,14 +273,27 @@ pub(crate) fn encode_gauges(
     help: &str,
     samples: &[(Labels, i64)],
 ) -> Result<(), std::fmt::Error> {
-    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    encode_family(encoder, name, help, MetricType::Gauge, samples, |v| {
+        ConstGauge::new(v)
+    })
+}
+
+fn encode_family<V: Copy, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: &[(Labels, V)],
+    metric: impl Fn(V) -> M,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
     if let [(labels, value)] = samples
         && labels.is_empty()
     {
-        return ConstGauge::new(*value).encode(family);
+        return metric(*value).encode(family);
     }
     for (labels, value) in samples {
-        ConstGauge::new(*value).encode(family.encode_family(labels)?)?;
+        metric(*value).encode(family.encode_family(labels)?)?;
     }
     Ok(())
 }
