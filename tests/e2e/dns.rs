@@ -209,11 +209,7 @@ fn forwarding_fails_over_caches_and_uses_tcp_for_truncated_answers() {
             upstream.addr
         ),
     ] {
-        let value = metrics
-            .lines()
-            .find(|l| l.starts_with(needle))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok());
+        let value = metric_value(&metrics, needle);
         assert!(value.is_some_and(|v| v >= 1.0), "{needle} in\n{metrics}");
     }
     // The silent upstream was marked down after two timeouts, or never tried; either way
@@ -450,12 +446,7 @@ fn thousands_of_garbage_packets_never_stop_the_server() {
         ["10.96.7.7"]
     );
     let metrics = capstan.metrics();
-    let malformed = metrics
-        .lines()
-        .find(|l| l.starts_with("capstan_dns_malformed_requests_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let malformed = metric_value(&metrics, "capstan_dns_malformed_requests_total").unwrap_or(0.0);
     assert!(malformed > 100.0, "{metrics}");
     assert!(metrics.contains("rcode=\"FORMERR\""), "{metrics}");
 }

@@ -43,6 +43,15 @@ pub(crate) fn status(output: &str) -> &str {
         .unwrap_or("NO ANSWER")
 }
 
+/// The value of the first sample in `metrics` (OpenMetrics text) whose line starts with `prefix`.
+pub(crate) fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// An upstream resolver: `*.example.test` A → 192.0.2.1 (TTL 60), `nx.example.test` NXDOMAIN
 /// with an SOA, `big.example.test` 60 A records (truncated over UDP), `slow.example.test` never
 /// answered; anything else REFUSED.
