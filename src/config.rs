@@ -168,6 +168,58 @@ pub struct RunArgs {
         default_value = "capstan.dev/ingress"
     )]
     pub ingress_controller: String,
+    /// Plain HTTP ingress listener (HTTP/1.1 and h2c), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_HTTP", default_value = "0.0.0.0:80", value_parser = parse_listen)]
+    pub http: Listen,
+    /// TLS ingress listener (HTTP/1.1 and HTTP/2 by ALPN), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_HTTPS", default_value = "0.0.0.0:443", value_parser = parse_listen)]
+    pub https: Listen,
+    /// `namespace/name` of the kubernetes.io/tls Secret served for unknown SNI names. Default: a
+    /// self-signed certificate generated at startup.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME",
+        env = "CAPSTAN_DEFAULT_CERTIFICATE"
+    )]
+    pub default_certificate: Option<String>,
+    /// Ingress load balancing: `ewma` (power of two choices on in-flight requests weighted by
+    /// latency) or `round-robin`.
+    #[arg(
+        long,
+        value_name = "POLICY",
+        env = "CAPSTAN_INGRESS_BALANCE",
+        default_value = "ewma"
+    )]
+    pub ingress_balance: String,
+    /// Time a client has to send a complete request head, and longest idle time between
+    /// HTTP/1.1 requests (slowloris protection).
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+    /// An ingress connection with no bytes either way for this long is closed.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_HTTP_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+    /// Time an upstream has to start its response before the client gets 504.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_HTTP_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub http_request_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes; larger ones get 431.
+    #[arg(
+        long,
+        value_name = "BYTES",
+        env = "CAPSTAN_HTTP_MAX_HEADER_BYTES",
+        default_value = "32768"
+    )]
+    pub http_max_header_bytes: usize,
+    /// Most request headers; more get 431.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_HTTP_MAX_HEADERS",
+        default_value = "100"
+    )]
+    pub http_max_headers: usize,
+    /// Write one JSON line per ingress request to stdout.
+    #[arg(long, env = "CAPSTAN_ACCESS_LOG")]
+    pub access_log: bool,
     /// Log filter (RUST_LOG syntax), e.g. info or capstan_proxy=debug.
     #[arg(
         long,

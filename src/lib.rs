@@ -239,6 +239,7 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
         },
         ingress: IngressOptions {
             controller: args.ingress_controller.clone(),
+            default_certificate: args.default_certificate.clone(),
         },
     })
 }

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 pub use convert::{
     BALANCE_ANNOTATION, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, SERVICE_NAME_LABEL,
-    endpoint_slice, ingress, ingress_class, parse_balance, service,
+    TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class, parse_balance, service, tls_secret,
 };
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};
 pub use standalone::{

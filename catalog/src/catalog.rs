@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use capstan_table::ServiceKey;
 
-use crate::{EndpointSlice, Ingress, IngressClass, Service};
+use crate::{EndpointSlice, Ingress, IngressClass, Service, TlsSecret};
 
 /// Which source an update comes from. Each source owns its objects: a reset from one source
 /// never touches another's.
@@ -20,6 +20,7 @@ pub enum Object {
     EndpointSlice(EndpointSlice),
     Ingress(Ingress),
     IngressClass(IngressClass),
+    TlsSecret(TlsSecret),
 }
 
 /// The identity of a catalog object within its source.
@@ -29,6 +30,7 @@ pub enum ObjectId {
     EndpointSlice { namespace: Arc<str>, name: Arc<str> },
     Ingress { namespace: Arc<str>, name: Arc<str> },
     IngressClass(Arc<str>),
+    Secret { namespace: Arc<str>, name: Arc<str> },
 }
 
 /// A change from a source.
@@ -85,6 +87,10 @@ impl Object {
                 name: ingress.name.clone(),
             },
             Object::IngressClass(class) => ObjectId::IngressClass(class.name.clone()),
+            Object::TlsSecret(secret) => ObjectId::Secret {
+                namespace: secret.namespace.clone(),
+                name: secret.name.clone(),
+            },
         }
     }
 }
@@ -100,6 +106,7 @@ impl fmt::Display for ObjectId {
             }
             ObjectId::Ingress { namespace, name } => write!(f, "Ingress {namespace}/{name}"),
             ObjectId::IngressClass(name) => write!(f, "IngressClass {name}"),
+            ObjectId::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
         }
     }
 }

@@ -45,6 +45,7 @@ pub fn compile(
     let mut slices: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
     let mut ingresses = Vec::new();
     let mut classes = Vec::new();
+    let mut secrets = BTreeMap::new();
     for (source, object) in catalog.objects() {
         match object {
             Object::Service(service) => match services.entry(&service.key) {
@@ -63,6 +64,11 @@ pub fn compile(
             Object::EndpointSlice(slice) => slices.entry(&slice.service).or_default().push(slice),
             Object::Ingress(ingress) => ingresses.push(ingress),
             Object::IngressClass(class) => classes.push(class),
+            Object::TlsSecret(secret) => {
+                secrets
+                    .entry((&*secret.namespace, &*secret.name))
+                    .or_insert(secret);
+            }
         }
     }
 
@@ -116,10 +122,14 @@ pub fn compile(
     let serial = generation.0 as u32;
     let dns = dns::compile_dns(&services, &slices, &options.dns, serial);
     let ingress = ingress::compile_ingress(
-        ingresses,
-        &classes,
-        &services,
-        &proxy,
+        ingress::IngressInputs {
+            ingresses,
+            classes: &classes,
+            secrets: &secrets,
+            services: &services,
+            proxy: &proxy,
+            previous: previous.map(|s| &*s.ingress),
+        },
         &options.ingress,
         &mut problems,
     );

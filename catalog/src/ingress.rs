@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use capstan_table::{BackendPort, PathType, ServiceKey};
+use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
 
 use crate::CatalogError;
 
@@ -15,6 +15,26 @@ pub struct Ingress {
     pub class_name: Option<String>,
     pub default_backend: Option<IngressBackend>,
     pub rules: Vec<IngressRule>,
+    /// `spec.tls`: hosts served over TLS with a Secret's certificate.
+    pub tls: Vec<IngressTls>,
+}
+
+/// One `spec.tls[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressTls {
+    /// Lowercase hosts, `*.example.com` allowed.
+    pub hosts: Vec<String>,
+    /// A `kubernetes.io/tls` Secret in the Ingress's namespace; `None` uses the default
+    /// certificate.
+    pub secret_name: Option<Arc<str>>,
+}
+
+/// A `kubernetes.io/tls` Secret (or a PEM pair from `capstan.yaml`), already parsed and checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSecret {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub certificate: TlsCertificate,
 }
 
 /// One `spec.rules[]` entry.

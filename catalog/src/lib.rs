@@ -16,7 +16,9 @@ mod model;
 pub use catalog::{Catalog, Object, ObjectId, SourceId, Update};
 pub use compile::{CompileOptions, DnsOptions, IngressOptions, categorize, compile};
 pub use error::CatalogError;
-pub use ingress::{Ingress, IngressBackend, IngressClass, IngressPath, IngressRule};
+pub use ingress::{
+    Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, TlsSecret,
+};
 pub use model::{
     EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
     TrafficPolicy,

@@ -25,6 +25,19 @@ pub fn choose(
     now_ms: u64,
     rng: &mut fastrand::Rng,
 ) -> Option<Arc<Endpoint>> {
+    choose_with(port.policy, port, eligible, client, tried, now_ms, rng)
+}
+
+/// [`choose`] with a policy other than the port's own (the ingress plane's `--ingress-balance`).
+pub fn choose_with(
+    policy: BalancePolicy,
+    port: &ServicePortTable,
+    eligible: &[Arc<Endpoint>],
+    client: IpAddr,
+    tried: &[SocketAddr],
+    now_ms: u64,
+    rng: &mut fastrand::Rng,
+) -> Option<Arc<Endpoint>> {
     let candidates = Candidates::new(eligible, tried, now_ms);
     if candidates.is_empty() {
         return None;
@@ -47,13 +60,14 @@ pub fn choose(
         return Some(Arc::clone(endpoint));
     }
 
-    let chosen = match port.policy {
+    let chosen = match policy {
         BalancePolicy::Random => candidates.get(rng.usize(..candidates.len())),
         BalancePolicy::RoundRobin => {
             let next = port.state.round_robin.fetch_add(1, Ordering::Relaxed);
             candidates.get(next % candidates.len())
         }
-        BalancePolicy::LeastConnections => power_of_two(&candidates, rng),
+        BalancePolicy::LeastConnections => power_of_two(&candidates, rng, in_flight),
+        BalancePolicy::PeakEwma => power_of_two(&candidates, rng, peak_ewma_cost),
     };
     if let Some((table, timeout_ms)) = &affinity {
         if table.len() >= AFFINITY_SWEEP_AT {
@@ -64,8 +78,12 @@ pub fn choose(
     Some(Arc::clone(chosen))
 }
 
-/// Two distinct random candidates; the one with fewer in-flight connections wins.
-fn power_of_two<'a>(candidates: &Candidates<'a>, rng: &mut fastrand::Rng) -> &'a Arc<Endpoint> {
+/// Two distinct random candidates; the one with the lower `cost` wins (ties: the first).
+fn power_of_two<'a>(
+    candidates: &Candidates<'a>,
+    rng: &mut fastrand::Rng,
+    cost: fn(&Endpoint, &Endpoint) -> (u64, u64),
+) -> &'a Arc<Endpoint> {
     if candidates.len() == 1 {
         return candidates.get(0);
     }
@@ -74,12 +92,32 @@ fn power_of_two<'a>(candidates: &Candidates<'a>, rng: &mut fastrand::Rng) -> &'a
     if b >= a {
         b += 1;
     }
-    let load = |i: usize| candidates.get(i).stats.in_flight.load(Ordering::Relaxed);
-    if load(b) < load(a) {
+    let (cost_a, cost_b) = cost(candidates.get(a), candidates.get(b));
+    if cost_b < cost_a {
         candidates.get(b)
     } else {
         candidates.get(a)
     }
+}
+
+fn in_flight(a: &Endpoint, b: &Endpoint) -> (u64, u64) {
+    let load = |e: &Endpoint| e.stats.in_flight.load(Ordering::Relaxed);
+    (load(a), load(b))
+}
+
+/// `(in-flight + 1) × latency EWMA`. While either endpoint has no latency sample yet, only
+/// in-flight requests count, so a new endpoint is neither flooded nor starved.
+fn peak_ewma_cost(a: &Endpoint, b: &Endpoint) -> (u64, u64) {
+    let ewma = |e: &Endpoint| e.stats.latency_ewma_us.load(Ordering::Relaxed);
+    let (ewma_a, ewma_b) = (ewma(a), ewma(b));
+    let (load_a, load_b) = in_flight(a, b);
+    if ewma_a == 0 || ewma_b == 0 {
+        return (load_a, load_b);
+    }
+    (
+        (load_a + 1).saturating_mul(ewma_a),
+        (load_b + 1).saturating_mul(ewma_b),
+    )
 }
 
 /// The endpoints a choice may pick from. Borrowed as is in the common case (no retry, nothing

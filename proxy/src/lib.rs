@@ -20,5 +20,5 @@ mod workers;
 
 pub use clock::now_ms;
 pub use error::ProxyError;
-pub use listen::{ListenerState, ListenerStatus, run_listeners};
+pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};
 pub use workers::Workers;

@@ -169,7 +169,7 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
 /// `count` listening sockets with `SO_REUSEPORT`, one per worker: the kernel spreads new
 /// connections over their accept queues. A port held by another process without `SO_REUSEPORT`
 /// still fails the first bind.
-fn bind_all(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
+pub fn bind_all(addr: SocketAddr, count: usize) -> Result<Vec<std::net::TcpListener>, ProxyError> {
     let first = bind(addr)?;
     // Port 0 (tests) resolves to a real port on the first bind; the others share it.
     let addr = first.local_addr().unwrap_or(addr);

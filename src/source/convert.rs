@@ -18,7 +18,10 @@ use crate::Error;
 
 mod ingress;
 
-pub use ingress::{DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, ingress, ingress_class};
+pub use ingress::{
+    DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, TLS_SECRET_TYPE, ingress, ingress_class,
+    tls_secret,
+};
 
 /// Annotation choosing the load-balancing policy of a Service.
 pub const BALANCE_ANNOTATION: &str = "capstan.dev/load-balancer";

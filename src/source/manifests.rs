@@ -175,6 +175,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, Error> {
                     convert::ingress_class(&class).map_err(|e| fail(None, e.to_string()))?;
                 objects.push(Object::IngressClass(class));
             }
+            ("v1", "Secret") => {
+                let secret: core::Secret = serde_saphyr::from_str(document).map_err(yaml_error)?;
+                let secret = convert::tls_secret(&secret).map_err(|e| fail(None, e.to_string()))?;
+                objects.extend(secret.map(Object::TlsSecret));
+            }
             _ => {} // Deployments, ConfigMaps...: not ours.
         }
     }
@@ -217,6 +222,11 @@ fn convert_json(item: serde_json::Value, objects: &mut Vec<Object>) -> Result<()
             objects.push(Object::IngressClass(
                 convert::ingress_class(&class).map_err(|e| e.to_string())?,
             ));
+        }
+        ("v1", "Secret") => {
+            let secret: core::Secret = serde_json::from_value(item).map_err(|e| e.to_string())?;
+            let secret = convert::tls_secret(&secret).map_err(|e| e.to_string())?;
+            objects.extend(secret.map(Object::TlsSecret));
         }
         _ => {}
     }

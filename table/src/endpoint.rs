@@ -41,6 +41,9 @@ pub struct EndpointStats {
     pub consecutive_failures: AtomicU32,
     /// Monotonic milliseconds until which the endpoint is ejected (0: not ejected).
     pub ejected_until_ms: AtomicU64,
+    /// Peak-EWMA of HTTP response latency in microseconds (0: no sample yet), for the ingress
+    /// balancer.
+    pub latency_ewma_us: AtomicU64,
 }
 
 // === impl EndpointConditions ===
@@ -71,6 +74,21 @@ impl EndpointStats {
         let until = now_ms.saturating_add(backoff);
         self.ejected_until_ms.store(until, Ordering::Relaxed);
         until
+    }
+
+    /// Folds one response latency into the peak-EWMA: a slower sample is taken at once (react
+    /// to trouble immediately), a faster one moves the average a quarter of the way.
+    pub fn record_latency(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let current = self.latency_ewma_us.load(Ordering::Relaxed);
+        let next = if current == 0 || sample >= current {
+            sample
+        } else {
+            current - (current - sample) / 4
+        };
+        self.latency_ewma_us.store(next, Ordering::Relaxed);
     }
 
     /// Records a successful connect: the endpoint is healthy again.
@@ -117,5 +135,18 @@ mod tests {
         assert!(!stats.is_ejected(5_000));
         assert_eq!(stats.record_failure(7_000, t), 7_100, "backoff restarts");
         assert_eq!(stats.connect_errors.load(Ordering::Relaxed), 14);
+    }
+
+    #[test]
+    fn latency_ewma_takes_peaks_at_once_and_decays_slowly() {
+        let stats = EndpointStats::default();
+        stats.record_latency(Duration::from_micros(1_000));
+        assert_eq!(stats.latency_ewma_us.load(Ordering::Relaxed), 1_000);
+        stats.record_latency(Duration::from_micros(200));
+        assert_eq!(stats.latency_ewma_us.load(Ordering::Relaxed), 800);
+        stats.record_latency(Duration::from_micros(5_000));
+        assert_eq!(stats.latency_ewma_us.load(Ordering::Relaxed), 5_000);
+        stats.record_latency(Duration::ZERO);
+        assert_eq!(stats.latency_ewma_us.load(Ordering::Relaxed), 3_750);
     }
 }

@@ -4,8 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{ServiceKey, ServicePortTable};
+use crate::histogram::{HTTP_BUCKETS, Histogram};
+use crate::{ServiceKey, ServicePortTable, TlsCertificate};
 
 /// Every Ingress route of one snapshot.
 #[derive(Debug, Default)]
@@ -18,6 +20,15 @@ pub struct IngressTable {
     pub any_host: HostRoutes,
     /// `spec.defaultBackend`: requests no path matched.
     pub default_backend: Option<Arc<Route>>,
+    /// Hosts named in `spec.tls` (lowercase), with their certificate; `None` when the Secret is
+    /// missing or unusable (the default certificate is served). Plain HTTP requests for these
+    /// hosts are redirected to https.
+    pub tls_hosts: HashMap<Box<str>, Option<TlsCertificate>>,
+    /// `*.example.com` TLS hosts, keyed by `example.com`.
+    pub tls_wildcards: HashMap<Box<str>, Option<TlsCertificate>>,
+    /// Served for an unknown or absent SNI name (`--default-certificate`); the ingress plane falls
+    /// back to its own self-signed certificate when this is `None`.
+    pub default_certificate: Option<TlsCertificate>,
 }
 
 /// The paths of one host, merged across every Ingress that names it.
@@ -43,10 +54,45 @@ pub enum PathType {
 pub struct Route {
     /// `namespace/name` of the Ingress that declared it (for logs and metrics).
     pub ingress: Arc<str>,
+    /// The rule's host as written (`*` for none) and path (empty for the default backend): the
+    /// route's identity in metrics.
+    pub host: Arc<str>,
+    pub path: Arc<str>,
     pub backend: Backend,
     /// The backend's Service port in this snapshot, with its endpoints; `None` when the Service
     /// or the port does not exist (503).
     pub upstream: Option<Arc<ServicePortTable>>,
+    /// How to speak to the endpoints, from the Service port's `appProtocol`.
+    pub protocol: UpstreamProtocol,
+    /// Counters carried over by `compile` from the previous snapshot's route with the same
+    /// ingress, host and path.
+    pub stats: Arc<RouteStats>,
+}
+
+/// The HTTP version spoken to a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive (what ingress-nginx speaks to every backend).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: `appProtocol: kubernetes.io/h2c` (gRPC backends).
+    H2c,
+}
+
+/// Per-route traffic counters, exported on `/metrics`.
+#[derive(Debug)]
+pub struct RouteStats {
+    /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub responses: [AtomicU64; 5],
+    /// From the request's arrival to the end of the response body.
+    pub duration: Histogram<{ HTTP_BUCKETS.len() }>,
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    /// Requests answered 502 (connect or protocol errors) and 504 (timeouts) by Capstan.
+    pub upstream_errors: AtomicU64,
+    pub upstream_timeouts: AtomicU64,
+    /// Requests answered 503 because no endpoint was eligible.
+    pub no_endpoints: AtomicU64,
 }
 
 /// An Ingress backend: a Service port.
@@ -84,6 +130,24 @@ impl IngressTable {
                 None => self.hosts.entry(host.into()).or_default(),
             },
         }
+    }
+
+    /// The `spec.tls` entry covering `host` (lowercase, no port): exact, then a one-label wildcard.
+    pub fn tls_for(&self, host: &str) -> Option<&Option<TlsCertificate>> {
+        self.tls_hosts.get(host).or_else(|| {
+            let (_, parent) = host.split_once('.')?;
+            self.tls_wildcards.get(parent)
+        })
+    }
+
+    /// Every route of the table, the default backend included.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.hosts
+            .values()
+            .chain(self.wildcards.values())
+            .chain(std::iter::once(&self.any_host))
+            .flat_map(|h| h.exact.values().chain(h.prefixes.iter().map(|(_, r)| r)))
+            .chain(self.default_backend.iter())
     }
 
     /// Sorts every host's prefixes longest first; call once after adding every rule.
@@ -139,5 +203,29 @@ impl HostRoutes {
 
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.prefixes.is_empty()
+    }
+}
+
+// === impl RouteStats ===
+
+impl Default for RouteStats {
+    fn default() -> Self {
+        Self {
+            responses: Default::default(),
+            duration: Histogram::new(&HTTP_BUCKETS),
+            bytes_from_client: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            upstream_timeouts: AtomicU64::new(0),
+            no_endpoints: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RouteStats {
+    /// Counts one response by its status class.
+    pub fn record_status(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns: [`ServiceKey`], [`ServicePortKey`], [`Protocol`], [`Endpoint`] and its carried-over
 //! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), the
-//! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]), the [`Snapshot`] that bundles every
+//! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]) with their TLS
+//! certificates ([`TlsCertificate`]), the [`Snapshot`] that bundles every
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
 //! `ArcSwap`.
 //!
@@ -12,17 +13,24 @@
 
 mod dns;
 mod endpoint;
+mod histogram;
 mod ingress;
 mod key;
 mod proxy;
 mod snapshot;
+mod tls;
 
 pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
 pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, millis};
-pub use ingress::{Backend, BackendPort, HostRoutes, IngressTable, PathType, Route, RouteConflict};
+pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
+pub use ingress::{
+    Backend, BackendPort, HostRoutes, IngressTable, PathType, Route, RouteConflict, RouteStats,
+    UpstreamProtocol,
+};
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, PortCounters, ProxyTable,
     ServicePortState, ServicePortTable, Timeouts, WhenEmpty,
 };
 pub use snapshot::{Generation, Problem, Snapshot, SnapshotHandle};
+pub use tls::TlsCertificate;

@@ -72,6 +72,9 @@ pub enum BalancePolicy {
     RoundRobin,
     /// Power of two random choices on in-flight connections.
     LeastConnections,
+    /// Power of two random choices on in-flight requests weighted by each endpoint's peak-EWMA
+    /// response latency (linkerd's and Finagle's balancer); the ingress default.
+    PeakEwma,
 }
 
 /// Timeouts and passive-health settings of a Service port.
@@ -166,6 +169,7 @@ impl BalancePolicy {
             BalancePolicy::Random => "random",
             BalancePolicy::RoundRobin => "round-robin",
             BalancePolicy::LeastConnections => "least-connections",
+            BalancePolicy::PeakEwma => "ewma",
         }
     }
 }

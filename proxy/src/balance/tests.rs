@@ -102,6 +102,44 @@ fn least_connections_avoids_the_loaded_endpoint() {
 }
 
 #[test]
+fn peak_ewma_prefers_the_fast_endpoint_until_it_queues() {
+    let eps = endpoints(2);
+    eps[0]
+        .stats
+        .record_latency(std::time::Duration::from_millis(10));
+    eps[1]
+        .stats
+        .record_latency(std::time::Duration::from_millis(1));
+    let port = port(BalancePolicy::PeakEwma, None, &eps);
+    let seen = counts(&port, &eps, 200, 5);
+    assert_eq!(seen.get(&eps[0].addr), None, "the slow one loses: {seen:?}");
+    // Twelve requests queued on the fast endpoint cost more than one slow idle slot.
+    eps[1].stats.in_flight.store(12, Ordering::Relaxed);
+    let seen = counts(&port, &eps, 200, 5);
+    assert_eq!(
+        seen.get(&eps[1].addr),
+        None,
+        "now the fast one is busy: {seen:?}"
+    );
+}
+
+#[test]
+fn peak_ewma_without_samples_balances_on_in_flight() {
+    let eps = endpoints(2);
+    eps[0]
+        .stats
+        .record_latency(std::time::Duration::from_millis(1));
+    eps[0].stats.in_flight.store(3, Ordering::Relaxed);
+    let port = port(BalancePolicy::PeakEwma, None, &eps);
+    let seen = counts(&port, &eps, 200, 9);
+    assert_eq!(
+        seen.get(&eps[0].addr),
+        None,
+        "the unsampled idle endpoint gets traffic: {seen:?}"
+    );
+}
+
+#[test]
 fn ejected_endpoints_are_skipped_until_all_are_ejected() {
     let eps = endpoints(3);
     eps[1]
@@ -178,6 +216,7 @@ fn arb_policy() -> impl Strategy<Value = BalancePolicy> {
         Just(BalancePolicy::Random),
         Just(BalancePolicy::RoundRobin),
         Just(BalancePolicy::LeastConnections),
+        Just(BalancePolicy::PeakEwma),
     ]
 }
 

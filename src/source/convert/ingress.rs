@@ -2,8 +2,11 @@
 
 use std::sync::Arc;
 
-use capstan_catalog::{Ingress, IngressBackend, IngressClass, IngressPath, IngressRule};
-use capstan_table::{BackendPort, PathType, ServiceKey};
+use capstan_catalog::{
+    Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, TlsSecret,
+};
+use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
+use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
 
 use crate::Error;
@@ -89,12 +92,32 @@ pub fn ingress(object: &networking::Ingress) -> Result<Ingress, Error> {
             .as_ref()
             .and_then(|a| a.get(LEGACY_CLASS_ANNOTATION).cloned())
     });
+    let tls = spec
+        .tls
+        .iter()
+        .flatten()
+        .map(|tls| IngressTls {
+            hosts: tls
+                .hosts
+                .iter()
+                .flatten()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            secret_name: tls
+                .secret_name
+                .as_deref()
+                .filter(|n| !n.is_empty())
+                .map(Arc::from),
+        })
+        .collect();
     let ingress = Ingress {
         namespace: namespace.into(),
         name: name.into(),
         class_name,
         default_backend: spec.default_backend.as_ref().map(backend).transpose()?,
         rules,
+        tls,
     };
     ingress.validate()?;
     Ok(ingress)
@@ -125,4 +148,49 @@ pub fn ingress_class(object: &networking::IngressClass) -> Result<IngressClass, 
             .unwrap_or_default(),
         is_default,
     })
+}
+
+/// The Secret type that carries a certificate and its key.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// Converts a `kubernetes.io/tls` Secret; other Secret types are not Capstan's (`None`). The
+/// certificate and key are parsed and checked here, so a broken Secret is rejected with its reason
+/// and the last good one keeps being served.
+pub fn tls_secret(object: &core::Secret) -> Result<Option<TlsSecret>, Error> {
+    if object.type_.as_deref() != Some(TLS_SECRET_TYPE) {
+        return Ok(None);
+    }
+    let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    let err = |reason: String| Error::Convert {
+        kind: "Secret",
+        name: format!("{namespace}/{name}"),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name is required".into()));
+    }
+    let field = |key: &str| -> Result<&[u8], Error> {
+        object
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(String::as_bytes)
+            .or_else(|| {
+                object
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(key))
+                    .map(|b| &b.0[..])
+            })
+            .ok_or_else(|| err(format!("data.{key} is required")))
+    };
+    let source = format!("{namespace}/{name}");
+    let certificate =
+        TlsCertificate::from_pem(&source, field("tls.crt")?, field("tls.key")?).map_err(err)?;
+    Ok(Some(TlsSecret {
+        namespace: namespace.into(),
+        name: name.into(),
+        certificate,
+    }))
 }
