@@ -25,6 +25,8 @@ pub enum Error {
     Catalog(#[from] capstan_catalog::CatalogError),
     #[error(transparent)]
     Dns(#[from] capstan_dns::DnsError),
+    #[error(transparent)]
+    Ingress(#[from] capstan_ingress::IngressError),
     #[error("watch {}: {source}", path.display())]
     Watch {
         path: PathBuf,

@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compile};
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
+use capstan_ingress::{IngressConfig, IngressMetrics};
 use capstan_proxy::{ListenerStatus, Workers, run_listeners};
-use capstan_table::{Generation, SnapshotHandle, Timeouts};
+use capstan_table::{BalancePolicy, Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::admin::AdminState;
 use crate::config::{RunArgs, SourceArgs};
 use crate::publish::Publisher;
 use crate::source::{FileSources, SourceStatus};
-use crate::telemetry::{DnsCollector, Metrics, ProxyCollector};
+use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
 
 /// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
 /// Invalid input at startup is an error; later it is logged, counted and kept out.
@@ -41,6 +42,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let snapshots = SnapshotHandle::default();
     let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::new());
     let dns_metrics = Arc::new(DnsMetrics::default());
+    let ingress_metrics = Arc::new(IngressMetrics::default());
+    let ingress_config = ingress_config(&args)?;
     let forwarder = Arc::new(Forwarder::new(
         forward_config(&args),
         args.dns.addr(),
@@ -54,6 +57,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         DnsCollector {
             metrics: dns_metrics.clone(),
             forwarder: Some(forwarder.clone()),
+        },
+        IngressCollector {
+            snapshots: snapshots.clone(),
+            metrics: ingress_metrics.clone(),
         },
     ));
     let source_status = SourceStatus::default();
@@ -126,6 +133,19 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         tokio::spawn(forwarder.clone().probe_down_upstreams(shutdown.clone()));
     }
     let connections = TaskTracker::new();
+    if ingress_config.http.is_some() || ingress_config.https.is_some() {
+        let bound = capstan_ingress::serve(
+            ingress_config,
+            workers.handles(),
+            snapshots.clone(),
+            ingress_metrics,
+            &shutdown,
+            &connections,
+        )?;
+        let show =
+            |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
+        info!(http = %show(bound.http), https = %show(bound.https), "ingress listening");
+    }
     let listeners = tokio::spawn(run_listeners(
         workers.clone(),
         snapshots.clone(),
@@ -166,6 +186,7 @@ pub async fn check(args: &SourceArgs) -> Result<String, Error> {
             listeners: watch::channel(ListenerStatus::new()).1,
         },
         DnsCollector::default(),
+        IngressCollector::default(),
     ));
     let mut files = FileSources::new(
         &args.manifests,
@@ -241,6 +262,35 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
             controller: args.ingress_controller.clone(),
             default_certificate: args.default_certificate.clone(),
         },
+    })
+}
+
+fn ingress_config(args: &RunArgs) -> Result<IngressConfig, Error> {
+    let balance = match args.ingress_balance.as_str() {
+        "ewma" => BalancePolicy::PeakEwma,
+        "round-robin" => BalancePolicy::RoundRobin,
+        "random" => BalancePolicy::Random,
+        "least-request" => BalancePolicy::LeastConnections,
+        other => {
+            return Err(Error::Convert {
+                kind: "flag",
+                name: "--ingress-balance".into(),
+                reason: format!("{other:?} is not ewma, round-robin, random or least-request"),
+            });
+        }
+    };
+    Ok(IngressConfig {
+        http: args.http.addr(),
+        https: args.https.addr(),
+        balance,
+        header_timeout: args.http_header_timeout,
+        idle_timeout: args.http_idle_timeout,
+        request_timeout: args.http_request_timeout,
+        connect_timeout: args.connect_timeout,
+        max_header_bytes: args.http_max_header_bytes,
+        max_headers: args.http_max_headers,
+        access_log: args.access_log,
+        ..IngressConfig::default()
     })
 }
 

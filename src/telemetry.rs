@@ -16,8 +16,10 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 mod dns;
+mod ingress;
 
 pub use dns::DnsCollector;
+pub use ingress::IngressCollector;
 
 /// The agent's metrics. Counters the data plane updates per connection are not here: they are
 /// atomics inside the snapshot, read by [`ProxyCollector`].
@@ -63,7 +65,7 @@ pub fn init_logging(filter: &str) {
 // === impl Metrics ===
 
 impl Metrics {
-    pub fn new(collector: ProxyCollector, dns: DnsCollector) -> Self {
+    pub fn new(collector: ProxyCollector, dns: DnsCollector, ingress: IngressCollector) -> Self {
         let mut registry = Registry::with_prefix("capstan");
         let snapshot_generation = Gauge::default();
         registry.register(
@@ -97,6 +99,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(collector));
         registry.register_collector(Box::new(dns));
+        registry.register_collector(Box::new(ingress));
         Self {
             registry,
             snapshot_generation,

@@ -24,6 +24,6 @@ pub use answer::{Resolution, answer, lookup_key, reverse_address};
 pub use cache::{Cache, CacheConfig, CacheKey, Cached};
 pub use error::DnsError;
 pub use forward::{ForwardConfig, Forwarder, UpstreamStats};
-pub use metrics::{DnsMetrics, DurationSample, RequestSample, Transport};
+pub use metrics::{DnsMetrics, RequestSample, Transport};
 pub use packet_cache::{PacketCache, PlainQuery};
 pub use server::{DnsConfig, Handler, Pending, Step, serve};

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use capstan_table::{Histogram, HistogramSample};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
@@ -28,12 +29,10 @@ const BUCKETS: [f64; 14] = [
 ];
 
 /// Every per-query counter of the DNS plane.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DnsMetrics {
     requests: [[[AtomicU64; RCODES.len()]; TYPES.len()]; PROTOS.len()],
-    duration_buckets: [AtomicU64; BUCKETS.len()],
-    duration_count: AtomicU64,
-    duration_sum_nanos: AtomicU64,
+    duration: Histogram<{ BUCKETS.len() }>,
     /// Answers served from the forwarding cache: positive and negative.
     pub cache_hits_success: AtomicU64,
     pub cache_hits_denial: AtomicU64,
@@ -55,16 +54,22 @@ pub struct RequestSample {
     pub count: u64,
 }
 
-/// The duration histogram at one instant: per-bucket counts by upper bound, the last one
-/// `f64::MAX` (+Inf).
-#[derive(Clone, Debug, PartialEq)]
-pub struct DurationSample {
-    pub buckets: Vec<(f64, u64)>,
-    pub count: u64,
-    pub sum_seconds: f64,
-}
-
 // === impl DnsMetrics ===
+
+impl Default for DnsMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Default::default(),
+            duration: Histogram::new(&BUCKETS),
+            cache_hits_success: AtomicU64::new(0),
+            cache_hits_denial: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            forward_rejected: AtomicU64::new(0),
+            loops: AtomicU64::new(0),
+        }
+    }
+}
 
 impl DnsMetrics {
     /// Counts one answered query.
@@ -102,13 +107,7 @@ impl DnsMetrics {
             _ => 6,
         };
         self.requests[proto][type_index][rcode_index].fetch_add(1, Ordering::Relaxed);
-        let seconds = elapsed.as_secs_f64();
-        if let Some(bucket) = BUCKETS.iter().position(|&upper| seconds <= upper) {
-            self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        }
-        self.duration_count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.duration_sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.duration.record(elapsed);
     }
 
     /// Non-zero request counters.
@@ -132,20 +131,8 @@ impl DnsMetrics {
         out
     }
 
-    pub fn duration(&self) -> DurationSample {
-        let count = self.duration_count.load(Ordering::Relaxed);
-        let mut buckets: Vec<(f64, u64)> = BUCKETS
-            .iter()
-            .zip(&self.duration_buckets)
-            .map(|(&upper, n)| (upper, n.load(Ordering::Relaxed)))
-            .collect();
-        let bounded: u64 = buckets.iter().map(|b| b.1).sum();
-        buckets.push((f64::MAX, count.saturating_sub(bounded)));
-        DurationSample {
-            buckets,
-            count,
-            sum_seconds: self.duration_sum_nanos.load(Ordering::Relaxed) as f64 / 1e9,
-        }
+    pub fn duration(&self) -> HistogramSample {
+        self.duration.sample()
     }
 }
 

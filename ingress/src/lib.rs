@@ -1,12 +1,75 @@
-//! HTTP ingress (being built): so far the pure Ingress v1 request router ([`route`]) over the
-//! snapshot's [`capstan_table::IngressTable`].
+//! The HTTP ingress plane: the front door that replaces ingress-nginx for Ingress v1.
 //!
-//! Will own: the hyper HTTP/1.1 + HTTP/2 server, TLS termination with an SNI resolver reading the
-//! snapshot, and redirects.
+//! Owns: the hyper HTTP/1.1 + HTTP/2 server ([`serve`]: plain with h2c prior knowledge, TLS with
+//! ALPN), TLS termination with an SNI resolver that reads the snapshot on every handshake,
+//! Ingress v1 request routing ([`route`]), the https redirect, reverse-proxy header rules,
+//! per-request endpoint choice (the proxy crate's balancer, peak-EWMA by default), upstream
+//! keep-alive pools (HTTP/1.1, or h2c for `appProtocol: kubernetes.io/h2c`), WebSocket
+//! upgrades, per-route counters and the access log.
 //!
 //! Must not import: `catalog`, the sources, or anything Kubernetes; only `table` and `proxy`
-//! (balance, forward).
+//! (balance, listeners, clock). Each request loads the snapshot once and never locks.
 
+mod body;
+mod completion;
+mod error;
+mod forward;
+mod headers;
+mod idle;
+mod metrics;
 mod routing;
+mod server;
+mod tls;
 
-pub use routing::{Routed, match_path, route};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use capstan_table::BalancePolicy;
+
+pub use error::IngressError;
+pub use metrics::{IngressMetrics, Refusal};
+pub use routing::{Routed, match_path, normalize_host, route};
+pub use server::{Bound, serve};
+pub use tls::SniResolver;
+
+/// Settings of the ingress listeners.
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    /// Plain HTTP listener (HTTP/1.1 and h2c), `None` for off.
+    pub http: Option<SocketAddr>,
+    /// TLS listener, `None` for off.
+    pub https: Option<SocketAddr>,
+    /// Endpoint choice per request.
+    pub balance: BalancePolicy,
+    /// Time to send a complete request head (and the longest idle time between HTTP/1.1
+    /// requests); also bounds the TLS handshake.
+    pub header_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time an upstream has to start its response (504 after).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Pooled upstream connections idle this long are closed.
+    pub upstream_idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub access_log: bool,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            http: None,
+            https: None,
+            balance: BalancePolicy::PeakEwma,
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            upstream_idle_timeout: Duration::from_secs(90),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
+            access_log: false,
+        }
+    }
+}

@@ -6,14 +6,16 @@
 //! (it is as long as the request path), then the longest element-wise Prefix match. A host whose
 //! paths do not match goes to the default backend, as ingress-nginx's server blocks do.
 
+use std::sync::Arc;
+
 use capstan_table::{HostRoutes, IngressTable, Route};
 
 /// The outcome of routing one request.
 #[derive(Debug)]
 pub enum Routed<'t> {
-    Route(&'t Route),
+    Route(&'t Arc<Route>),
     /// No rule matched: `spec.defaultBackend`.
-    Default(&'t Route),
+    Default(&'t Arc<Route>),
     NotFound,
 }
 
@@ -39,7 +41,7 @@ pub fn route<'t>(table: &'t IngressTable, host: &str, path: &str) -> Routed<'t> 
 }
 
 /// The path's route within one host.
-pub fn match_path<'t>(routes: &'t HostRoutes, path: &str) -> Option<&'t Route> {
+pub fn match_path<'t>(routes: &'t HostRoutes, path: &str) -> Option<&'t Arc<Route>> {
     if let Some(route) = routes.exact.get(path) {
         return Some(route);
     }
@@ -47,7 +49,7 @@ pub fn match_path<'t>(routes: &'t HostRoutes, path: &str) -> Option<&'t Route> {
         .prefixes
         .iter()
         .find(|(prefix, _)| prefix_matches(prefix, path))
-        .map(|(_, route)| &**route)
+        .map(|(_, route)| route)
 }
 
 /// Element-wise prefix: `prefix` (trailing slashes already removed) matches `path` when they are
@@ -59,8 +61,8 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
-/// Lowercase, without a port or a trailing dot. `[v6]:port` keeps its brackets.
-fn normalize_host(host: &str) -> String {
+/// Lowercase, without a port or a trailing dot. `[v6]:port` loses its brackets.
+pub fn normalize_host(host: &str) -> String {
     let without_port = if host.starts_with('[') {
         host.split_once(']')
             .map_or(host, |(v6, _)| v6)

@@ -17,7 +17,8 @@ pub struct Histogram<const N: usize> {
     sum_nanos: AtomicU64,
 }
 
-/// A histogram at one instant: cumulative counts by upper bound, the last one `f64::MAX` (+Inf).
+/// A histogram at one instant: counts per bucket by upper bound (not cumulative: the encoder
+/// accumulates), the last bucket `f64::INFINITY` holding what exceeded every bound.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HistogramSample {
     pub buckets: Vec<(f64, u64)>,
@@ -52,14 +53,15 @@ impl<const N: usize> Histogram<N> {
     }
 
     pub fn sample(&self) -> HistogramSample {
-        let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(N + 1);
-        for (upper, counter) in self.bounds.iter().zip(&self.buckets) {
-            cumulative += counter.load(Ordering::Relaxed);
-            buckets.push((*upper, cumulative));
-        }
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&upper, n)| (upper, n.load(Ordering::Relaxed)))
+            .collect();
         let count = self.count();
-        buckets.push((f64::MAX, count));
+        let bounded: u64 = buckets.iter().map(|b| b.1).sum();
+        buckets.push((f64::INFINITY, count.saturating_sub(bounded)));
         HistogramSample {
             buckets,
             count,
@@ -73,7 +75,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_cumulative_and_inf_counts_everything() {
+    fn buckets_count_their_own_observations_and_inf_the_rest() {
         let h = Histogram::new(&HTTP_BUCKETS);
         h.record(Duration::from_millis(1));
         h.record(Duration::from_millis(30));
@@ -81,9 +83,10 @@ mod tests {
         let s = h.sample();
         assert_eq!(s.count, 3);
         assert_eq!(s.buckets[0], (0.005, 1));
-        assert_eq!(s.buckets[3], (0.05, 2));
-        assert_eq!(s.buckets[10], (10.0, 2));
-        assert_eq!(s.buckets[11], (f64::MAX, 3));
+        assert_eq!(s.buckets[2], (0.025, 0));
+        assert_eq!(s.buckets[3], (0.05, 1));
+        assert_eq!(s.buckets[10], (10.0, 0));
+        assert_eq!(s.buckets[11], (f64::INFINITY, 1));
         assert!((s.sum_seconds - 60.031).abs() < 1e-6);
     }
 }

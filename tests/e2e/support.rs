@@ -96,10 +96,23 @@ impl Capstan {
         } else {
             &["--dns", "off"]
         };
+        // So are the ingress listeners (ports 80 and 443).
+        let http_off: &[&str] = if args.contains(&"--http") {
+            &[]
+        } else {
+            &["--http", "off"]
+        };
+        let https_off: &[&str] = if args.contains(&"--https") {
+            &[]
+        } else {
+            &["--https", "off"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .arg("run")
             .args(args)
             .args(dns_off)
+            .args(http_off)
+            .args(https_off)
             .args([
                 "--admin",
                 "127.0.0.1:0",
@@ -149,6 +162,24 @@ impl Capstan {
                 .ok()
         })
         .unwrap_or_else(|| panic!("no dns address in logs:\n{}", self.logs()))
+    }
+
+    /// The ingress listeners' addresses (`http`, `https`), from the log line.
+    pub(crate) fn ingress_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        eventually(Duration::from_secs(10), || {
+            let logs = self.logs();
+            let line = logs.lines().find(|l| l.contains("ingress listening"))?;
+            let field = |name: &str| {
+                line.split(&format!("{name}="))
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            Some((field("http"), field("https")))
+        })
+        .unwrap_or_else(|| panic!("no ingress addresses in logs:\n{}", self.logs()))
     }
 
     pub(crate) fn logs(&self) -> String {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use capstan_table::{
     Backend, BackendPort, IngressTable, PathType, Route, RouteConflict, ServiceKey,
+    UpstreamProtocol,
 };
 
 use super::*;
@@ -12,11 +13,15 @@ use super::*;
 fn to(service: &str) -> Arc<Route> {
     Arc::new(Route {
         ingress: format!("test/{service}").into(),
+        host: "*".into(),
+        path: "/".into(),
         backend: Backend::Service {
             service: ServiceKey::new("test", service),
             port: BackendPort::Number(80),
         },
         upstream: None,
+        protocol: UpstreamProtocol::Http1,
+        stats: Arc::default(),
     })
 }
 

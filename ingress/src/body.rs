@@ -1,0 +1,153 @@
+//! Streaming bodies in both directions, never buffered: the request body as it goes upstream
+//! (counted per route), and the response body as it goes to the client, which carries the
+//! request's [`Completion`] so counters, the endpoint's in-flight count and the access log are
+//! settled exactly when the response ends or is abandoned.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use capstan_table::RouteStats;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::completion::Completion;
+
+/// The body sent upstream.
+#[derive(Debug)]
+pub(crate) enum RequestBody {
+    Empty,
+    Stream {
+        inner: Incoming,
+        stats: Option<Arc<RouteStats>>,
+    },
+}
+
+/// The body sent to the client: Capstan's own short answers, or the upstream's stream.
+#[derive(Debug)]
+pub(crate) struct ResponseBody {
+    kind: Kind,
+    completion: Option<Completion>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+// === impl RequestBody ===
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Stream { inner, stats } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, stats)
+                    && let Some(data) = frame.data_ref()
+                {
+                    stats
+                        .bytes_from_client
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Stream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Stream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+// === impl ResponseBody ===
+
+impl ResponseBody {
+    pub(crate) fn full(bytes: impl Into<Bytes>, completion: Option<Completion>) -> Self {
+        let bytes = bytes.into();
+        Self {
+            kind: Kind::Full((!bytes.is_empty()).then_some(bytes)),
+            completion,
+        }
+    }
+
+    pub(crate) fn upstream(inner: Incoming, completion: Completion) -> Self {
+        Self {
+            kind: Kind::Upstream(inner),
+            completion: Some(completion),
+        }
+    }
+
+    fn count(&mut self, bytes: usize) {
+        if let Some(completion) = &mut self.completion {
+            completion.bytes_sent += bytes as u64;
+        }
+    }
+
+    /// The body ended as it should: settle now rather than when hyper drops it.
+    fn finish(&mut self) {
+        if let Some(mut completion) = self.completion.take() {
+            completion.complete = true;
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.count(data.len());
+                }
+            }
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Upstream(inner) => inner.size_hint(),
+        }
+    }
+}

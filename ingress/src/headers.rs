@@ -1,0 +1,185 @@
+//! Header rules of a reverse proxy, pure: which host a request is for, which headers are
+//! hop-by-hop (RFC 9110 §7.6.1), and the `X-Forwarded-*`/`Forwarded` headers added upstream.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+
+/// Headers that describe one connection, never forwarded (plus any named in `Connection`).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Why a request was refused before routing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BadRequest {
+    /// No `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+    MissingHost,
+    /// A host that is not a DNS name or IP literal with an optional port, or two that disagree.
+    InvalidHost,
+}
+
+/// What the client asked for, as the proxy forwards it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Forwarding<'a> {
+    pub client: IpAddr,
+    /// `http` or `https`: the listener the request arrived on.
+    pub proto: &'static str,
+    /// The request's host as the client sent it (port included).
+    pub host: &'a str,
+    /// The port of the listener the request arrived on.
+    pub port: u16,
+}
+
+/// The host a request is for: the URI's authority (HTTP/2, or an absolute-form HTTP/1.1 target,
+/// which RFC 9112 §3.2.2 says wins over `Host`), else the `Host` header. Validated.
+pub(crate) fn request_host<B>(request: &Request<B>) -> Result<&str, BadRequest> {
+    let headers = request.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let from_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadRequest::InvalidHost);
+    }
+    let host = match (request.uri().authority(), from_header) {
+        (Some(authority), _) => authority.as_str(),
+        (None, Some(value)) => value.to_str().map_err(|_| BadRequest::InvalidHost)?,
+        (None, None) if request.version() == Version::HTTP_10 => "",
+        (None, None) => return Err(BadRequest::MissingHost),
+    };
+    if host.is_empty() && request.version() != Version::HTTP_10 {
+        return Err(BadRequest::MissingHost);
+    }
+    if !host.is_empty() && !valid_host(host) {
+        return Err(BadRequest::InvalidHost);
+    }
+    Ok(host)
+}
+
+/// `name[:port]` or `[v6][:port]`: a DNS name (letters, digits, `-`, `_`, `.`) or an IP literal;
+/// no userinfo, no spaces, port digits only.
+pub(crate) fn valid_host(host: &str) -> bool {
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after.strip_prefix(':') {
+            Some(port) => ("v6", Some(port)),
+            None if after.is_empty() => ("v6", None),
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    port_ok && name_ok
+}
+
+/// Whether an HTTP/1.1 request asks to switch protocols (WebSocket).
+pub(crate) fn is_upgrade<B>(request: &Request<B>) -> bool {
+    request.version() == Version::HTTP_11
+        && request.headers().contains_key(header::UPGRADE)
+        && has_token(request.headers(), &header::CONNECTION, "upgrade")
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`
+/// (a protocol switch in progress), `Connection: upgrade` and `Upgrade` are kept.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    let trailers_te = has_token(headers, &header::TE, "trailers");
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if trailers_te {
+        // `TE: trailers` is the one TE value that must reach gRPC servers (RFC 9113 §8.2.2).
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host/-Port`, `X-Real-IP` and `Forwarded` (RFC 7239) for the
+/// upstream. Values a client sent are replaced, not appended: Capstan is the edge, and a client
+/// must not be able to choose the address a backend sees.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
+    let client = forwarding.client.to_string();
+    let host = HeaderValue::from_str(forwarding.host).ok();
+    let forwarded_for = match forwarding.client {
+        IpAddr::V4(_) => client.clone(),
+        IpAddr::V6(_) => format!("\"[{client}]\""),
+    };
+    let mut forwarded = format!("for={forwarded_for};proto={}", forwarding.proto);
+    if !forwarding.host.is_empty() {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(forwarding.host);
+        forwarded.push('"');
+    }
+    let client = HeaderValue::from_str(&client).ok();
+    if let Some(client) = client {
+        headers.insert(&X_FORWARDED_FOR, client.clone());
+        headers.insert(&X_REAL_IP, client);
+    }
+    headers.insert(
+        &X_FORWARDED_PROTO,
+        HeaderValue::from_static(forwarding.proto),
+    );
+    match host {
+        Some(host) if !forwarding.host.is_empty() => {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+        _ => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(&X_FORWARDED_PORT, HeaderValue::from(forwarding.port));
+    if let Ok(forwarded) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, forwarded);
+    }
+}
+
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+#[cfg(test)]
+mod tests;

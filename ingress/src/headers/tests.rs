@@ -1,0 +1,208 @@
+use super::*;
+
+fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
+    let mut builder = Request::builder().version(version).uri(uri);
+    for host in hosts {
+        builder = builder.header(header::HOST, *host);
+    }
+    builder.body(()).expect("request")
+}
+
+#[test]
+fn host_comes_from_authority_then_host_header() {
+    let cases: &[(Version, &str, &[&str], Result<&str, BadRequest>)] = &[
+        (Version::HTTP_11, "/", &["example.com"], Ok("example.com")),
+        (
+            Version::HTTP_11,
+            "/",
+            &["Example.COM:8080"],
+            Ok("Example.COM:8080"),
+        ),
+        (Version::HTTP_11, "/", &["[::1]:80"], Ok("[::1]:80")),
+        (
+            Version::HTTP_11,
+            "http://a.example/x",
+            &["b.example"],
+            Ok("a.example"),
+        ),
+        (
+            Version::HTTP_2,
+            "https://grpc.example/svc",
+            &[],
+            Ok("grpc.example"),
+        ),
+        (Version::HTTP_11, "/", &[], Err(BadRequest::MissingHost)),
+        (Version::HTTP_11, "/", &[""], Err(BadRequest::MissingHost)),
+        (Version::HTTP_10, "/", &[], Ok("")),
+        (
+            Version::HTTP_11,
+            "/",
+            &["a.example", "b.example"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["bad host"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["user@host"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["host:80x"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["host:"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["[::1"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["[nope]:80"],
+            Err(BadRequest::InvalidHost),
+        ),
+        (
+            Version::HTTP_11,
+            "/",
+            &["a/b"],
+            Err(BadRequest::InvalidHost),
+        ),
+    ];
+    for (version, uri, hosts, expected) in cases {
+        let req = request(*version, uri, hosts);
+        assert_eq!(request_host(&req), *expected, "{version:?} {uri} {hosts:?}");
+    }
+}
+
+#[test]
+fn hop_by_hop_headers_and_connection_named_ones_are_removed() {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("connection", "keep-alive, X-Secret"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("transfer-encoding", "chunked"),
+        ("te", "gzip"),
+        ("upgrade", "h2c"),
+        ("x-secret", "1"),
+        ("x-kept", "1"),
+        ("proxy-authorization", "Basic x"),
+    ] {
+        headers.append(name, HeaderValue::from_static(value));
+    }
+    strip_hop_by_hop(&mut headers, false);
+    let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-kept"]);
+}
+
+#[test]
+fn te_trailers_survives_and_upgrades_keep_their_headers() {
+    let mut headers = HeaderMap::new();
+    headers.insert("te", HeaderValue::from_static("trailers"));
+    strip_hop_by_hop(&mut headers, false);
+    assert_eq!(
+        headers.get("te").map(|v| v.as_bytes()),
+        Some(&b"trailers"[..])
+    );
+
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "connection",
+        HeaderValue::from_static("keep-alive, Upgrade"),
+    );
+    headers.insert("upgrade", HeaderValue::from_static("websocket"));
+    strip_hop_by_hop(&mut headers, true);
+    assert_eq!(
+        headers.get("upgrade").map(|v| v.as_bytes()),
+        Some(&b"websocket"[..])
+    );
+    assert_eq!(
+        headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"upgrade"[..])
+    );
+}
+
+#[test]
+fn upgrade_needs_http11_connection_token_and_upgrade_header() {
+    let ws = |version, connection: &str| {
+        Request::builder()
+            .version(version)
+            .header("connection", connection)
+            .header("upgrade", "websocket")
+            .body(())
+            .expect("request")
+    };
+    assert!(is_upgrade(&ws(Version::HTTP_11, "Upgrade")));
+    assert!(is_upgrade(&ws(Version::HTTP_11, "keep-alive, upgrade")));
+    assert!(!is_upgrade(&ws(Version::HTTP_11, "keep-alive")));
+    assert!(!is_upgrade(&ws(Version::HTTP_10, "upgrade")));
+}
+
+#[test]
+fn forwarded_headers_replace_what_the_client_sent() {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+    headers.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+    set_forwarded(
+        &mut headers,
+        &Forwarding {
+            client: "10.1.2.3".parse().expect("ip"),
+            proto: "https",
+            host: "shop.example:8443",
+            port: 8443,
+        },
+    );
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    assert_eq!(get("x-forwarded-for"), "10.1.2.3");
+    assert_eq!(get("x-real-ip"), "10.1.2.3");
+    assert_eq!(get("x-forwarded-proto"), "https");
+    assert_eq!(get("x-forwarded-host"), "shop.example:8443");
+    assert_eq!(get("x-forwarded-port"), "8443");
+    assert_eq!(
+        get("forwarded"),
+        "for=10.1.2.3;proto=https;host=\"shop.example:8443\""
+    );
+
+    let mut headers = HeaderMap::new();
+    set_forwarded(
+        &mut headers,
+        &Forwarding {
+            client: "fd00::1".parse().expect("ip"),
+            proto: "http",
+            host: "",
+            port: 80,
+        },
+    );
+    assert_eq!(
+        headers.get("forwarded").and_then(|v| v.to_str().ok()),
+        Some("for=\"[fd00::1]\";proto=http")
+    );
+    assert!(headers.get("x-forwarded-host").is_none());
+}
+
+proptest::proptest! {
+    #[test]
+    fn host_validation_never_panics(host in ".{0,40}") {
+        let _ = valid_host(&host);
+    }
+}

@@ -1,0 +1,90 @@
+//! Lock-free counters of the ingress plane that belong to no route (per-route counters live in
+//! the snapshot's [`capstan_table::RouteStats`]); read by the agent's collector at scrape time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a request or connection was refused before reaching a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A request head larger than the limit, or too many headers (431).
+    HeadersTooLarge,
+    /// A request line or header hyper could not parse (400).
+    Malformed,
+    /// No or an invalid `Host`/`:authority` (400).
+    InvalidHost,
+    /// The request head did not arrive within the header timeout.
+    HeaderTimeout,
+    /// The TLS handshake failed or timed out.
+    TlsHandshake,
+}
+
+/// Every ingress counter that is not per route.
+#[derive(Debug, Default)]
+pub struct IngressMetrics {
+    refused: [AtomicU64; REFUSALS.len()],
+    /// Responses by status class for requests that matched no route (404s, redirects, 400s).
+    unrouted: [AtomicU64; 5],
+    /// Connections accepted, by listener: plain, TLS.
+    pub connections: [AtomicU64; 2],
+    pub active_connections: AtomicU64,
+    /// Connections that switched protocols (WebSocket) and are being relayed.
+    pub upgraded: AtomicU64,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
+    /// Requests retried on another endpoint after a failed connect.
+    pub retries: AtomicU64,
+}
+
+const REFUSALS: [Refusal; 5] = [
+    Refusal::HeadersTooLarge,
+    Refusal::Malformed,
+    Refusal::InvalidHost,
+    Refusal::HeaderTimeout,
+    Refusal::TlsHandshake,
+];
+
+// === impl Refusal ===
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::Malformed => "malformed",
+            Refusal::InvalidHost => "invalid_host",
+            Refusal::HeaderTimeout => "header_timeout",
+            Refusal::TlsHandshake => "tls_handshake",
+        }
+    }
+
+    fn index(self) -> usize {
+        REFUSALS.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+// === impl IngressMetrics ===
+
+impl IngressMetrics {
+    pub fn refuse(&self, refusal: Refusal) {
+        self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_unrouted(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.unrouted[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(reason, count)` for every refusal reason.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        REFUSALS
+            .iter()
+            .map(|r| (r.as_str(), self.refused[r.index()].load(Ordering::Relaxed)))
+    }
+
+    /// `(class, count)`: `1xx` … `5xx` for unrouted responses.
+    pub fn unrouted(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .zip(&self.unrouted)
+            .map(|(class, n)| (class, n.load(Ordering::Relaxed)))
+    }
+}
