@@ -147,6 +147,10 @@ mod tests {
         stats.record_latency(Duration::from_micros(5_000));
         assert_eq!(stats.latency_ewma_us.load(Ordering::Relaxed), 5_000);
         stats.record_latency(Duration::ZERO);
-        assert_eq!(stats.latency_ewma_us.load(Ordering::Relaxed), 3_750);
+        assert_eq!(
+            stats.latency_ewma_us.load(Ordering::Relaxed),
+            3_751,
+            "samples count as at least 1 µs"
+        );
     }
 }

@@ -5,6 +5,8 @@ mod dns;
 mod dns_spec;
 mod dns_support;
 mod files;
+mod http_support;
+mod ingress;
 mod ingress_spec;
 mod lifecycle;
 mod reload;

@@ -8,9 +8,17 @@ fn request(version: Version, uri: &str, hosts: &[&str]) -> Request<()> {
     builder.body(()).expect("request")
 }
 
+/// (version, target, Host headers) → the host or the refusal.
+type HostCase = (
+    Version,
+    &'static str,
+    &'static [&'static str],
+    Result<&'static str, BadRequest>,
+);
+
 #[test]
 fn host_comes_from_authority_then_host_header() {
-    let cases: &[(Version, &str, &[&str], Result<&str, BadRequest>)] = &[
+    let cases: &[HostCase] = &[
         (Version::HTTP_11, "/", &["example.com"], Ok("example.com")),
         (
             Version::HTTP_11,
