@@ -179,7 +179,9 @@ impl Forwarder {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let retryable = !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
+        // A retry needs another endpoint, and a request that can be sent twice.
+        let retryable =
+            eligible.len() > 1 && !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
         let mut body = Some(if body.is_end_stream() {
             RequestBody::Empty
         } else {

@@ -1,5 +1,7 @@
-//! An IO wrapper that remembers when bytes last moved, so a connection with none either way for
-//! the idle timeout can be closed (hyper has no HTTP/2 idle timeout of its own).
+//! An IO wrapper that counts reads and writes that moved bytes, so a connection with none either
+//! way for the idle timeout can be closed (hyper has no HTTP/2 idle timeout of its own). It only
+//! bumps a counter: the connection's idle check compares it between ticks, so no clock is read
+//! per IO operation.
 
 use std::io;
 use std::pin::Pin;
@@ -7,30 +9,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use capstan_proxy::now_ms;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// `T`, with the monotonic millisecond of its last read or write in a shared atomic.
+/// `T`, counting its reads and writes that moved bytes in a shared atomic.
 #[derive(Debug)]
 pub(crate) struct IdleIo<T> {
     inner: T,
-    last_active_ms: Arc<AtomicU64>,
+    activity: Arc<AtomicU64>,
 }
 
 // === impl IdleIo ===
 
 impl<T> IdleIo<T> {
     pub(crate) fn new(inner: T) -> (Self, Arc<AtomicU64>) {
-        let last = Arc::new(AtomicU64::new(now_ms()));
+        let activity = Arc::new(AtomicU64::new(0));
         let io = Self {
             inner,
-            last_active_ms: last.clone(),
+            activity: activity.clone(),
         };
-        (io, last)
+        (io, activity)
     }
 
     fn touch(&self) {
-        self.last_active_ms.store(now_ms(), Ordering::Relaxed);
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 }
 

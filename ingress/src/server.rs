@@ -225,7 +225,7 @@ async fn serve_connection<IO>(io: IO, info: ConnInfo, listening: &Listening)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, last_active) = IdleIo::new(io);
+    let (io, activity) = IdleIo::new(io);
     let forwarder = listening.forwarder.clone();
     let service = service_fn(move |request| {
         let forwarder = forwarder.clone();
@@ -239,6 +239,7 @@ where
     let mut idle_check =
         tokio::time::interval((listening.idle_timeout / 4).max(Duration::from_millis(250)));
     idle_check.tick().await;
+    let (mut seen, mut quiet_since) = (0, now_ms());
     let mut draining = false;
     loop {
         tokio::select! {
@@ -253,8 +254,12 @@ where
                 draining = true;
             }
             _ = idle_check.tick() => {
-                let idle = now_ms().saturating_sub(last_active.load(Ordering::Relaxed));
-                if idle >= idle_ms {
+                let now = now_ms();
+                let moved = activity.load(Ordering::Relaxed);
+                if moved != seen {
+                    (seen, quiet_since) = (moved, now);
+                }
+                if now.saturating_sub(quiet_since) >= idle_ms {
                     if draining {
                         return; // idle even while draining: give up on it
                     }
