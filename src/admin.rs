@@ -6,7 +6,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use capstan_proxy::{ListenerState, ListenerStatus};
-use capstan_table::{Endpoint, ServicePortTable, Snapshot, SnapshotHandle};
+use capstan_table::{
+    Backend, BackendPort, Endpoint, IngressTable, ServicePortTable, Snapshot, SnapshotHandle,
+    UpstreamProtocol,
+};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -128,7 +131,7 @@ fn snapshot_json(state: &AdminState) -> Value {
     let snapshot = state.snapshots.load();
     let dns = dns_json(state.dns.as_deref(), snapshot.as_deref());
     let Some(snapshot) = snapshot else {
-        return json!({"generation": null, "services": [], "sources": sources, "dns": dns});
+        return json!({"generation": null, "services": [], "sources": sources, "dns": dns, "ingress": null});
     };
     json!({
         "generation": snapshot.generation.0,
@@ -136,6 +139,55 @@ fn snapshot_json(state: &AdminState) -> Value {
         "problems": snapshot.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "sources": sources,
         "dns": dns,
+        "ingress": ingress_json(&snapshot.ingress),
+    })
+}
+
+/// Every route (host, path, backend, endpoints eligible) and every TLS host with the source of
+/// its certificate.
+fn ingress_json(table: &IngressTable) -> Value {
+    let mut routes: Vec<Value> = table
+        .routes()
+        .map(|route| {
+            let Backend::Service { service, port } = &route.backend;
+            let port = match port {
+                BackendPort::Number(n) => n.to_string(),
+                BackendPort::Name(name) => name.to_string(),
+            };
+            json!({
+                "ingress": &*route.ingress,
+                "host": &*route.host,
+                "path": &*route.path,
+                "backend": format!("{service}:{port}"),
+                "protocol": match route.protocol {
+                    UpstreamProtocol::Http1 => "http/1.1",
+                    UpstreamProtocol::H2c => "h2c",
+                },
+                "endpoints": route.upstream.as_ref().map_or(0, |u| u.internal.endpoints.len()),
+            })
+        })
+        .collect();
+    routes.sort_by_key(|r| (r["host"].to_string(), r["path"].to_string()));
+    let tls =
+        |hosts: &std::collections::HashMap<Box<str>, Option<capstan_table::TlsCertificate>>,
+         prefix: &str| {
+            hosts
+                .iter()
+                .map(|(host, cert)| {
+                    json!({
+                        "host": format!("{prefix}{host}"),
+                        "certificate": cert.as_ref().map_or("default", |c| &*c.source),
+                    })
+                })
+                .collect::<Vec<_>>()
+        };
+    let mut tls_hosts = tls(&table.tls_hosts, "");
+    tls_hosts.extend(tls(&table.tls_wildcards, "*."));
+    tls_hosts.sort_by_key(|h| h["host"].to_string());
+    json!({
+        "routes": routes,
+        "tls": tls_hosts,
+        "default_certificate": table.default_certificate.as_ref().map(|c| &*c.source),
     })
 }
 
