@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
 
-use crate::CatalogError;
+use crate::{CatalogError, Origin};
 
 /// An Ingress: host/path rules to Service backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +17,8 @@ pub struct Ingress {
     pub rules: Vec<IngressRule>,
     /// `spec.tls`: hosts served over TLS with a Secret's certificate.
     pub tls: Vec<IngressTls>,
+    /// `capstan.yaml` routes are always Capstan's, whatever the IngressClasses say.
+    pub origin: Origin,
 }
 
 /// One `spec.tls[]` entry.

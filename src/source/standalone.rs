@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use capstan_catalog::{
-    EndpointSlice, Object, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort,
-    TargetPort,
+    EndpointSlice, Ingress, Object, Origin, Service, ServiceKind, ServicePort, SliceEndpoint,
+    SlicePort, TargetPort, TlsSecret,
 };
 use capstan_table::{EndpointConditions, Protocol, ServiceKey};
 use serde::Deserialize;
@@ -19,6 +19,8 @@ use crate::source::convert::parse_balance;
 use crate::source::manifests::{Loaded, yaml_message};
 
 /// The namespace every `capstan.yaml` service lives in.
+mod routes;
+
 pub const NAMESPACE: &str = "standalone";
 const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
@@ -36,6 +38,9 @@ pub struct StandaloneFile {
 pub struct Parsed {
     pub services: Vec<(Service, Vec<Backend>)>,
     pub resolve_interval: Duration,
+    /// `routes:` as one Ingress, with the Secrets of its TLS routes.
+    pub ingress: Option<Ingress>,
+    pub tls: Vec<TlsSecret>,
 }
 
 /// One backend: a fixed address, or a name resolved to all its addresses.
@@ -52,6 +57,8 @@ struct FileSchema {
     defaults: DefaultsSchema,
     #[serde(default)]
     services: BTreeMap<String, ServiceSchema>,
+    #[serde(default)]
+    routes: Vec<routes::RouteSchema>,
 }
 
 #[derive(Default, Deserialize)]
@@ -215,6 +222,8 @@ impl StandaloneFile {
             }
             objects.push(Object::Service(service.clone()));
         }
+        objects.extend(parsed.ingress.clone().map(Object::Ingress));
+        objects.extend(parsed.tls.iter().cloned().map(Object::TlsSecret));
         objects
     }
 }
@@ -335,9 +344,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Error> {
             .map_err(|e| fail(first_line, e.to_string()))?;
         services.push((service, backends));
     }
+    let is_tcp_service = |name: &str| {
+        services.iter().any(|(s, _): &(Service, _)| {
+            &*s.key.name == name && s.ports.iter().any(|p| p.protocol == Protocol::Tcp)
+        })
+    };
+    let (ingress, tls) = routes::convert(path, &file.routes, is_tcp_service)
+        .map_err(|(line, reason)| fail(line, reason))?;
     Ok(Parsed {
         services,
         resolve_interval,
+        ingress,
+        tls,
     })
 }
 

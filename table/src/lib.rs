@@ -7,9 +7,10 @@
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
 //! `ArcSwap`.
 //!
-//! Must not import: any other workspace crate, tokio, or anything that does I/O. Everything here is
-//! plain data plus lock-free atomics, so it can be built by the pure `compile` step and read by every
-//! plane without locks.
+//! Must not import: any other workspace crate, tokio, or anything that does I/O (rustls is used for
+//! its certificate types and to parse and check a key once, in [`TlsCertificate::from_pem`]).
+//! Everything here is plain data plus lock-free atomics, so it can be built by the pure `compile`
+//! step and read by every plane without locks.
 
 mod dns;
 mod endpoint;

@@ -15,7 +15,7 @@ use crate::dns_support::metric_value;
 use crate::http_support::{
     DEFAULT_CLASS, HttpBackend, TestCert, curl, endpoint_slice, ingress, raw_status, service,
 };
-use crate::support::{Capstan, TempDir, eventually, path_str};
+use crate::support::{Capstan, TempDir, eventually, frontend, path_str};
 
 /// Capstan with only the ingress listeners (both on port 0) over `dir`.
 fn start(dir: &TempDir, extra: &[&str]) -> (Capstan, SocketAddr, SocketAddr) {
@@ -583,4 +583,44 @@ fn oha_load_across_100_swaps_has_no_failed_requests() {
         errors.as_object().is_none_or(|e| e.is_empty()),
         "no connection errors: {errors}"
     );
+}
+
+/// `routes:` in capstan.yaml: the compose user's ingress, plain and TLS from PEM files.
+#[test]
+fn capstan_yaml_routes_serve_http_and_tls_from_pem_files() {
+    let backend = HttpBackend::start("compose");
+    let cert = TestCert::new(&["app.example"]);
+    let dir = TempDir::new("ingress-yaml");
+    dir.write("cert.pem", &cert.cert_pem);
+    dir.write("key.pem", &cert.key_pem);
+    let ca = dir.write("ca.pem", &cert.ca_pem);
+    let config = dir.write(
+        "capstan.yaml",
+        &format!(
+            "services:\n  app:\n    listen: {}\n    backends: [{}]\nroutes:\n  - host: app.example\n    service: app\n    tls: {{cert: cert.pem, key: key.pem}}\n  - {{host: plain.example, path: /, service: app}}\n",
+            frontend(),
+            backend.addr
+        ),
+    );
+    let capstan = Capstan::start(&[
+        "--config",
+        path_str(&config),
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+    ]);
+    let (http, https) = capstan.ingress_addrs();
+    let (http, https) = (http.expect("http"), https.expect("https"));
+
+    let (status, body, _) = get(http, "plain.example", "/x", &[]);
+    assert_eq!(status, 200, "{body}\n{}", capstan.logs());
+    assert!(body.contains("backend=compose"), "{body}");
+    let (status, _, _) = get(http, "app.example", "/x", &[]);
+    assert_eq!(status, 308, "a TLS route redirects plain HTTP");
+    let resolve = format!("app.example:{}:127.0.0.1", https.port());
+    let url = format!("https://app.example:{}/x", https.port());
+    let (status, body, _) = curl(&["--cacert", path_str(&ca), "--resolve", &resolve, &url]);
+    assert_eq!(status, 200, "{body}\n{}", capstan.logs());
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
 }

@@ -10,7 +10,7 @@ use capstan_table::{
     RouteStats, ServiceKey, ServicePortKey, UpstreamProtocol,
 };
 
-use crate::{Ingress, IngressBackend, IngressClass, Service, SourceId, TlsSecret};
+use crate::{Ingress, IngressBackend, IngressClass, Origin, Service, SourceId, TlsSecret};
 
 /// Which Ingresses are Capstan's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +64,7 @@ pub(crate) fn compile_ingress(
         .iter()
         .any(|c| c.is_default && c.controller == options.controller);
     ingresses.retain(|i| match &i.class_name {
+        _ if i.origin == Origin::Standalone => true,
         Some(class) => ours.contains(class.as_str()),
         None => default_is_ours,
     });

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use capstan_catalog::{
-    Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, TlsSecret,
+    Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, Origin, TlsSecret,
 };
 use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
 use k8s_openapi::api::core::v1 as core;
@@ -118,6 +118,7 @@ pub fn ingress(object: &networking::Ingress) -> Result<Ingress, Error> {
         default_backend: spec.default_backend.as_ref().map(backend).transpose()?,
         rules,
         tls,
+        origin: Origin::Kubernetes,
     };
     ingress.validate()?;
     Ok(ingress)

@@ -178,3 +178,47 @@ proptest! {
         let _ = parse(Path::new("capstan.yaml"), &text);
     }
 }
+
+#[test]
+fn routes_become_one_standalone_ingress() {
+    let parsed = ok(
+        "services:\n  web:\n    listen: 127.0.0.1:8080\n    backends: [10.0.0.1:80]\n  api:\n    listen: 127.0.0.1:8081\n\
+                     routes:\n  - {host: Web.Example, service: web}\n  - {host: web.example, path: /api, path_type: exact, service: api}\n  - {path: /, service: web}\n",
+    );
+    let ingress = parsed.ingress.expect("an ingress");
+    assert_eq!(&*ingress.name, "capstan-yaml");
+    assert_eq!(ingress.origin, Origin::Standalone);
+    assert_eq!(ingress.rules.len(), 2, "paths grouped by host");
+    assert_eq!(ingress.rules[0].host.as_deref(), Some("web.example"));
+    assert_eq!(ingress.rules[0].paths.len(), 2);
+    assert_eq!(
+        ingress.rules[0].paths[1].path_type,
+        capstan_table::PathType::Exact
+    );
+    assert_eq!(ingress.rules[1].host, None);
+    assert!(parsed.tls.is_empty());
+}
+
+#[test]
+fn bad_routes_are_errors_with_their_line() {
+    let base = "services:\n  web:\n    listen: 127.0.0.1:8080\n  dns:\n    listen: 127.0.0.1:53\n    protocol: udp\nroutes:\n";
+    let (line, reason) = err(&format!("{base}  - service: nope\n"));
+    assert_eq!(line, Some(8));
+    assert!(reason.contains("no TCP service"), "{reason}");
+    let (_, reason) = err(&format!("{base}  - service: dns\n"));
+    assert!(reason.contains("no TCP service"), "{reason}");
+    let (_, reason) = err(&format!("{base}  - {{service: web, path_type: regex}}\n"));
+    assert!(reason.contains("prefix or exact"), "{reason}");
+    let (_, reason) = err(&format!("{base}  - {{service: web, path: nope}}\n"));
+    assert!(reason.contains("must start with /"), "{reason}");
+    let (_, reason) = err(&format!(
+        "{base}  - {{service: web, tls: {{cert: a.pem, key: b.pem}}}}\n"
+    ));
+    assert!(reason.contains("needs a host"), "{reason}");
+    let (_, reason) = err(&format!(
+        "{base}  - {{host: a.example, service: web, tls: {{cert: /nonexistent.pem, key: b.pem}}}}\n"
+    ));
+    assert!(reason.contains("/nonexistent.pem"), "{reason}");
+    let (_, reason) = err(&format!("{base}  - {{service: web, weight: 3}}\n"));
+    assert!(reason.contains("weight"), "{reason}");
+}

@@ -1,0 +1,139 @@
+//! `routes:` in `capstan.yaml`: host/path HTTP routes to the file's services, for compose users
+//! who want the ingress without writing Kubernetes Ingress objects. They become one Ingress
+//! (`standalone/capstan-yaml`, always Capstan's) and, for routes with `tls:`, Secrets holding the
+//! PEM files' certificate and key.
+
+use std::path::Path;
+
+use capstan_catalog::{
+    Ingress, IngressBackend, IngressPath, IngressRule, IngressTls, Origin, TlsSecret,
+};
+use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::NAMESPACE;
+
+/// PEM files larger than this are not certificates (and `/dev/zero` is not a file).
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// One entry of `routes:`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RouteSchema {
+    /// `app.example.com` or `*.example.com`; absent: every host.
+    host: Option<String>,
+    /// Default `/`.
+    path: Option<String>,
+    /// `prefix` (default) or `exact`.
+    path_type: Option<String>,
+    /// A TCP service of this file.
+    service: Spanned<String>,
+    tls: Option<TlsSchema>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TlsSchema {
+    /// PEM certificate chain, leaf first; relative paths are relative to the config file.
+    cert: String,
+    /// PEM private key.
+    key: String,
+}
+
+/// The Ingress and TLS Secrets of `routes`, or the first problem with its line.
+pub(super) fn convert(
+    config: &Path,
+    routes: &[RouteSchema],
+    is_tcp_service: impl Fn(&str) -> bool,
+) -> Result<(Option<Ingress>, Vec<TlsSecret>), (Option<u64>, String)> {
+    if routes.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let dir = config.parent().unwrap_or(Path::new("."));
+    let mut rules: Vec<IngressRule> = Vec::new();
+    let mut tls = Vec::new();
+    let mut secrets: Vec<TlsSecret> = Vec::new();
+    for route in routes {
+        let line = Some(route.service.referenced.line()).filter(|&l| l > 0);
+        let fail = |reason: String| (line, reason);
+        let service = &route.service.value;
+        if !is_tcp_service(service) {
+            return Err(fail(format!(
+                "route to {service:?}: no TCP service of that name in this file"
+            )));
+        }
+        let path = route.path.clone().unwrap_or_else(|| "/".into());
+        let path_type = match route.path_type.as_deref().unwrap_or("prefix") {
+            "prefix" => PathType::Prefix,
+            "exact" => PathType::Exact,
+            other => return Err(fail(format!("path_type {other:?}: use prefix or exact"))),
+        };
+        let host = route
+            .host
+            .as_deref()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty());
+        let path = IngressPath {
+            path,
+            path_type,
+            backend: IngressBackend {
+                service: ServiceKey::new(NAMESPACE, service),
+                port: BackendPort::Number(0),
+            },
+        };
+        match rules.iter_mut().find(|r| r.host == host) {
+            Some(rule) => rule.paths.push(path),
+            None => rules.push(IngressRule {
+                host: host.clone(),
+                paths: vec![path],
+            }),
+        }
+        if let Some(files) = &route.tls {
+            let Some(host) = host else {
+                return Err(fail("a route with tls: needs a host".into()));
+            };
+            let read = |file: &str| {
+                let path = dir.join(file);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() && m.len() <= MAX_PEM_BYTES => {
+                        std::fs::read(&path).map_err(|e| fail(format!("tls file {file}: {e}")))
+                    }
+                    Ok(_) => Err(fail(format!(
+                        "tls file {file}: not a regular file of at most {MAX_PEM_BYTES} bytes"
+                    ))),
+                    Err(e) => Err(fail(format!("tls file {file}: {e}"))),
+                }
+            };
+            let name = format!("route-{}", host.replace('*', "wildcard"));
+            let certificate = TlsCertificate::from_pem(
+                &format!("{}", dir.join(&files.cert).display()),
+                &read(&files.cert)?,
+                &read(&files.key)?,
+            )
+            .map_err(|e| fail(format!("tls for {host}: {e}")))?;
+            if !secrets.iter().any(|s| *s.name == *name) {
+                secrets.push(TlsSecret {
+                    namespace: NAMESPACE.into(),
+                    name: name.as_str().into(),
+                    certificate,
+                });
+                tls.push(IngressTls {
+                    hosts: vec![host],
+                    secret_name: Some(name.into()),
+                });
+            }
+        }
+    }
+    let ingress = Ingress {
+        namespace: NAMESPACE.into(),
+        name: "capstan-yaml".into(),
+        class_name: None,
+        default_backend: None,
+        rules,
+        tls,
+        origin: Origin::Standalone,
+    };
+    ingress.validate().map_err(|e| (None, e.to_string()))?;
+    Ok((Some(ingress), secrets))
+}
