@@ -41,12 +41,17 @@ pub(super) struct TlsSchema {
     key: String,
 }
 
+/// What `routes:` compile to: one Ingress (none without routes) and the TLS routes' Secrets.
+pub(super) type Routes = (Option<Ingress>, Vec<TlsSecret>);
+/// A problem with the line it is on.
+pub(super) type RouteError = (Option<u64>, String);
+
 /// The Ingress and TLS Secrets of `routes`, or the first problem with its line.
 pub(super) fn convert(
     config: &Path,
     routes: &[RouteSchema],
     is_tcp_service: impl Fn(&str) -> bool,
-) -> Result<(Option<Ingress>, Vec<TlsSecret>), (Option<u64>, String)> {
+) -> Result<Routes, RouteError> {
     if routes.is_empty() {
         return Ok((None, Vec::new()));
     }
