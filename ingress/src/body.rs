@@ -129,6 +129,10 @@ impl Body for ResponseBody {
                 if let Some(data) = frame.data_ref() {
                     this.count(data.len());
                 }
+                // A body of known length is not polled again after its last frame.
+                if this.is_end_stream() {
+                    this.finish();
+                }
             }
             Poll::Ready(None) => this.finish(),
             Poll::Ready(Some(Err(_))) | Poll::Pending => {}
@@ -149,5 +153,31 @@ impl Body for ResponseBody {
             Kind::Full(None) => SizeHint::with_exact(0),
             Kind::Upstream(inner) => inner.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::IngressMetrics;
+
+    #[test]
+    fn a_known_length_body_settles_its_completion_after_its_last_frame() {
+        let metrics = Arc::new(IngressMetrics::default());
+        let mut completion = Completion::new(metrics.clone(), None);
+        completion.status = 200;
+        let mut body = std::pin::pin!(ResponseBody::full("hello", Some(completion)));
+        let settled = |m: &IngressMetrics| m.unrouted().map(|(_, n)| n).sum::<u64>();
+        assert_eq!(settled(&metrics), 0);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let frame = body.as_mut().poll_frame(&mut cx);
+        assert!(matches!(frame, Poll::Ready(Some(Ok(_)))));
+        assert!(body.is_end_stream());
+        assert_eq!(settled(&metrics), 1, "settled without a further poll");
+        assert!(matches!(
+            body.as_mut().poll_frame(&mut cx),
+            Poll::Ready(None)
+        ));
+        assert_eq!(settled(&metrics), 1, "and only once");
     }
 }
