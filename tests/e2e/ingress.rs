@@ -53,6 +53,16 @@ fn get(addr: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (u16, String
     curl(&args)
 }
 
+/// The default class, Service `name` → `backend`, and an Ingress sending every path of `host`
+/// to it.
+fn single_route(name: &str, host: &str, backend: SocketAddr, app_protocol: Option<&str>) -> String {
+    format!(
+        "{DEFAULT_CLASS}{}{}",
+        service(name, &[backend], app_protocol),
+        ingress(name, &[(host, "/", "Prefix", name)], &[])
+    )
+}
+
 fn wait_for(what: &str, capstan: &Capstan, mut check: impl FnMut() -> bool) {
     eventually(Duration::from_secs(10), || check().then_some(()))
         .unwrap_or_else(|| panic!("never saw {what}\n{}", capstan.logs()));
@@ -64,11 +74,7 @@ fn http1_and_h2c_are_proxied_with_forwarded_headers_and_no_hop_by_hop() {
     let dir = TempDir::new("ingress-basic");
     dir.write(
         "all.yaml",
-        &format!(
-            "{DEFAULT_CLASS}{}{}",
-            service("web", &[backend.addr], None),
-            ingress("web", &[("web.example", "/", "Prefix", "web")], &[])
-        ),
+        &single_route("web", "web.example", backend.addr, None),
     );
     let (capstan, http, _) = start(&dir, &[]);
 
@@ -314,12 +320,10 @@ async fn websocket_stays_open_across_50_route_and_endpoint_swaps() {
     let backend = HttpBackend::start("ws");
     let spare = HttpBackend::start("spare");
     let dir = TempDir::new("ingress-ws");
-    let base = format!(
-        "{DEFAULT_CLASS}{}{}",
-        service("ws", &[backend.addr], None),
-        ingress("ws", &[("ws.example", "/", "Prefix", "ws")], &[])
+    dir.write(
+        "all.yaml",
+        &single_route("ws", "ws.example", backend.addr, None),
     );
-    dir.write("all.yaml", &base);
     let (capstan, http, _) = tokio::task::block_in_place(|| start(&dir, &[]));
 
     let tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
@@ -369,10 +373,11 @@ async fn h2c_upstream_round_trip_keeps_grpc_trailers() {
     let dir = TempDir::new("ingress-grpc");
     dir.write(
         "all.yaml",
-        &format!(
-            "{DEFAULT_CLASS}{}{}",
-            service("grpc", &[backend.addr], Some("kubernetes.io/h2c")),
-            ingress("grpc", &[("grpc.example", "/", "Prefix", "grpc")], &[])
+        &single_route(
+            "grpc",
+            "grpc.example",
+            backend.addr,
+            Some("kubernetes.io/h2c"),
         ),
     );
     let (capstan, http, _) = tokio::task::block_in_place(|| start(&dir, &[]));
@@ -407,11 +412,7 @@ fn bad_requests_get_4xx_are_counted_and_never_crash() {
     let dir = TempDir::new("ingress-bad");
     dir.write(
         "all.yaml",
-        &format!(
-            "{DEFAULT_CLASS}{}{}",
-            service("web", &[backend.addr], None),
-            ingress("web", &[("web.example", "/", "Prefix", "web")], &[])
-        ),
+        &single_route("web", "web.example", backend.addr, None),
     );
     let (capstan, http, https) = start(&dir, &[]);
     let big = format!(
