@@ -21,7 +21,7 @@ pub(crate) enum RequestBody {
     Empty,
     Stream {
         inner: Incoming,
-        stats: Option<Arc<RouteStats>>,
+        stats: Arc<RouteStats>,
     },
 }
 
@@ -52,7 +52,7 @@ impl Body for RequestBody {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Stream { inner, stats } => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(stats)) = (&polled, stats)
+                if let Poll::Ready(Some(Ok(frame))) = &polled
                     && let Some(data) = frame.data_ref()
                 {
                     stats

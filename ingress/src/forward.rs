@@ -24,7 +24,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::completion::{AccessLog, Completion, LogEntry};
 use crate::headers::{self, BadRequest, Forwarding};
 use crate::metrics::{IngressMetrics, Refusal};
-use crate::routing::{Routed, normalize_host, route};
+use crate::routing::{Routed, normalize_host, route_host};
 
 /// Endpoints tried per request at most (the first, and one retry after a failed connect).
 const MAX_ATTEMPTS: usize = 2;
@@ -89,20 +89,19 @@ impl Forwarder {
         mut request: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let shared = &self.shared;
+        let host = headers::request_host(&request).map(str::to_owned);
         let log = shared.access_log.as_ref().map(|sink| LogEntry {
             sink: sink.clone(),
             method: request.method().to_string(),
-            host: headers::request_host(&request)
-                .unwrap_or_default()
-                .to_owned(),
+            host: host.clone().unwrap_or_default(),
             path: request.uri().path().to_owned(),
             protocol: version_str(request.version()),
             client: conn.peer.ip(),
         });
         let mut done = Completion::new(shared.metrics.clone(), log);
 
-        let host = match headers::request_host(&request) {
-            Ok(host) => host.to_owned(),
+        let host = match host {
+            Ok(host) => host,
             Err(bad) => {
                 shared.metrics.refuse(Refusal::InvalidHost);
                 let message = match bad {
@@ -120,16 +119,17 @@ impl Forwarder {
             );
         };
         let table = &snapshot.ingress;
+        let hostname = normalize_host(&host);
 
         if !conn.tls
             && let Some(https_port) = shared.https_port
-            && table.tls_for(&normalize_host(&host)).is_some()
+            && table.tls_for(&hostname).is_some()
             && !request.uri().path().starts_with(ACME_CHALLENGE)
         {
             return redirect(done, &host, https_port, request.uri());
         }
 
-        let route: Arc<Route> = match route(table, &host, request.uri().path()) {
+        let route: Arc<Route> = match route_host(table, &hostname, request.uri().path()) {
             Routed::Route(route) | Routed::Default(route) => route.clone(),
             Routed::NotFound => return reply(done, StatusCode::NOT_FOUND, "no route\n"),
         };
@@ -187,7 +187,7 @@ impl Forwarder {
         } else {
             RequestBody::Stream {
                 inner: body,
-                stats: Some(route.stats.clone()),
+                stats: route.stats.clone(),
             }
         });
 

@@ -28,7 +28,7 @@ use capstan_table::BalancePolicy;
 
 pub use error::IngressError;
 pub use metrics::{IngressMetrics, Refusal};
-pub use routing::{Routed, match_path, normalize_host, route};
+pub use routing::{Routed, match_path, normalize_host, route, route_host};
 pub use server::{Bound, serve};
 pub use tls::SniResolver;
 

@@ -3,6 +3,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use capstan_table::{STATUS_CLASSES, status_class};
+
 /// Why a request or connection was refused before reaching a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -56,8 +58,9 @@ impl Refusal {
         }
     }
 
+    /// Its position in `REFUSALS` (the declaration order).
     fn index(self) -> usize {
-        REFUSALS.iter().position(|r| *r == self).unwrap_or(0)
+        self as usize
     }
 }
 
@@ -69,8 +72,7 @@ impl IngressMetrics {
     }
 
     pub fn record_unrouted(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.unrouted[class].fetch_add(1, Ordering::Relaxed);
+        self.unrouted[status_class(status)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// `(reason, count)` for every refusal reason.
@@ -82,9 +84,24 @@ impl IngressMetrics {
 
     /// `(class, count)`: `1xx` … `5xx` for unrouted responses.
     pub fn unrouted(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        STATUS_CLASSES
             .into_iter()
             .zip(&self.unrouted)
             .map(|(class, n)| (class, n.load(Ordering::Relaxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_its_own_counter() {
+        let metrics = IngressMetrics::default();
+        for (i, refusal) in REFUSALS.iter().enumerate() {
+            assert_eq!(refusal.index(), i, "REFUSALS follows the declaration order");
+            metrics.refuse(*refusal);
+        }
+        assert!(metrics.refusals().all(|(_, n)| n == 1));
     }
 }

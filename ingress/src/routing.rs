@@ -22,10 +22,14 @@ pub enum Routed<'t> {
 /// Routes a request for `host` (a `Host` header or `:authority`, port allowed) and `path` (no
 /// query string).
 pub fn route<'t>(table: &'t IngressTable, host: &str, path: &str) -> Routed<'t> {
-    let host = normalize_host(host);
+    route_host(table, &normalize_host(host), path)
+}
+
+/// [`route`] for a host already passed through [`normalize_host`].
+pub fn route_host<'t>(table: &'t IngressTable, host: &str, path: &str) -> Routed<'t> {
     let routes = table
         .hosts
-        .get(host.as_str())
+        .get(host)
         .or_else(|| {
             let (_, parent) = host.split_once('.')?;
             table.wildcards.get(parent)

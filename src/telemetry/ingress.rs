@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use capstan_ingress::IngressMetrics;
-use capstan_table::{Backend, SnapshotHandle};
+use capstan_table::{Backend, STATUS_CLASSES, SnapshotHandle};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
@@ -36,10 +36,7 @@ impl Collector for IngressCollector {
                     ("service", service.to_string()),
                 ];
                 let stats = &route.stats;
-                for (class, counter) in ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                    .into_iter()
-                    .zip(&stats.responses)
-                {
+                for (class, counter) in STATUS_CLASSES.into_iter().zip(&stats.responses) {
                     let n = load(counter);
                     if n > 0 {
                         requests.push((with(&labels, "code", class), n));

@@ -225,7 +225,14 @@ impl Default for RouteStats {
 impl RouteStats {
     /// Counts one response by its status class.
     pub fn record_status(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.responses[status_class(status)].fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Metric labels of the status classes, in the order of [`status_class`].
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index of `status`'s class in [`STATUS_CLASSES`] (out-of-range codes clamp to 1xx/5xx).
+pub fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, 5) - 1
 }

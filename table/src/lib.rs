@@ -26,7 +26,7 @@ pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, millis};
 pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
 pub use ingress::{
     Backend, BackendPort, HostRoutes, IngressTable, PathType, Route, RouteConflict, RouteStats,
-    UpstreamProtocol,
+    STATUS_CLASSES, UpstreamProtocol, status_class,
 };
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use proxy::{
