@@ -625,3 +625,37 @@ fn capstan_yaml_routes_serve_http_and_tls_from_pem_files() {
     assert_eq!(status, 200, "{body}\n{}", capstan.logs());
     assert!(body.contains("x-forwarded-proto: https"), "{body}");
 }
+
+#[test]
+fn access_log_writes_one_json_line_per_request() {
+    let backend = HttpBackend::start("logged");
+    let dir = TempDir::new("ingress-log");
+    dir.write(
+        "all.yaml",
+        &single_route("logged", "log.example", backend.addr, None),
+    );
+    let (capstan, http, _) = start(&dir, &["--access-log"]);
+    assert_eq!(get(http, "log.example", "/a?q=1", &[]).0, 200);
+    assert_eq!(get(http, "nothing.example", "/b", &[]).0, 404);
+    let lines = eventually(Duration::from_secs(10), || {
+        let lines = capstan.stdout_lines();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no access log lines: {:?}", capstan.stdout_lines()));
+    let entries: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    let routed = &entries[0];
+    assert_eq!(routed["method"], "GET");
+    assert_eq!(routed["host"], format!("log.example:{}", http.port()));
+    assert_eq!(routed["path"], "/a");
+    assert_eq!(routed["status"], 200);
+    assert_eq!(routed["ingress"], "demo/logged");
+    assert_eq!(routed["upstream"], backend.addr.to_string());
+    assert_eq!(routed["complete"], true);
+    assert!(routed["bytes"].as_u64().unwrap_or(0) > 0, "{routed}");
+    let unrouted = &entries[1];
+    assert_eq!(unrouted["status"], 404);
+    assert_eq!(unrouted["ingress"], serde_json::Value::Null);
+}

@@ -78,6 +78,8 @@ pub(crate) struct Capstan {
     child: Child,
     pub(crate) admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Lines written to stdout (the access log).
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Capstan {
@@ -119,10 +121,18 @@ impl Capstan {
                 "--log",
                 "info,capstan_proxy=debug",
             ])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn capstan");
+        let stdout_pipe = child.stdout.take().expect("stdout");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out_sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout_pipe).lines().map_while(Result::ok) {
+                out_sink.lock().expect("stdout").push(line);
+            }
+        });
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -146,7 +156,17 @@ impl Capstan {
                     logs.lock().map(|l| l.join("\n"))
                 )
             });
-        Self { child, admin, logs }
+        Self {
+            child,
+            admin,
+            logs,
+            stdout,
+        }
+    }
+
+    /// Every line Capstan wrote to stdout so far.
+    pub(crate) fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout").clone()
     }
 
     /// The DNS server's address, from its log line.
