@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::source::SourceStatus;
+use crate::source::{ApiHealth, SourceStatus};
 use crate::telemetry::Metrics;
 
 /// What the admin endpoint reads.
@@ -34,6 +34,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The DNS forwarder, for upstream health; `None` with DNS off.
     pub dns: Option<Arc<capstan_dns::Forwarder>>,
+    /// Kubernetes API reachability; `None` without a Kubernetes source.
+    pub kube: Option<Arc<ApiHealth>>,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -72,9 +74,14 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match state.snapshots.load() {
+            // Still ready while the API server is away: the last snapshot keeps being served.
             Some(snapshot) => text(
                 StatusCode::OK,
-                &format!("ready: generation {}\n", snapshot.generation),
+                &format!(
+                    "ready: generation {}{}\n",
+                    snapshot.generation,
+                    state.kube.as_deref().map(kube_readiness).unwrap_or_default()
+                ),
             ),
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -99,6 +106,18 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
             StatusCode::NOT_FOUND,
             "not found: /healthz /readyz /metrics /debug/snapshot\n",
         ),
+    }
+}
+
+fn kube_readiness(health: &ApiHealth) -> String {
+    if health.reachable() {
+        return "; kubernetes API reachable".to_owned();
+    }
+    match health.seconds_since_contact() {
+        Some(seconds) => format!(
+            "; kubernetes API unreachable, last contact {seconds}s ago: serving the last snapshot"
+        ),
+        None => "; kubernetes API unreachable".to_owned(),
     }
 }
 
@@ -130,10 +149,17 @@ fn snapshot_json(state: &AdminState) -> Value {
         .unwrap_or_default();
     let snapshot = state.snapshots.load();
     let dns = dns_json(state.dns.as_deref(), snapshot.as_deref());
+    let kubernetes = state.kube.as_deref().map(|health| {
+        json!({
+            "reachable": health.reachable(),
+            "seconds_since_contact": health.seconds_since_contact(),
+        })
+    });
     let Some(snapshot) = snapshot else {
-        return json!({"generation": null, "services": [], "sources": sources, "dns": dns, "ingress": null});
+        return json!({"generation": null, "services": [], "sources": sources, "dns": dns, "ingress": null, "kubernetes": kubernetes});
     };
     json!({
+        "kubernetes": kubernetes,
         "generation": snapshot.generation.0,
         "services": services_json(&snapshot, &listeners),
         "problems": snapshot.problems.iter().map(ToString::to_string).collect::<Vec<_>>(),

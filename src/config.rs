@@ -55,6 +55,15 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9901"
     )]
     pub admin: SocketAddr,
+    /// Watch this cluster's API server (Services, EndpointSlices, Ingresses, IngressClasses,
+    /// kubernetes.io/tls Secrets). Without it, the in-cluster service account is used when
+    /// running in a pod and no --manifests or --config is given.
+    #[arg(long, value_name = "FILE", env = "CAPSTAN_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Proxy only Services whose `service.kubernetes.io/service-proxy-name` label is NAME
+    /// (kube-proxy's filter). Default: only Services without that label.
+    #[arg(long, value_name = "NAME", env = "CAPSTAN_PROXY_NAME")]
+    pub proxy_name: Option<String>,
     /// This node's name, for internalTrafficPolicy/externalTrafficPolicy: Local.
     #[arg(long, value_name = "NAME", env = "CAPSTAN_NODE_NAME")]
     pub node_name: Option<String>,

@@ -32,6 +32,9 @@ pub enum Error {
         path: PathBuf,
         source: notify::Error,
     },
+    /// The Kubernetes client could not be configured.
+    #[error("{what}: {reason}")]
+    Kube { what: String, reason: String },
     #[error("admin listener {addr}: {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
     #[error("{what}: {source}")]

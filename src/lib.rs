@@ -32,7 +32,7 @@ pub use error::{Error, Errors};
 use crate::admin::AdminState;
 use crate::config::{RunArgs, SourceArgs};
 use crate::publish::Publisher;
-use crate::source::{FileSources, SourceStatus};
+use crate::source::{FileSources, KubeSource, SourceStatus};
 use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
 
 /// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
@@ -64,6 +64,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         },
     ));
     let source_status = SourceStatus::default();
+    let kube = match kube_config(&args) {
+        Some(kubeconfig) => Some(
+            KubeSource::connect(kubeconfig.as_deref(), source_status.clone(), metrics.clone())
+                .await?,
+        ),
+        None => None,
+    };
 
     let admin = TcpListener::bind(args.admin)
         .await
@@ -82,6 +89,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         sources: source_status.clone(),
         metrics: metrics.clone(),
         dns: args.dns.addr().map(|_| forwarder.clone()),
+        kube: kube.as_ref().map(KubeSource::health),
     };
     tokio::spawn(admin::serve(admin, admin_state, shutdown.clone()));
 
@@ -100,7 +108,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let (generations_tx, generations) = watch::channel(Generation::default());
     let publisher = Publisher {
         catalog: Catalog::default(),
-        sources: files.ids(),
+        sources: files
+            .ids()
+            .into_iter()
+            .chain(kube.iter().flat_map(|_| KubeSource::ids()))
+            .collect(),
         options: options.clone(),
         snapshots: snapshots.clone(),
         generations: generations_tx,
@@ -108,6 +120,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     };
     for update in initial {
         let _ = updates_tx.send(update).await;
+    }
+    if let Some(kube) = &kube {
+        kube.spawn(updates_tx.clone(), &shutdown);
     }
     tokio::spawn(publisher.run(updates));
 
@@ -224,6 +239,20 @@ pub async fn check(args: &SourceArgs) -> Result<String, Error> {
     Ok(out)
 }
 
+/// The kubeconfig to use (`Some(None)`: in-cluster), or `None` when Kubernetes is not a source.
+fn kube_config(args: &RunArgs) -> Option<Option<std::path::PathBuf>> {
+    match &args.kubeconfig {
+        Some(path) => Some(Some(path.clone())),
+        None if args.sources.manifests.is_empty()
+            && args.sources.config.is_none()
+            && KubeSource::in_cluster() =>
+        {
+            Some(None)
+        }
+        None => None,
+    }
+}
+
 fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
     let balance = source::parse_balance(&args.balance).map_err(|reason| Error::Convert {
         kind: "flag",
@@ -262,6 +291,7 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
             controller: args.ingress_controller.clone(),
             default_certificate: args.default_certificate.clone(),
         },
+        proxy_name: args.proxy_name.clone(),
     })
 }
 

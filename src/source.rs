@@ -4,6 +4,7 @@
 //! when its initial state is complete, and a file that fails keeps its previous content.
 
 mod convert;
+mod kube;
 mod manifests;
 mod standalone;
 
@@ -20,8 +21,9 @@ use tracing::{info, warn};
 
 pub use convert::{
     BALANCE_ANNOTATION, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, SERVICE_NAME_LABEL,
-    TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class, parse_balance, service, tls_secret,
+    SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class, parse_balance, service, tls_secret,
 };
+pub use kube::{ApiHealth, KubeSource};
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};
 pub use standalone::{
     Backend, NAMESPACE as STANDALONE_NAMESPACE, Parsed, StandaloneFile, parse as parse_standalone,

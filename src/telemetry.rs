@@ -31,6 +31,18 @@ pub struct Metrics {
     pub catalog_problems: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub invalid_files: Family<SourceLabels, Gauge>,
+    /// Kubernetes objects whose last version was rejected (the previous one is in force).
+    pub invalid_objects: Family<SourceLabels, Gauge>,
+    /// Kubernetes watch events by resource and kind (list, apply, delete, invalid, error).
+    pub kube_events: Family<KubeEventLabels, Counter>,
+    /// 1 while the Kubernetes API server answers, 0 while it does not.
+    pub kube_api_up: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeEventLabels {
+    pub resource: &'static str,
+    pub event: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,6 +109,24 @@ impl Metrics {
             "Files whose last read failed; their previous content is still in force",
             invalid_files.clone(),
         );
+        let invalid_objects = Family::default();
+        registry.register(
+            "source_invalid_objects",
+            "Kubernetes objects whose last version was rejected; the previous one is still in force",
+            invalid_objects.clone(),
+        );
+        let kube_events = Family::default();
+        registry.register(
+            "kubernetes_watch_events",
+            "Kubernetes watch events by resource and kind (list, apply, delete, invalid, error)",
+            kube_events.clone(),
+        );
+        let kube_api_up = Gauge::default();
+        registry.register(
+            "kubernetes_api_up",
+            "1 while the Kubernetes API server answers; while 0 the last snapshot is served",
+            kube_api_up.clone(),
+        );
         registry.register_collector(Box::new(collector));
         registry.register_collector(Box::new(dns));
         registry.register_collector(Box::new(ingress));
@@ -107,6 +137,9 @@ impl Metrics {
             catalog_problems,
             reloads,
             invalid_files,
+            invalid_objects,
+            kube_events,
+            kube_api_up,
         }
     }
 

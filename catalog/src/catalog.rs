@@ -41,6 +41,13 @@ pub enum Update {
         source: SourceId,
         objects: Vec<Object>,
     },
+    /// A relisted source (a Kubernetes watch restarted): like `Reset`, except that the objects in
+    /// `keep` (listed but not convertible) keep their previous version, if they had one.
+    Relist {
+        source: SourceId,
+        objects: Vec<Object>,
+        keep: Vec<ObjectId>,
+    },
     Upsert {
         source: SourceId,
         object: Object,
@@ -117,6 +124,7 @@ impl Update {
     pub fn source(&self) -> &SourceId {
         match self {
             Update::Reset { source, .. }
+            | Update::Relist { source, .. }
             | Update::Upsert { source, .. }
             | Update::Delete { source, .. } => source,
         }
@@ -131,6 +139,23 @@ impl Catalog {
         match update {
             Update::Reset { source, objects } => {
                 let fresh: BTreeMap<_, _> = objects.into_iter().map(|o| (o.id(), o)).collect();
+                let newly_synced = self.synced.insert(source.clone());
+                let previous = self.sources.insert(source, fresh.clone());
+                newly_synced || previous.as_ref() != Some(&fresh)
+            }
+            Update::Relist {
+                source,
+                objects,
+                keep,
+            } => {
+                let mut fresh: BTreeMap<_, _> = objects.into_iter().map(|o| (o.id(), o)).collect();
+                if let Some(previous) = self.sources.get(&source) {
+                    for id in keep {
+                        if let Some(object) = previous.get(&id) {
+                            fresh.insert(id, object.clone());
+                        }
+                    }
+                }
                 let newly_synced = self.synced.insert(source.clone());
                 let previous = self.sources.insert(source, fresh.clone());
                 newly_synced || previous.as_ref() != Some(&fresh)
@@ -170,6 +195,25 @@ mod tests {
             ServiceKey::new("default", name),
             ServiceKind::ClusterIp,
         ))
+    }
+
+    #[test]
+    fn relist_keeps_the_previous_version_of_unconvertible_objects() {
+        let source = SourceId::new("kube:services");
+        let mut catalog = Catalog::default();
+        catalog.apply(Update::Reset {
+            source: source.clone(),
+            objects: vec![service("a"), service("b"), service("c")],
+        });
+        let kept = ObjectId::Service(ServiceKey::new("default", "b"));
+        let never_seen = ObjectId::Service(ServiceKey::new("default", "z"));
+        assert!(catalog.apply(Update::Relist {
+            source,
+            objects: vec![service("a")],
+            keep: vec![kept, never_seen],
+        }));
+        let names: Vec<_> = catalog.objects().map(|(_, o)| o.id().to_string()).collect();
+        assert_eq!(names, ["Service default/a", "Service default/b"]);
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct CompileOptions {
     pub timeouts: Timeouts,
     pub dns: DnsOptions,
     pub ingress: IngressOptions,
+    /// kube-proxy's `--service-proxy-name`: only Services whose
+    /// `service.kubernetes.io/service-proxy-name` label equals it get frontends (with `None`, only
+    /// unlabelled ones). The others keep their DNS names and stay reachable as Ingress backends.
+    pub proxy_name: Option<String>,
 }
 
 /// Compiles the catalog into the next snapshot. Never fails as a whole: objects that cannot be
@@ -86,7 +90,12 @@ pub fn compile(
                 protocol: port.protocol,
             };
             let carried = previous_ports.and_then(|ports| ports.get(&port_key));
-            let mut frontends = frontends(service, port, options);
+            let ours = service.proxy_name.as_deref() == options.proxy_name.as_deref();
+            let mut frontends = if ours {
+                frontends(service, port, options)
+            } else {
+                Vec::new()
+            };
             frontends.retain(|(frontend, _)| match proxy.frontends.get(frontend) {
                 Some(owner) => {
                     problems.push(Problem {

@@ -31,6 +31,9 @@ pub struct Service {
     pub balance: Option<BalancePolicy>,
     pub connect_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// The `service.kubernetes.io/service-proxy-name` label: a Service naming another proxy is
+    /// named in DNS but not proxied (see [`crate::CompileOptions::proxy_name`]).
+    pub proxy_name: Option<Arc<str>>,
 }
 
 /// Where a Service was declared.
@@ -134,6 +137,7 @@ impl Service {
             balance: None,
             connect_timeout: None,
             idle_timeout: None,
+            proxy_name: None,
         }
     }
 

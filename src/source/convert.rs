@@ -25,6 +25,8 @@ pub use ingress::{
 
 /// Annotation choosing the load-balancing policy of a Service.
 pub const BALANCE_ANNOTATION: &str = "capstan.dev/load-balancer";
+/// The label handing a Service to another proxy (kube-proxy's `--service-proxy-name` filter).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
@@ -125,6 +127,12 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
         balance,
         connect_timeout: None,
         idle_timeout: None,
+        proxy_name: object
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_PROXY_NAME_LABEL))
+            .map(|name| name.as_str().into()),
     };
     service.validate()?;
     Ok(service)

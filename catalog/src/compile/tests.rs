@@ -222,6 +222,35 @@ fn headless_and_external_name_services_have_no_frontends() {
 }
 
 #[test]
+fn services_of_another_proxy_get_no_frontends_but_keep_dns_and_endpoints() {
+    let other = Service {
+        proxy_name: Some("other-proxy".into()),
+        ..service("other", "10.0.0.2")
+    };
+    let objects = || {
+        vec![
+            Object::Service(service("mine", "10.0.0.1")),
+            Object::Service(other.clone()),
+            Object::EndpointSlice(slice("other", "other", Some(80), &[("10.1.0.1", READY, None)])),
+        ]
+    };
+    let snap = build(objects());
+    assert!(snap.proxy.frontends.contains_key(&tcp("10.0.0.1:80")));
+    assert!(!snap.proxy.frontends.contains_key(&tcp("10.0.0.2:80")));
+    let port = snap.proxy.ports.values().find(|p| &*p.key.service.name == "other");
+    assert_eq!(port.map(|p| p.endpoints.len()), Some(1), "still an Ingress backend");
+    assert!(snap.dns.reverse.contains_key(&ip("10.0.0.2")), "still named in DNS");
+
+    let options = CompileOptions {
+        proxy_name: Some("other-proxy".into()),
+        ..CompileOptions::default()
+    };
+    let snap = compile(&catalog(objects()), None, &options, Generation(1));
+    assert!(!snap.proxy.frontends.contains_key(&tcp("10.0.0.1:80")));
+    assert!(snap.proxy.frontends.contains_key(&tcp("10.0.0.2:80")));
+}
+
+#[test]
 fn conflicting_frontends_keep_the_first_and_report_the_second() {
     let snap = build(vec![
         Object::Service(service("a", "10.0.0.1")),
