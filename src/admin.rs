@@ -80,7 +80,11 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                 &format!(
                     "ready: generation {}{}\n",
                     snapshot.generation,
-                    state.kube.as_deref().map(kube_readiness).unwrap_or_default()
+                    state
+                        .kube
+                        .as_deref()
+                        .map(kube_readiness)
+                        .unwrap_or_default()
                 ),
             ),
             None => text(

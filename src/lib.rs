@@ -66,8 +66,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let source_status = SourceStatus::default();
     let kube = match kube_config(&args) {
         Some(kubeconfig) => Some(
-            KubeSource::connect(kubeconfig.as_deref(), source_status.clone(), metrics.clone())
-                .await?,
+            KubeSource::connect(
+                kubeconfig.as_deref(),
+                source_status.clone(),
+                metrics.clone(),
+            )
+            .await?,
         ),
         None => None,
     };

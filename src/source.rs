@@ -21,7 +21,8 @@ use tracing::{info, warn};
 
 pub use convert::{
     BALANCE_ANNOTATION, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, SERVICE_NAME_LABEL,
-    SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class, parse_balance, service, tls_secret,
+    SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class,
+    parse_balance, service, tls_secret,
 };
 pub use kube::{ApiHealth, KubeSource};
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};

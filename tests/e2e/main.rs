@@ -8,6 +8,7 @@ mod files;
 mod http_support;
 mod ingress;
 mod ingress_spec;
+mod kube;
 mod lifecycle;
 mod reload;
 mod support;

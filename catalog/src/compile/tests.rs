@@ -231,15 +231,31 @@ fn services_of_another_proxy_get_no_frontends_but_keep_dns_and_endpoints() {
         vec![
             Object::Service(service("mine", "10.0.0.1")),
             Object::Service(other.clone()),
-            Object::EndpointSlice(slice("other", "other", Some(80), &[("10.1.0.1", READY, None)])),
+            Object::EndpointSlice(slice(
+                "other",
+                "other",
+                Some(80),
+                &[("10.1.0.1", READY, None)],
+            )),
         ]
     };
     let snap = build(objects());
     assert!(snap.proxy.frontends.contains_key(&tcp("10.0.0.1:80")));
     assert!(!snap.proxy.frontends.contains_key(&tcp("10.0.0.2:80")));
-    let port = snap.proxy.ports.values().find(|p| &*p.key.service.name == "other");
-    assert_eq!(port.map(|p| p.endpoints.len()), Some(1), "still an Ingress backend");
-    assert!(snap.dns.reverse.contains_key(&ip("10.0.0.2")), "still named in DNS");
+    let port = snap
+        .proxy
+        .ports
+        .values()
+        .find(|p| &*p.key.service.name == "other");
+    assert_eq!(
+        port.map(|p| p.endpoints.len()),
+        Some(1),
+        "still an Ingress backend"
+    );
+    assert!(
+        snap.dns.reverse.contains_key(&ip("10.0.0.2")),
+        "still named in DNS"
+    );
 
     let options = CompileOptions {
         proxy_name: Some("other-proxy".into()),

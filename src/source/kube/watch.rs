@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use capstan_catalog::{Object, ObjectId, SourceId, Update};
 use futures_util::StreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
@@ -96,7 +96,11 @@ where
             Event::InitDone => {
                 let (converted, keep) = listing.take().unwrap_or_default();
                 rejected.retain(|id, _| keep.contains(id));
-                known = converted.iter().map(Object::id).chain(keep.iter().cloned()).collect();
+                known = converted
+                    .iter()
+                    .map(Object::id)
+                    .chain(keep.iter().cloned())
+                    .collect();
                 cx.count("list");
                 info!(kind = cx.kind, objects = known.len(), "listed");
                 Some(Update::Relist {
