@@ -20,6 +20,7 @@ fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
                 conditions: EndpointConditions::READY,
                 node_name: None,
                 zone: None,
+                hints: Default::default(),
                 stats: Arc::default(),
             })
         })

@@ -45,6 +45,7 @@ fn catalog(services: u32, endpoints: u32) -> Catalog {
                     node_name: Some("node-a".into()),
                     zone: None,
                     zone_hints: vec![],
+                    node_hints: vec![],
                 })
                 .collect(),
         }));

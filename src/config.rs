@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// This node's name, for internalTrafficPolicy/externalTrafficPolicy: Local.
     #[arg(long, value_name = "NAME", env = "CAPSTAN_NODE_NAME")]
     pub node_name: Option<String>,
+    /// This node's zone, for topology-aware routing (EndpointSlice hints, trafficDistribution).
+    /// Default with a Kubernetes source: the Node's `topology.kubernetes.io/zone` label.
+    #[arg(long, value_name = "ZONE", env = "CAPSTAN_NODE_ZONE")]
+    pub node_zone: Option<String>,
     /// Addresses NodePorts listen on (comma-separated). Default: all addresses.
     #[arg(
         long,

@@ -38,7 +38,7 @@ use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
 /// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
 /// Invalid input at startup is an error; later it is logged, counted and kept out.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
-    let options = compile_options(&args)?;
+    let mut options = compile_options(&args)?;
     let snapshots = SnapshotHandle::default();
     let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::new());
     let dns_metrics = Arc::new(DnsMetrics::default());
@@ -75,6 +75,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         ),
         None => None,
     };
+    if let (Some(kube), Some(node), None) = (&kube, &args.node_name, &options.node_zone) {
+        options.node_zone = kube.node_zone(node).await;
+        info!(node = %node, zone = ?options.node_zone, "node topology");
+    }
 
     let admin = TcpListener::bind(args.admin)
         .await
@@ -265,6 +269,7 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
     })?;
     Ok(CompileOptions {
         node_name: args.node_name.clone(),
+        node_zone: args.node_zone.clone(),
         node_port_addresses: args.nodeport_addresses.clone(),
         balance,
         timeouts: Timeouts {

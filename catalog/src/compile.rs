@@ -8,12 +8,12 @@ use std::sync::Arc;
 use capstan_table::{
     BalancePolicy, Endpoint, EndpointConditions, EndpointSet, Frontend, FrontendTarget, Generation,
     Problem, ProxyTable, ServiceKey, ServicePortKey, ServicePortTable, Snapshot, Timeouts,
-    TrafficScope, WhenEmpty,
+    TopologyHints, TrafficScope, WhenEmpty,
 };
 
 use crate::{
     Catalog, EndpointSlice, Object, Service, ServiceKind, ServicePort, SliceEndpoint, SourceId,
-    TargetPort, TrafficPolicy,
+    TargetPort, TrafficDistribution, TrafficPolicy,
 };
 
 /// Node-level settings that shape the compiled tables.
@@ -22,6 +22,8 @@ pub struct CompileOptions {
     /// This node's name, for `internalTrafficPolicy`/`externalTrafficPolicy: Local`. Without it no
     /// endpoint is local.
     pub node_name: Option<String>,
+    /// This node's `topology.kubernetes.io/zone`, for topology-aware routing.
+    pub node_zone: Option<String>,
     /// Addresses NodePorts are served on (kube-proxy's `--nodeport-addresses`); default all.
     pub node_port_addresses: Vec<IpAddr>,
     /// Policy for Services that do not choose one.
@@ -151,37 +153,88 @@ pub fn compile(
     }
 }
 
-/// kube-proxy's endpoint categorisation for one traffic policy: ready endpoints; if there are
-/// none, serving and terminating ones (graceful termination); under `Local`, the same rule among
-/// this node's endpoints. With no usable endpoint at all the connection is rejected; with usable
-/// endpoints elsewhere but none local, it is dropped.
+/// This node, as topology-aware routing sees it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeTopology<'a> {
+    pub name: Option<&'a str>,
+    pub zone: Option<&'a str>,
+}
+
+/// kube-proxy's `CategorizeEndpoints` (pkg/proxy/topology.go) for one traffic policy.
+///
+/// `Cluster`: ready endpoints allowed by topology hints; if none, serving and terminating ones
+/// allowed by the same hints (graceful termination). Hints are used only when every ready
+/// endpoint has them and one is for this node (`forNodes`, tried first) or zone (`forZones`).
+/// `Local`: this node's ready endpoints, else its serving and terminating ones; hints do not
+/// apply. With no usable endpoint anywhere the connection is rejected; with usable endpoints
+/// elsewhere but none local, it is dropped.
 pub fn categorize(
     endpoints: &Arc<[Arc<Endpoint>]>,
     policy: TrafficPolicy,
-    node_name: Option<&str>,
+    node: NodeTopology<'_>,
 ) -> EndpointSet {
-    let cluster = usable(endpoints.iter());
     match policy {
-        TrafficPolicy::Cluster => EndpointSet {
-            endpoints: share(endpoints, cluster),
-            when_empty: WhenEmpty::Reject,
-        },
+        TrafficPolicy::Cluster => {
+            let mode = topology_mode(endpoints, node);
+            let allowed = |e: &&Arc<Endpoint>| available_for_topology(e, mode, node);
+            EndpointSet {
+                endpoints: share(endpoints, usable(endpoints.iter().filter(allowed))),
+                when_empty: WhenEmpty::Reject,
+            }
+        }
         TrafficPolicy::Local => {
+            let any = endpoints
+                .iter()
+                .any(|e| e.conditions.ready || (e.conditions.serving && e.conditions.terminating));
             let local = usable(
                 endpoints
                     .iter()
-                    .filter(|e| node_name.is_some() && e.node_name.as_deref() == node_name),
+                    .filter(|e| node.name.is_some() && e.node_name.as_deref() == node.name),
             );
-            let when_empty = if cluster.is_empty() {
-                WhenEmpty::Reject
-            } else {
-                WhenEmpty::Drop
-            };
             EndpointSet {
                 endpoints: share(endpoints, local),
-                when_empty,
+                when_empty: if any {
+                    WhenEmpty::Drop
+                } else {
+                    WhenEmpty::Reject
+                },
             }
         }
+    }
+}
+
+/// Which hints restrict cluster endpoints (`topologyModeFromHints`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TopologyMode {
+    Everywhere,
+    SameNode,
+    SameZone,
+}
+
+fn topology_mode(endpoints: &[Arc<Endpoint>], node: NodeTopology<'_>) -> TopologyMode {
+    let ready = || endpoints.iter().filter(|e| e.conditions.ready);
+    let has = |hints: &[Arc<str>], name: Option<&str>| {
+        name.is_some_and(|name| hints.iter().any(|h| &**h == name))
+    };
+    let all_node_hints = ready().all(|e| !e.hints.nodes.is_empty());
+    if all_node_hints && ready().any(|e| has(&e.hints.nodes, node.name)) {
+        return TopologyMode::SameNode;
+    }
+    let all_zone_hints = ready().all(|e| !e.hints.zones.is_empty());
+    if all_zone_hints && ready().any(|e| has(&e.hints.zones, node.zone)) {
+        return TopologyMode::SameZone;
+    }
+    TopologyMode::Everywhere
+}
+
+fn available_for_topology(endpoint: &Endpoint, mode: TopologyMode, node: NodeTopology<'_>) -> bool {
+    let has = |hints: &[Arc<str>], name: Option<&str>| {
+        name.is_some_and(|name| hints.iter().any(|h| &**h == name))
+    };
+    match mode {
+        TopologyMode::Everywhere => true,
+        TopologyMode::SameNode => has(&endpoint.hints.nodes, node.name),
+        TopologyMode::SameZone => has(&endpoint.hints.zones, node.zone),
     }
 }
 
@@ -194,6 +247,7 @@ fn share(all: &Arc<[Arc<Endpoint>]>, subset: Vec<Arc<Endpoint>>) -> Arc<[Arc<End
     }
 }
 
+/// Ready endpoints; if there are none, serving and terminating ones.
 fn usable<'a>(endpoints: impl Iterator<Item = &'a Arc<Endpoint>> + Clone) -> Vec<Arc<Endpoint>> {
     let ready: Vec<_> = endpoints
         .clone()
@@ -219,12 +273,15 @@ fn compile_port(
     options: &CompileOptions,
 ) -> ServicePortTable {
     let endpoints: Arc<[Arc<Endpoint>]> = port_endpoints(service, port, slices, carried).into();
-    let node_name = options.node_name.as_deref();
-    let internal = categorize(&endpoints, service.internal_traffic_policy, node_name);
+    let node = NodeTopology {
+        name: options.node_name.as_deref(),
+        zone: options.node_zone.as_deref(),
+    };
+    let internal = categorize(&endpoints, service.internal_traffic_policy, node);
     let external = if service.external_traffic_policy == service.internal_traffic_policy {
         internal.clone()
     } else {
-        categorize(&endpoints, service.external_traffic_policy, node_name)
+        categorize(&endpoints, service.external_traffic_policy, node)
     };
     let mut timeouts = options.timeouts;
     if let Some(connect) = service.connect_timeout {
@@ -349,18 +406,64 @@ fn port_endpoints(
     // One endpoint per address, keeping the readiest conditions.
     found.sort_by(|a, b| a.0.cmp(&b.0).then(rank(b.2).cmp(&rank(a.2))));
     found.dedup_by_key(|(addr, _, _)| *addr);
+    let derive = derived_hints(service, found.iter().map(|(_, e, _)| *e));
     found
         .into_iter()
         .map(|(addr, endpoint, conditions)| {
+            let hints = match derive {
+                None => TopologyHints {
+                    zones: endpoint
+                        .zone_hints
+                        .iter()
+                        .map(|z| z.as_str().into())
+                        .collect(),
+                    nodes: endpoint
+                        .node_hints
+                        .iter()
+                        .map(|n| n.as_str().into())
+                        .collect(),
+                },
+                Some((zones, nodes)) => TopologyHints {
+                    zones: endpoint.zone.iter().filter(|_| zones).cloned().collect(),
+                    nodes: endpoint
+                        .node_name
+                        .iter()
+                        .filter(|_| nodes)
+                        .cloned()
+                        .collect(),
+                },
+            };
             Arc::new(Endpoint {
                 addr,
                 conditions,
                 node_name: endpoint.node_name.clone(),
                 zone: endpoint.zone.clone(),
+                hints,
                 stats: stats_for(addr),
             })
         })
         .collect()
+}
+
+/// For a Service with `trafficDistribution` whose EndpointSlices carry no hints at all (no
+/// EndpointSlice controller wrote them: manifests on disk), the hints that controller would
+/// write: each endpoint's own zone (when every endpoint has one) and, for `PreferSameNode`, its
+/// own node too. Returns (zone hints, node hints) to derive, or `None` to use the slices' hints.
+fn derived_hints<'a>(
+    service: &Service,
+    mut endpoints: impl Iterator<Item = &'a SliceEndpoint> + Clone,
+) -> Option<(bool, bool)> {
+    let distribution = service.traffic_distribution?;
+    if endpoints
+        .clone()
+        .any(|e| !e.zone_hints.is_empty() || !e.node_hints.is_empty())
+    {
+        return None;
+    }
+    let zones = endpoints.clone().all(|e| e.zone.is_some());
+    let nodes = distribution == TrafficDistribution::PreferSameNode
+        && endpoints.all(|e| e.node_name.is_some());
+    Some((zones, nodes))
 }
 
 fn rank(c: EndpointConditions) -> u8 {

@@ -14,12 +14,12 @@ mod ingress;
 mod model;
 
 pub use catalog::{Catalog, Object, ObjectId, SourceId, Update};
-pub use compile::{CompileOptions, DnsOptions, IngressOptions, categorize, compile};
+pub use compile::{CompileOptions, DnsOptions, IngressOptions, NodeTopology, categorize, compile};
 pub use error::CatalogError;
 pub use ingress::{
     Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, TlsSecret,
 };
 pub use model::{
     EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
-    TrafficPolicy,
+    TrafficDistribution, TrafficPolicy,
 };

@@ -34,6 +34,17 @@ pub struct Service {
     /// The `service.kubernetes.io/service-proxy-name` label: a Service naming another proxy is
     /// named in DNS but not proxied (see [`crate::CompileOptions::proxy_name`]).
     pub proxy_name: Option<Arc<str>>,
+    /// `spec.trafficDistribution`: used to derive topology hints when no EndpointSlice of the
+    /// Service carries any (slices written by hand, no EndpointSlice controller).
+    pub traffic_distribution: Option<TrafficDistribution>,
+}
+
+/// `spec.trafficDistribution`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrafficDistribution {
+    /// `PreferSameZone`, or its older name `PreferClose`.
+    PreferSameZone,
+    PreferSameNode,
 }
 
 /// Where a Service was declared.
@@ -114,6 +125,8 @@ pub struct SliceEndpoint {
     pub zone: Option<Arc<str>>,
     /// `hints.forZones[].name`.
     pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`.
+    pub node_hints: Vec<String>,
 }
 
 // === impl Service ===
@@ -138,6 +151,7 @@ impl Service {
             connect_timeout: None,
             idle_timeout: None,
             proxy_name: None,
+            traffic_distribution: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use capstan_catalog::{
     EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
-    TrafficPolicy,
+    TrafficDistribution, TrafficPolicy,
 };
 use capstan_table::{BalancePolicy, EndpointConditions, Protocol, ServiceKey};
 use k8s_openapi::api::core::v1 as core;
@@ -127,6 +127,13 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
         balance,
         connect_timeout: None,
         idle_timeout: None,
+        traffic_distribution: match spec.traffic_distribution.as_deref() {
+            None => None,
+            Some("PreferClose" | "PreferSameZone") => Some(TrafficDistribution::PreferSameZone),
+            Some("PreferSameNode") => Some(TrafficDistribution::PreferSameNode),
+            // The API server accepts only these; an unknown value means no preference.
+            Some(_) => None,
+        },
         proxy_name: object
             .metadata
             .labels
@@ -257,6 +264,14 @@ fn slice_endpoint(endpoint: &discovery::Endpoint) -> Result<SliceEndpoint, Strin
             .into_iter()
             .flatten()
             .map(|z| z.name.clone())
+            .collect(),
+        node_hints: endpoint
+            .hints
+            .as_ref()
+            .and_then(|h| h.for_nodes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|n| n.name.clone())
             .collect(),
     })
 }

@@ -35,6 +35,9 @@ use crate::telemetry::Metrics;
 
 use self::watch::{Kind, WatchContext};
 
+/// The Node label naming its zone.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
 /// How often the API server is probed while a watch reports nothing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -108,6 +111,26 @@ impl KubeSource {
             status,
             metrics,
         })
+    }
+
+    /// The `topology.kubernetes.io/zone` label of Node `name`, or `None` (logged) when it has
+    /// none or cannot be read within a few seconds.
+    pub async fn node_zone(&self, name: &str) -> Option<String> {
+        let nodes = Api::<core::Node>::all(self.client.clone());
+        match tokio::time::timeout(PROBE_INTERVAL, nodes.get(name)).await {
+            Ok(Ok(node)) => node.metadata.labels?.remove(ZONE_LABEL),
+            Ok(Err(error)) => {
+                warn!(node = name, %error, "cannot read this Node; topology hints are ignored");
+                None
+            }
+            Err(_) => {
+                warn!(
+                    node = name,
+                    "reading this Node timed out; topology hints are ignored"
+                );
+                None
+            }
+        }
     }
 
     /// Whether running in a pod with a service account (in-cluster configuration available).

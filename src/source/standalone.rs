@@ -216,6 +216,7 @@ impl StandaloneFile {
                             node_name: None,
                             zone: None,
                             zone_hints: vec![],
+                            node_hints: vec![],
                         })
                         .collect(),
                 }));

@@ -14,8 +14,17 @@ pub struct Endpoint {
     pub conditions: EndpointConditions,
     pub node_name: Option<Arc<str>>,
     pub zone: Option<Arc<str>>,
+    /// EndpointSlice topology hints, for kube-proxy's topology-aware routing.
+    pub hints: TopologyHints,
     /// Live state, carried over by `compile` from the previous snapshot for the same address.
     pub stats: Arc<EndpointStats>,
+}
+
+/// `hints.forZones` and `hints.forNodes` of an EndpointSlice endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopologyHints {
+    pub zones: Vec<Arc<str>>,
+    pub nodes: Vec<Arc<str>>,
 }
 
 /// EndpointSlice conditions, with the API's defaults already applied

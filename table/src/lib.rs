@@ -22,7 +22,7 @@ mod snapshot;
 mod tls;
 
 pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
-pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, millis};
+pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, TopologyHints, millis};
 pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
 pub use ingress::{
     Backend, BackendPort, HostRoutes, IngressTable, PathType, Route, RouteConflict, RouteStats,

@@ -75,8 +75,16 @@ async fn objects_created_updated_and_deleted_in_the_cluster_reach_the_data_plane
     let vip = frontend();
     api.apply_yaml(&service("web", vip, ""));
     api.apply_yaml(&slice("web", "web-1", &[a.addr]));
+    api.apply_yaml(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels: {topology.kubernetes.io/zone: zone-a}\n",
+    );
     let dir = TempDir::new("kube-crud");
-    let capstan = start(&api, &dir, &[]);
+    let capstan = start(&api, &dir, &["--node-name", "node-1"]);
+    assert!(
+        capstan.logs().contains(r#"zone=Some("zone-a")"#),
+        "the Node's zone label is read: {}",
+        capstan.logs()
+    );
     capstan.wait_listening(vip);
     assert_eq!(greet(vip, None).await.expect("through the VIP").1, "a");
 

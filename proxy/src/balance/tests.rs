@@ -20,6 +20,7 @@ fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
                 conditions: EndpointConditions::READY,
                 node_name: None,
                 zone: None,
+                hints: Default::default(),
                 stats: Arc::default(),
             })
         })

@@ -249,6 +249,22 @@ impl FakeApi {
                 }),
             );
         }
+        if let Some((collection, name)) = path.rsplit_once('/')
+            && let Some(&(_, resource, ..)) = RESOURCES.iter().find(|(p, ..)| *p == collection)
+        {
+            // GET of one cluster-scoped object (a Node).
+            let mut state = self.state.lock().expect("state");
+            state.requests.push(format!("get {resource} {name}"));
+            let key = (resource, String::new(), name.to_owned());
+            return match state.objects.get(&key) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{resource} {name}"),
+                ),
+            };
+        }
         let Some(&(_, resource, api_version, kind)) = RESOURCES.iter().find(|(p, ..)| *p == path)
         else {
             return status(
