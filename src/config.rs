@@ -107,6 +107,12 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, how long open connections may take to finish.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// kube-proxy's health endpoint (`/healthz`, `/livez`), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_HEALTHZ", default_value = "0.0.0.0:10256", value_parser = parse_listen)]
+    pub healthz: Listen,
+    /// kube-proxy's metrics endpoint (`/metrics`, `/proxyMode`), or `off`.
+    #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_METRICS", default_value = "127.0.0.1:10249", value_parser = parse_listen)]
+    pub metrics: Listen,
     /// Cluster DNS listen address (UDP and TCP), or `off`.
     #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_DNS", default_value = "0.0.0.0:53", value_parser = parse_listen)]
     pub dns: Listen,

@@ -35,8 +35,12 @@ pub enum Error {
     /// The Kubernetes client could not be configured.
     #[error("{what}: {reason}")]
     Kube { what: String, reason: String },
-    #[error("admin listener {addr}: {source}")]
-    AdminBind { addr: SocketAddr, source: io::Error },
+    #[error("{what} listener {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod config;
 mod error;
+pub mod kube_proxy;
 pub mod publish;
 pub mod resolv;
 pub mod source;
@@ -31,6 +32,7 @@ pub use error::{Error, Errors};
 
 use crate::admin::AdminState;
 use crate::config::{RunArgs, SourceArgs};
+use crate::kube_proxy::SyncClock;
 use crate::publish::Publisher;
 use crate::source::{FileSources, KubeSource, SourceStatus};
 use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
@@ -82,7 +84,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
 
     let admin = TcpListener::bind(args.admin)
         .await
-        .map_err(|source| Error::AdminBind {
+        .map_err(|source| Error::Bind {
+            what: "admin",
             addr: args.admin,
             source,
         })?;
@@ -114,6 +117,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
 
     let (updates_tx, updates) = mpsc::channel(1024);
     let (generations_tx, generations) = watch::channel(Generation::default());
+    let clock = Arc::new(SyncClock::default());
+    start_kube_proxy_endpoints(&args, &snapshots, &generations, &clock, &metrics, &shutdown)
+        .await?;
     let publisher = Publisher {
         catalog: Catalog::default(),
         sources: files
@@ -124,7 +130,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         options: options.clone(),
         snapshots: snapshots.clone(),
         generations: generations_tx,
-        metrics,
+        metrics: metrics.clone(),
+        clock: clock.clone(),
     };
     for update in initial {
         let _ = updates_tx.send(update).await;
@@ -245,6 +252,50 @@ pub async fn check(args: &SourceArgs) -> Result<String, Error> {
         out.push_str(&format!("problem: {problem}\n"));
     }
     Ok(out)
+}
+
+/// kube-proxy's `--healthz` and `--metrics` servers and the `healthCheckNodePort` servers.
+async fn start_kube_proxy_endpoints(
+    args: &RunArgs,
+    snapshots: &SnapshotHandle,
+    generations: &watch::Receiver<Generation>,
+    clock: &Arc<SyncClock>,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    let bind = |what, addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Bind { what, addr, source })
+    };
+    if let Some(addr) = args.healthz.addr() {
+        let listener = bind("healthz", addr).await?;
+        let local = listener.local_addr().unwrap_or(addr);
+        info!(addr = %local, "healthz listening");
+        tokio::spawn(kube_proxy::serve_healthz(
+            listener,
+            clock.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(addr) = args.metrics.addr() {
+        let listener = bind("metrics", addr).await?;
+        let local = listener.local_addr().unwrap_or(addr);
+        info!(addr = %local, "metrics listening");
+        tokio::spawn(kube_proxy::serve_metrics(
+            listener,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(kube_proxy::serve_health_check_node_ports(
+        snapshots.clone(),
+        generations.clone(),
+        args.nodeport_addresses.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
+    Ok(())
 }
 
 /// The kubeconfig to use (`Some(None)`: in-cluster), or `None` when Kubernetes is not a source.

@@ -8,6 +8,7 @@ use capstan_table::{Generation, SnapshotHandle};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::kube_proxy::SyncClock;
 use crate::telemetry::Metrics;
 
 /// Updates arriving within this window of the first one are compiled together.
@@ -22,6 +23,7 @@ pub struct Publisher {
     pub snapshots: SnapshotHandle,
     pub generations: watch::Sender<Generation>,
     pub metrics: Arc<Metrics>,
+    pub clock: Arc<SyncClock>,
 }
 
 // === impl Publisher ===
@@ -87,6 +89,7 @@ impl Publisher {
         self.metrics
             .snapshot_generation
             .set(i64::try_from(generation.0).unwrap_or(i64::MAX));
+        self.clock.published();
         self.generations.send_replace(generation);
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use capstan_table::{
     BalancePolicy, Endpoint, EndpointConditions, EndpointSet, Frontend, FrontendTarget, Generation,
-    Problem, ProxyTable, ServiceKey, ServicePortKey, ServicePortTable, Snapshot, Timeouts,
-    TopologyHints, TrafficScope, WhenEmpty,
+    HealthCheck, Problem, ProxyTable, ServiceKey, ServicePortKey, ServicePortTable, Snapshot,
+    Timeouts, TopologyHints, TrafficScope, WhenEmpty,
 };
 
 use crate::{
@@ -85,6 +85,9 @@ pub fn compile(
             continue;
         }
         let service_slices = slices.get(key).map(Vec::as_slice).unwrap_or_default();
+        if let Some(check) = health_check(service, service_slices, options) {
+            proxy.health_checks.insert(check.0, check.1);
+        }
         for port in &service.ports {
             let port_key = ServicePortKey {
                 service: key.clone(),
@@ -361,6 +364,42 @@ fn frontends(
     out.sort();
     out.dedup_by_key(|(frontend, _)| *frontend);
     out
+}
+
+/// The `healthCheckNodePort` server of a LoadBalancer Service with `externalTrafficPolicy:
+/// Local` that this node proxies, with its count of distinct ready local endpoint addresses.
+fn health_check(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    options: &CompileOptions,
+) -> Option<(u16, HealthCheck)> {
+    let port = service.health_check_node_port?;
+    if service.kind != ServiceKind::LoadBalancer
+        || service.external_traffic_policy != TrafficPolicy::Local
+        || service.proxy_name.as_deref() != options.proxy_name.as_deref()
+    {
+        return None;
+    }
+    let node = options.node_name.as_deref();
+    let mut local: Vec<IpAddr> = slices
+        .iter()
+        .flat_map(|slice| &slice.endpoints)
+        .filter(|e| {
+            (e.conditions.ready || service.publish_not_ready_addresses)
+                && node.is_some()
+                && e.node_name.as_deref() == node
+        })
+        .filter_map(|e| e.addresses.first().copied())
+        .collect();
+    local.sort_unstable();
+    local.dedup();
+    Some((
+        port,
+        HealthCheck {
+            service: service.key.clone(),
+            local_endpoints: local.len(),
+        },
+    ))
 }
 
 /// The endpoints of one Service port: slice ports matched by name and protocol, the first

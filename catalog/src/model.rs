@@ -37,6 +37,8 @@ pub struct Service {
     /// `spec.trafficDistribution`: used to derive topology hints when no EndpointSlice of the
     /// Service carries any (slices written by hand, no EndpointSlice controller).
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// `spec.trafficDistribution`.
@@ -152,6 +154,7 @@ impl Service {
             idle_timeout: None,
             proxy_name: None,
             traffic_distribution: None,
+            health_check_node_port: None,
         }
     }
 

@@ -127,6 +127,12 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
         balance,
         connect_timeout: None,
         idle_timeout: None,
+        health_check_node_port: spec
+            .health_check_node_port
+            .filter(|&port| port != 0)
+            .map(port_number)
+            .transpose()
+            .map_err(err)?,
         traffic_distribution: match spec.traffic_distribution.as_deref() {
             None => None,
             Some("PreferClose" | "PreferSameZone") => Some(TrafficDistribution::PreferSameZone),

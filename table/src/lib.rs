@@ -30,8 +30,8 @@ pub use ingress::{
 };
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use proxy::{
-    AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, PortCounters, ProxyTable,
-    ServicePortState, ServicePortTable, Timeouts, WhenEmpty,
+    AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, HealthCheck, PortCounters,
+    ProxyTable, ServicePortState, ServicePortTable, Timeouts, WhenEmpty,
 };
 pub use snapshot::{Generation, Problem, Snapshot, SnapshotHandle};
 pub use tls::TlsCertificate;

@@ -15,6 +15,17 @@ pub struct ProxyTable {
     pub ports: BTreeMap<ServicePortKey, Arc<ServicePortTable>>,
     /// The frontend → Service port index used on every accepted connection.
     pub frontends: HashMap<Frontend, FrontendTarget>,
+    /// kube-proxy's per-Service health servers: `healthCheckNodePort` → what it reports.
+    pub health_checks: BTreeMap<u16, HealthCheck>,
+}
+
+/// What a `healthCheckNodePort` answers for its Service (LoadBalancer,
+/// `externalTrafficPolicy: Local`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub service: crate::ServiceKey,
+    /// Ready endpoints on this node (distinct addresses over every port).
+    pub local_endpoints: usize,
 }
 
 /// What a frontend leads to.

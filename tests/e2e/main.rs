@@ -9,6 +9,7 @@ mod http_support;
 mod ingress;
 mod ingress_spec;
 mod kube;
+mod kube_proxy;
 mod lifecycle;
 mod reload;
 mod support;

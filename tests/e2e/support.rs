@@ -111,9 +111,17 @@ impl Capstan {
         } else {
             &["--https", "off"]
         };
+        // And kube-proxy's endpoints (ports 10256 and 10249).
+        let mut kube_proxy_off: Vec<&str> = Vec::new();
+        for flag in ["--healthz", "--metrics"] {
+            if !args.contains(&flag) {
+                kube_proxy_off.extend([flag, "off"]);
+            }
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
             .arg("run")
             .args(args)
+            .args(&kube_proxy_off)
             .args(dns_off)
             .args(http_off)
             .args(https_off)
@@ -164,6 +172,18 @@ impl Capstan {
             logs,
             stdout,
         }
+    }
+
+    /// The address a `"<what> listening addr=..."` log line reported.
+    pub(crate) fn logged_addr(&self, what: &str) -> SocketAddr {
+        let marker = format!("{what} listening addr=");
+        eventually(Duration::from_secs(10), || {
+            self.logs()
+                .lines()
+                .find_map(|l| l.split(&marker).nth(1).map(str::to_owned))
+                .and_then(|a| a.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no {marker} in the logs:\n{}", self.logs()))
     }
 
     /// Every line Capstan wrote to stdout so far.

@@ -268,6 +268,45 @@ fn services_of_another_proxy_get_no_frontends_but_keep_dns_and_endpoints() {
 }
 
 #[test]
+fn health_check_node_ports_count_distinct_ready_local_addresses() {
+    let lb = |policy| Service {
+        kind: ServiceKind::LoadBalancer,
+        external_traffic_policy: policy,
+        health_check_node_port: Some(31000),
+        ..service("lb", "10.0.0.9")
+    };
+    let eps = [
+        ("10.1.0.1", READY, Some("n1")),
+        ("10.1.0.2", READY, Some("n1")),
+        ("10.1.0.3", NOT_READY, Some("n1")),
+        ("10.1.0.4", READY, Some("n2")),
+    ];
+    let options = CompileOptions {
+        node_name: Some("n1".into()),
+        ..CompileOptions::default()
+    };
+    let build_with = |service: Service| {
+        let objects = vec![
+            Object::Service(service),
+            // The same addresses under a second slice (another port) count once.
+            Object::EndpointSlice(slice("lb", "lb-a", Some(80), &eps)),
+            Object::EndpointSlice(slice("lb", "lb-b", Some(81), &eps)),
+        ];
+        compile(&catalog(objects), None, &options, Generation(1))
+    };
+    let snap = build_with(lb(TrafficPolicy::Local));
+    let check = snap.proxy.health_checks.get(&31000).expect("health check");
+    assert_eq!(check.local_endpoints, 2);
+    assert_eq!(check.service, ServiceKey::new("default", "lb"));
+    assert!(
+        build_with(lb(TrafficPolicy::Cluster))
+            .proxy
+            .health_checks
+            .is_empty()
+    );
+}
+
+#[test]
 fn conflicting_frontends_keep_the_first_and_report_the_second() {
     let snap = build(vec![
         Object::Service(service("a", "10.0.0.1")),

@@ -1,0 +1,116 @@
+//! kube-proxy's HTTP endpoints: `/healthz` and `/livez`, `/metrics` and `/proxyMode`, and the
+//! per-Service `healthCheckNodePort` servers of LoadBalancer Services with
+//! `externalTrafficPolicy: Local`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// The whole HTTP/1.0 response (head and body) to `GET path`.
+fn fetch(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: probe\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn manifest(health_port: u16, node_ip: std::net::IpAddr, ready_on_this_node: bool) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: lb, namespace: shop}}\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: {node_ip}\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {health_port}\n  \
+         ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: lb-1\n  namespace: shop\n  \
+         labels: {{kubernetes.io/service-name: lb}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+         endpoints:\n\
+         - {{addresses: [10.9.0.1], nodeName: node-a, conditions: {{ready: {ready_on_this_node}}}}}\n\
+         - {{addresses: [10.9.0.2], nodeName: node-a, conditions: {{ready: {ready_on_this_node}}}}}\n\
+         - {{addresses: [10.9.0.3], nodeName: node-b}}\n"
+    )
+}
+
+#[test]
+fn healthz_metrics_and_health_check_node_ports_answer_as_kube_proxy_does() {
+    let node_ip = unique_ip();
+    let health_port = free_port(node_ip);
+    let dir = TempDir::new("kube-proxy-endpoints");
+    dir.write("lb.yaml", &manifest(health_port, node_ip, true));
+    let capstan = Capstan::start(&[
+        "--manifests",
+        path_str(&dir.0),
+        "--node-name",
+        "node-a",
+        "--nodeport-addresses",
+        &node_ip.to_string(),
+        "--healthz",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let healthz = capstan.logged_addr("healthz");
+    let metrics = capstan.logged_addr("metrics");
+
+    let (code, body) = http_get(healthz, "/healthz").expect("healthz");
+    assert_eq!(code, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).expect("healthz JSON");
+    assert_eq!(json["nodeEligible"], true);
+    for field in ["lastUpdated", "currentTime"] {
+        let time = json[field].as_str().unwrap_or_default();
+        assert!(
+            time.ends_with(" +0000 UTC") && time.len() >= 29,
+            "{field}: {time}"
+        );
+    }
+    let (code, body) = http_get(healthz, "/livez").expect("livez");
+    assert_eq!(code, 200);
+    let json: Value = serde_json::from_str(&body).expect("livez JSON");
+    assert!(json.get("nodeEligible").is_none() && json["currentTime"].is_string());
+
+    assert_eq!(
+        http_get(metrics, "/proxyMode"),
+        Some((200, "capstan".to_owned()))
+    );
+    let (code, body) = http_get(metrics, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("capstan_snapshot_generation"), "{body}");
+
+    // The health check node port: two ready endpoints on this node.
+    let health = SocketAddr::new(node_ip, health_port);
+    let response = eventually(Duration::from_secs(10), || fetch(health, "/"))
+        .unwrap_or_else(|| panic!("no health check server on {health}\n{}", capstan.logs()));
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("x-load-balancing-endpoint-weight: 2"),
+        "{response}"
+    );
+    let body = response.split_once("\r\n\r\n").expect("body").1;
+    let json: Value = serde_json::from_str(body).expect("health JSON");
+    assert_eq!(json["service"]["namespace"], "shop");
+    assert_eq!(json["service"]["name"], "lb");
+    assert_eq!(json["localEndpoints"], 2);
+    assert_eq!(json["serviceProxyHealthy"], true);
+
+    // No ready local endpoint left: 503, so the cloud load balancer skips this node.
+    dir.write("lb.yaml", &manifest(health_port, node_ip, false));
+    let response = eventually(Duration::from_secs(10), || {
+        fetch(health, "/").filter(|r| r.starts_with("HTTP/1.0 503"))
+    })
+    .unwrap_or_else(|| panic!("never 503\n{}", capstan.logs()));
+    assert!(response.contains("\"localEndpoints\": 0"), "{response}");
+
+    // The Service gone: the port closes.
+    dir.write("lb.yaml", "");
+    eventually(Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&health, Duration::from_secs(1))
+            .is_err()
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("health check port still open\n{}", capstan.logs()));
+}
