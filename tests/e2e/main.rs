@@ -11,6 +11,7 @@ mod ingress;
 mod ingress_spec;
 mod kube;
 mod kube_proxy;
+mod kube_scale;
 mod lifecycle;
 mod reload;
 mod support;

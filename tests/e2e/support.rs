@@ -186,6 +186,18 @@ impl Capstan {
         .unwrap_or_else(|| panic!("no {marker} in the logs:\n{}", self.logs()))
     }
 
+    /// Resident memory of the process, in KiB (`VmRSS`).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
     /// Every line Capstan wrote to stdout so far.
     pub(crate) fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().expect("stdout").clone()

@@ -132,6 +132,19 @@ impl FakeApi {
         }
     }
 
+    /// Creates many objects at once, without events (as if they existed before any watch).
+    pub(crate) fn preload(&self, objects: impl IntoIterator<Item = Value>) {
+        let mut state = self.state.lock().expect("state");
+        for mut object in objects {
+            let resource = resource_of(&object);
+            let key = key_of(resource, &object);
+            state.rv += 1;
+            object["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+            state.objects.insert(key, object);
+        }
+        state.oldest = state.rv;
+    }
+
     /// Creates or replaces one object (ADDED or MODIFIED).
     pub(crate) fn apply(&self, mut object: Value) {
         let mut state = self.state.lock().expect("state");
