@@ -21,7 +21,7 @@ fn bulk(i: usize) -> [Value; 2] {
     let endpoints: Vec<Value> = (0..ENDPOINTS)
         .map(|e| {
             json!({
-                "addresses": [format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, i % 256 ^ e)],
+                "addresses": [format!("10.{}.{}.{}", 100 + i / 65_536, (i / 256) % 256, (i % 256) ^ e)],
                 "conditions": {"ready": true},
                 "nodeName": format!("node-{}", e % 3),
                 "zone": format!("zone-{}", e % 3),
