@@ -1,8 +1,9 @@
 //! Capstan, the node agent: sources → publisher → snapshot → planes.
 //!
-//! Owns: the command line ([`config`]), the sources ([`source`]: Kubernetes manifests and
-//! `capstan.yaml` on disk), the single-writer [`publish`] step, the admin endpoint ([`admin`]),
-//! telemetry, and [`run`], which wires them with the planes and can be used in-process.
+//! Owns: the command line ([`config`]), the sources ([`source`]: the Kubernetes API, Kubernetes
+//! manifests and `capstan.yaml` on disk), the single-writer [`publish`] step, the admin endpoint
+//! ([`admin`]), kube-proxy's HTTP endpoints ([`kube_proxy`]), telemetry, and [`run`], which wires
+//! them with the planes and can be used in-process.
 //!
 //! May import every workspace crate. Kubernetes types never leave [`source`].
 

@@ -1,7 +1,8 @@
 //! Sources: the outside world translated into catalog [`Update`]s.
 //!
-//! Files on disk (plain Kubernetes manifests and `capstan.yaml`) are read here; every source says
-//! when its initial state is complete, and a file that fails keeps its previous content.
+//! The Kubernetes API ([`KubeSource`]) and files on disk (plain Kubernetes manifests and
+//! `capstan.yaml`) are read here; every source says when its initial state is complete, and a
+//! file or object that fails keeps its previous content.
 
 mod convert;
 mod kube;

@@ -49,4 +49,5 @@ cargo run --release --locked --quiet -- run \
   --https 127.0.0.1:8443 \
   --nodeport-addresses 127.0.0.1 \
   --dns 127.0.0.1:8053 \
+  --healthz 127.0.0.1:10256 \
   "$@"
