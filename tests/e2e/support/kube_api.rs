@@ -177,7 +177,13 @@ impl FakeApi {
     /// Cuts every watch, applies `changes` while no watch can see them, and compacts the log so
     /// that resuming from any earlier version answers 410 Gone: only a relist finds the changes.
     pub(crate) fn changes_behind_compaction(&self, changes: impl FnOnce(&Self)) {
-        self.state.lock().expect("state").epoch += 1;
+        {
+            let mut state = self.state.lock().expect("state");
+            state.epoch += 1;
+            // A client that reconnects while the changes are made must not replay them from
+            // the log: until the compaction below, every watch is already too old.
+            state.oldest = u64::MAX;
+        }
         changes(self);
         let mut state = self.state.lock().expect("state");
         // Watching from the current version stays valid: there is nothing after it yet.
