@@ -25,6 +25,14 @@ use tracing::debug;
 use crate::source::{ApiHealth, SourceStatus};
 use crate::telemetry::Metrics;
 
+/// Why the nftables capture is not in force, if it is not.
+fn capture_failure(listeners: &watch::Receiver<ListenerStatus>) -> Option<String> {
+    listeners.borrow().values().find_map(|state| match state {
+        ListenerState::CaptureFailed(reason) => Some(reason.clone()),
+        _ => None,
+    })
+}
+
 /// What the admin endpoint reads.
 #[derive(Clone, Debug)]
 pub struct AdminState {
@@ -73,9 +81,14 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match state.snapshots.load() {
+        "/readyz" => match (state.snapshots.load(), capture_failure(&state.listeners)) {
+            // The table in force is the last one applied, which no longer matches the snapshot.
+            (Some(_), Some(reason)) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: traffic capture failing: {reason}\n"),
+            ),
             // Still ready while the API server is away: the last snapshot keeps being served.
-            Some(snapshot) => text(
+            (Some(snapshot), None) => text(
                 StatusCode::OK,
                 &format!(
                     "ready: generation {}{}\n",
@@ -87,7 +100,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                         .unwrap_or_default()
                 ),
             ),
-            None => text(
+            (None, _) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no snapshot yet\n",
             ),
@@ -263,12 +276,19 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
         .iter()
         .map(|(frontend, scope)| {
             let listener = match listeners.get(frontend) {
-                Some(ListenerState::Listening) => "listening".to_owned(),
+                Some(ListenerState::Listening | ListenerState::Redirected(_)) => {
+                    "listening".to_owned()
+                }
+                Some(ListenerState::CaptureFailed(reason)) => format!("capture failed: {reason}"),
                 Some(ListenerState::BindFailed(reason)) => format!("bind failed: {reason}"),
                 Some(ListenerState::Unsupported(reason)) => format!("unsupported: {reason}"),
                 None => "pending".to_owned(),
             };
-            json!({"address": frontend.addr.to_string(), "scope": scope.as_str(), "listener": listener})
+            let mut json = json!({"address": frontend.addr.to_string(), "scope": scope.as_str(), "listener": listener});
+            if let Some(ListenerState::Redirected(redirect)) = listeners.get(frontend) {
+                json["redirect"] = json!({"port": redirect.port, "local_port": redirect.local_port});
+            }
+            json
         })
         .collect();
     let eligible = |set: &[Arc<Endpoint>], e: &Endpoint| set.iter().any(|x| x.addr == e.addr);

@@ -4,6 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use capstan_proxy::CaptureMode;
 use clap::{Args, Parser, Subcommand};
 
 /// Capstan: one node agent for Service load balancing (kube-proxy), and later cluster DNS and
@@ -79,6 +80,13 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub nodeport_addresses: Vec<IpAddr>,
+    /// How Service VIPs reach Capstan: `bind` listens on each frontend's own address (VIPs that
+    /// are local addresses); `nftables` also redirects every other VIP (ClusterIPs, external and
+    /// LoadBalancer IPs) to Capstan with one nftables table it owns (needs NET_ADMIN, `nft`, and
+    /// `conntrack` for UDP); `off` serves no Service frontends (DNS and ingress only).
+    /// Default: `nftables` with a Kubernetes source, `bind` otherwise.
+    #[arg(long, value_name = "MODE", env = "CAPSTAN_CAPTURE", value_parser = parse_capture)]
+    pub capture: Option<CaptureMode>,
     /// Load-balancing policy for Services that do not choose one: random, round-robin,
     /// least-connections.
     #[arg(
@@ -265,6 +273,15 @@ impl Listen {
     }
 }
 
+fn parse_capture(text: &str) -> Result<CaptureMode, String> {
+    match text {
+        "bind" => Ok(CaptureMode::Bind),
+        "nftables" => Ok(CaptureMode::Nftables),
+        "off" => Ok(CaptureMode::Off),
+        _ => Err(format!("{text:?} is not nftables, bind or off")),
+    }
+}
+
 fn parse_listen(text: &str) -> Result<Listen, String> {
     if text == "off" {
         return Ok(Listen::Off);
@@ -305,5 +322,9 @@ mod tests {
         assert!(parse_upstream("example.com").is_err());
         assert_eq!(parse_listen("off"), Ok(Listen::Off));
         assert!(parse_listen("53").is_err());
+        assert_eq!(parse_capture("nftables"), Ok(CaptureMode::Nftables));
+        assert_eq!(parse_capture("bind"), Ok(CaptureMode::Bind));
+        assert_eq!(parse_capture("off"), Ok(CaptureMode::Off));
+        assert!(parse_capture("iptables").is_err());
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compile};
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_ingress::{IngressConfig, IngressMetrics};
-use capstan_proxy::{ListenerStatus, Workers, run_listeners};
+use capstan_proxy::{CaptureMode, ListenerStatus, Workers, run_listeners};
 use capstan_table::{BalancePolicy, Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -177,11 +177,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         info!(http = %show(bound.http), https = %show(bound.https), "ingress listening");
     }
+    let capture = args.capture.unwrap_or(if kube.is_some() {
+        CaptureMode::Nftables
+    } else {
+        CaptureMode::Bind
+    });
+    info!(?capture, "service capture");
     let listeners = tokio::spawn(run_listeners(
         workers.clone(),
         snapshots.clone(),
         generations,
         listener_status_tx,
+        capture,
         shutdown.clone(),
         connections.clone(),
     ));

@@ -160,13 +160,20 @@ pub(crate) type Labels = Vec<(&'static str, String)>;
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners = self.listeners.borrow().clone();
-        let mut states: [(&str, i64); 3] =
-            [("listening", 0), ("bind_failed", 0), ("unsupported", 0)];
+        let mut states: [(&str, i64); 5] = [
+            ("listening", 0),
+            ("redirected", 0),
+            ("capture_failed", 0),
+            ("bind_failed", 0),
+            ("unsupported", 0),
+        ];
         for state in listeners.values() {
             let index = match state {
                 ListenerState::Listening => 0,
-                ListenerState::BindFailed(_) => 1,
-                ListenerState::Unsupported(_) => 2,
+                ListenerState::Redirected(_) => 1,
+                ListenerState::CaptureFailed(_) => 2,
+                ListenerState::BindFailed(_) => 3,
+                ListenerState::Unsupported(_) => 4,
             };
             states[index].1 += 1;
         }

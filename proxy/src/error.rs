@@ -10,6 +10,9 @@ pub enum ProxyError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connect to {addr}: timed out")]
     ConnectTimeout { addr: SocketAddr },
+    /// The node's traffic capture (nftables) could not be programmed.
+    #[error("traffic capture: {reason}")]
+    Capture { reason: String },
 }
 
 // === impl ProxyError ===
@@ -18,7 +21,7 @@ impl ProxyError {
     /// Metric label: whose fault it was.
     pub fn blame(&self) -> &'static str {
         match self {
-            ProxyError::Bind { .. } => "internal",
+            ProxyError::Bind { .. } | ProxyError::Capture { .. } => "internal",
             ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => "upstream",
         }
     }

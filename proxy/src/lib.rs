@@ -1,7 +1,8 @@
 //! The L4 data plane: Service frontends (ClusterIPs, NodePorts, external and LoadBalancer IPs,
 //! standalone listen addresses), endpoint selection and TCP relaying.
 //!
-//! Owns: the listener set reconciled against each snapshot ([`run_listeners`]), the per-connection
+//! Owns: the listener set reconciled against each snapshot ([`run_listeners`]), the node's
+//! traffic capture ([`capture`]: nftables redirects of VIPs to those listeners), the per-connection
 //! TCP pipeline (load snapshot → [`balance::choose`] → connect with timeout and retry → relay with
 //! half-close and idle timeout), UDP flows (a flow per client address, idle expiry, re-balanced
 //! when its endpoint stops being eligible), and passive health (ejection with backoff).
@@ -10,6 +11,7 @@
 //! [`capstan_table::ProxyTable`] from the snapshot, once per connection, without locks.
 
 pub mod balance;
+pub mod capture;
 mod clock;
 mod connection;
 mod error;
@@ -18,6 +20,7 @@ mod relay;
 mod udp;
 mod workers;
 
+pub use capture::{CaptureMode, Redirect};
 pub use clock::now_ms;
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};

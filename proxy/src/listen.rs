@@ -2,7 +2,7 @@
 //! as snapshots change, without touching established connections.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use capstan_table::{Frontend, Generation, Protocol, SnapshotHandle};
@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::capture::{CaptureMode, Nftables, Redirect};
 use crate::connection::serve;
 use crate::{ProxyError, Workers};
 
@@ -29,84 +30,115 @@ pub type ListenerStatus = BTreeMap<Frontend, ListenerState>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ListenerState {
     Listening,
+    /// Listening on node ports that nftables redirects the frontend's traffic to.
+    Redirected(Redirect),
+    /// Listening, but the nftables redirect could not be programmed; retried periodically.
+    CaptureFailed(String),
     /// Bind failed (e.g. the VIP is not a local address); retried periodically.
     BindFailed(String),
     Unsupported(&'static str),
+}
+
+/// One open frontend: its accept loops stop when `token` is cancelled.
+struct Open {
+    token: CancellationToken,
+    redirect: Option<Redirect>,
+}
+
+/// What every frontend's listeners share.
+struct Shared<'a> {
+    workers: &'a Workers,
+    snapshots: &'a SnapshotHandle,
+    shutdown: &'a CancellationToken,
+    connections: &'a TaskTracker,
 }
 
 /// Keeps one listener per TCP frontend of the current snapshot until `shutdown` is cancelled.
 ///
 /// Wakes on every new generation. Accepted connections run on `connections`, so closing a
 /// listener (a Service removed) or shutting down never cuts an established connection; the caller
-/// drains `connections` with its own deadline.
+/// drains `connections` with its own deadline. With [`CaptureMode::Nftables`], frontends with a
+/// specific address listen on node ports and the nftables table is reprogrammed to match; it is
+/// removed when this returns.
 pub async fn run_listeners(
     workers: std::sync::Arc<Workers>,
     snapshots: SnapshotHandle,
     mut generations: watch::Receiver<Generation>,
     status: watch::Sender<ListenerStatus>,
+    capture: CaptureMode,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
-    let mut active: HashMap<Frontend, CancellationToken> = HashMap::new();
+    let mut active: HashMap<Frontend, Open> = HashMap::new();
+    let mut nftables = Nftables::default();
     let mut retry = tokio::time::interval(BIND_RETRY);
     loop {
-        let wanted: Vec<Frontend> = snapshots
-            .load()
-            .map(|s| s.proxy.frontends.keys().copied().collect())
-            .unwrap_or_default();
+        let wanted: Vec<Frontend> = match capture {
+            CaptureMode::Off => Vec::new(),
+            CaptureMode::Bind | CaptureMode::Nftables => snapshots
+                .load()
+                .map(|s| s.proxy.frontends.keys().copied().collect())
+                .unwrap_or_default(),
+        };
         let mut next = ListenerStatus::new();
-        active.retain(|frontend, token| {
+        active.retain(|frontend, open| {
             let keep = wanted.contains(frontend);
             if !keep {
                 info!(%frontend, "closing listener");
-                token.cancel();
+                open.token.cancel();
             }
             keep
         });
+        let shared = Shared {
+            workers: &workers,
+            snapshots: &snapshots,
+            shutdown: &shutdown,
+            connections: &connections,
+        };
         for frontend in wanted {
-            if active.contains_key(&frontend) {
-                next.insert(frontend, ListenerState::Listening);
+            if let Some(open) = active.get(&frontend) {
+                next.insert(frontend, open.state());
                 continue;
             }
-            match frontend.protocol {
-                Protocol::Tcp => {}
-                Protocol::Udp => {
-                    let state = start_udp(frontend, &workers, &snapshots, &shutdown, &mut active);
-                    next.insert(frontend, state);
-                    continue;
+            let redirected =
+                capture == CaptureMode::Nftables && !frontend.addr.ip().is_unspecified();
+            let opened = match frontend.protocol {
+                Protocol::Tcp if redirected => open_tcp_redirect(frontend, &shared),
+                Protocol::Tcp => {
+                    open_tcp(frontend, frontend.addr, &shared).map(|(token, _)| Open {
+                        token,
+                        redirect: None,
+                    })
                 }
-                Protocol::Sctp => {
-                    next.insert(frontend, ListenerState::Unsupported("SCTP is not proxied"));
-                    continue;
+                Protocol::Udp if redirected => open_udp_redirect(frontend, &shared),
+                Protocol::Udp => {
+                    let token = shared.shutdown.child_token();
+                    open_udp(frontend, frontend.addr, &shared, &token).map(|_| Open {
+                        token,
+                        redirect: None,
+                    })
+                }
+                Protocol::Sctp => Err(ListenerState::Unsupported("SCTP is not proxied")),
+            };
+            match opened {
+                Ok(open) => {
+                    next.insert(frontend, open.state());
+                    active.insert(frontend, open);
+                }
+                Err(state) => {
+                    next.insert(frontend, state);
                 }
             }
-            match bind_all(frontend.addr, workers.len()) {
-                Ok(listeners) => {
-                    info!(%frontend, sockets = listeners.len(), "listening");
-                    let token = shutdown.child_token();
-                    active.insert(frontend, token.clone());
-                    // One accept socket per worker: each worker accepts and serves its own.
-                    for (listener, worker) in listeners.into_iter().zip(workers.handles()) {
-                        let (snapshots, token) = (snapshots.clone(), token.clone());
-                        let connections = connections.clone();
-                        worker.spawn(async move {
-                            // Registered with this worker's reactor.
-                            match TcpListener::from_std(listener) {
-                                Ok(listener) => {
-                                    accept_loop(listener, frontend, snapshots, token, connections)
-                                        .await;
-                                }
-                                Err(error) => {
-                                    warn!(%frontend, %error, "accept socket not registered")
-                                }
-                            }
-                        });
-                    }
-                    next.insert(frontend, ListenerState::Listening);
-                }
-                Err(error) => {
-                    debug!(%frontend, %error, "bind failed");
-                    next.insert(frontend, ListenerState::BindFailed(error.to_string()));
+        }
+        if capture == CaptureMode::Nftables {
+            let redirects: BTreeMap<Frontend, Redirect> = active
+                .iter()
+                .filter_map(|(frontend, open)| Some((*frontend, open.redirect?)))
+                .collect();
+            if let Err(error) = nftables.apply(&redirects).await {
+                warn!(%error, "nftables capture not applied; retrying");
+                for frontend in redirects.keys() {
+                    next.insert(*frontend, ListenerState::CaptureFailed(error.to_string()));
                 }
             }
         }
@@ -118,38 +150,124 @@ pub async fn run_listeners(
             () = shutdown.cancelled() => break,
         }
     }
-    for token in active.values() {
-        token.cancel();
+    nftables.remove().await;
+    for open in active.values() {
+        open.token.cancel();
     }
 }
 
-/// Binds a UDP frontend and serves it on one worker (its flows live in that worker's loop).
-fn start_udp(
+impl Open {
+    fn state(&self) -> ListenerState {
+        self.redirect
+            .map_or(ListenerState::Listening, ListenerState::Redirected)
+    }
+}
+
+/// The wildcard address of `addr`'s family, and its loopback address, with port 0.
+fn node_addrs(addr: SocketAddr) -> (SocketAddr, SocketAddr) {
+    if addr.is_ipv6() {
+        (
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+        )
+    } else {
+        (
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        )
+    }
+}
+
+/// Accept sockets for `frontend` on `addr`, one per worker, and the port they share.
+fn open_tcp(
     frontend: Frontend,
-    workers: &Workers,
-    snapshots: &SnapshotHandle,
-    shutdown: &CancellationToken,
-    active: &mut HashMap<Frontend, CancellationToken>,
-) -> ListenerState {
-    let socket = match bind_udp(frontend.addr) {
-        Ok(socket) => socket,
-        Err(error) => {
-            debug!(%frontend, %error, "bind failed");
-            return ListenerState::BindFailed(error.to_string());
+    addr: SocketAddr,
+    shared: &Shared<'_>,
+) -> Result<(CancellationToken, u16), ListenerState> {
+    let listeners = bind_all(addr, shared.workers.len()).map_err(|error| {
+        debug!(%frontend, %error, "bind failed");
+        ListenerState::BindFailed(error.to_string())
+    })?;
+    let port = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(addr.port(), |a| a.port());
+    info!(%frontend, sockets = listeners.len(), port, "listening");
+    let token = shared.shutdown.child_token();
+    // One accept socket per worker: each worker accepts and serves its own.
+    for (listener, worker) in listeners.into_iter().zip(shared.workers.handles()) {
+        let (snapshots, token) = (shared.snapshots.clone(), token.clone());
+        let connections = shared.connections.clone();
+        worker.spawn(async move {
+            // Registered with this worker's reactor.
+            match TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    accept_loop(listener, frontend, snapshots, token, connections).await;
+                }
+                Err(error) => warn!(%frontend, %error, "accept socket not registered"),
+            }
+        });
+    }
+    Ok((token, port))
+}
+
+/// A TCP frontend captured by nftables: accept sockets on an ephemeral port of every address
+/// (redirected traffic arrives at the receiving interface's address, or at loopback).
+fn open_tcp_redirect(frontend: Frontend, shared: &Shared<'_>) -> Result<Open, ListenerState> {
+    let (any, _) = node_addrs(frontend.addr);
+    let (token, port) = open_tcp(frontend, any, shared)?;
+    Ok(Open {
+        token,
+        redirect: Some(Redirect {
+            port,
+            local_port: port,
+        }),
+    })
+}
+
+/// A UDP frontend captured by nftables: one socket on an ephemeral port of every address for
+/// traffic from other hosts and pods, one on loopback for this node's own traffic.
+fn open_udp_redirect(frontend: Frontend, shared: &Shared<'_>) -> Result<Open, ListenerState> {
+    let (any, loopback) = node_addrs(frontend.addr);
+    let token = shared.shutdown.child_token();
+    let ports = open_udp(frontend, any, shared, &token)
+        .and_then(|port| Ok((port, open_udp(frontend, loopback, shared, &token)?)));
+    match ports {
+        Ok((port, local_port)) => Ok(Open {
+            token,
+            redirect: Some(Redirect { port, local_port }),
+        }),
+        Err(state) => {
+            token.cancel();
+            Err(state)
         }
-    };
-    info!(%frontend, "listening");
-    let token = shutdown.child_token();
-    active.insert(frontend, token.clone());
+    }
+}
+
+/// Binds a UDP socket for `frontend` on `addr` and serves it on one worker (its flows live in
+/// that worker's loop) until `token` is cancelled. Returns the bound port.
+fn open_udp(
+    frontend: Frontend,
+    addr: SocketAddr,
+    shared: &Shared<'_>,
+    token: &CancellationToken,
+) -> Result<u16, ListenerState> {
+    let socket = bind_udp(addr).map_err(|error| {
+        debug!(%frontend, %error, "bind failed");
+        ListenerState::BindFailed(error.to_string())
+    })?;
+    let port = socket.local_addr().map_or(addr.port(), |a| a.port());
+    info!(%frontend, port, "listening");
+    let workers = shared.workers;
     let index = usize::from(frontend.addr.port()) % workers.len().max(1);
-    let snapshots = snapshots.clone();
+    let (snapshots, token) = (shared.snapshots.clone(), token.clone());
     workers.handles()[index].spawn(async move {
         match tokio::net::UdpSocket::from_std(socket) {
             Ok(socket) => crate::udp::serve(socket, frontend, snapshots, token).await,
             Err(error) => warn!(%frontend, %error, "udp socket not registered"),
         }
     });
-    ListenerState::Listening
+    Ok(port)
 }
 
 fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {

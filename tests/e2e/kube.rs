@@ -41,7 +41,7 @@ fn slice(service: &str, name: &str, backends: &[SocketAddr]) -> String {
 /// Starts Capstan on the fake API server's kubeconfig.
 fn start(api: &FakeApi, dir: &TempDir, extra: &[&str]) -> Capstan {
     let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
-    let mut args = vec!["--kubeconfig", path_str(&kubeconfig)];
+    let mut args = vec!["--kubeconfig", path_str(&kubeconfig), "--capture", "bind"];
     args.extend_from_slice(extra);
     Capstan::start(&args)
 }

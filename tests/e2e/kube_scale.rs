@@ -75,7 +75,7 @@ async fn kube_scale_ten_thousand_services() {
     let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
 
     let started = Instant::now();
-    let capstan = Capstan::spawn(&["--kubeconfig", path_str(&kubeconfig)]);
+    let capstan = Capstan::spawn(&["--kubeconfig", path_str(&kubeconfig), "--capture", "bind"]);
     eventually(Duration::from_secs(120), || {
         http_get(capstan.admin, "/readyz").and_then(|(code, _)| (code == 200).then_some(()))
     })

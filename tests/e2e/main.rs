@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `capstan` binary, real TCP backends and clients on loopback.
 
 mod balance;
+mod capture;
 mod deploy;
 mod dns;
 mod dns_spec;

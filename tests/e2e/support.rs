@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) mod kube_api;
+pub(crate) mod netns;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,6 +95,25 @@ impl Capstan {
 
     /// Starts without waiting for readiness.
     pub(crate) fn spawn(args: &[&str]) -> Self {
+        Self::launch(
+            Command::new(env!("CARGO_BIN_EXE_capstan")),
+            "127.0.0.1:0",
+            args,
+        )
+    }
+
+    /// Starts inside network namespace `ns` with the admin endpoint on `admin` (an address of
+    /// the namespace the test reaches), and waits for the first snapshot.
+    pub(crate) fn start_in_netns(ns: &str, admin: IpAddr, args: &[&str]) -> Self {
+        let mut command = Command::new("ip");
+        // `ip netns exec` enters the namespace and execs the binary: the child is Capstan.
+        command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_capstan")]);
+        let capstan = Self::launch(command, &SocketAddr::new(admin, 0).to_string(), args);
+        capstan.wait_ready();
+        capstan
+    }
+
+    fn launch(mut command: Command, admin: &str, args: &[&str]) -> Self {
         // DNS is on by default (port 53); tests that want it pass their own --dns.
         let dns_off: &[&str] = if args.contains(&"--dns") {
             &[]
@@ -118,19 +138,14 @@ impl Capstan {
                 kube_proxy_off.extend([flag, "off"]);
             }
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        let mut child = command
             .arg("run")
             .args(args)
             .args(&kube_proxy_off)
             .args(dns_off)
             .args(http_off)
             .args(https_off)
-            .args([
-                "--admin",
-                "127.0.0.1:0",
-                "--log",
-                "info,capstan_proxy=debug",
-            ])
+            .args(["--admin", admin, "--log", "info,capstan_proxy=debug"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

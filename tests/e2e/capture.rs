@@ -1,0 +1,271 @@
+//! `--capture nftables` on a real node topology: a node namespace running Capstan, pods on a
+//! bridge, traffic to ClusterIPs and NodePorts by TCP and UDP from pods and from the node itself.
+//! Needs root (network namespaces, nftables); skipped, with a message, without it.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::netns::{
+    self, Node, greet_from, tcp_backend, udp_ask, udp_backend, udp_client,
+};
+use crate::support::{Capstan, TempDir, path_str};
+
+/// A Service with `ports` (a YAML flow list) and extra `spec` lines.
+fn service(name: &str, vip: Ipv4Addr, ports: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  clusterIP: {vip}\n  ports: {ports}\n{spec}---\n"
+    )
+}
+
+/// An EndpointSlice of `service` with `ports` and `endpoints` as (address, node, conditions).
+fn slice(service: &str, ports: &str, endpoints: &[(Ipv4Addr, &str, &str)]) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(ip, node, conditions)| {
+            format!(
+                "  - {{addresses: [\"{ip}\"], nodeName: {node}, conditions: {{{conditions}}}}}\n"
+            )
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\n\
+         ports: {ports}\nendpoints:\n{endpoints}---\n"
+    )
+}
+
+const READY: &str = "ready: true";
+
+fn start(node: &Node, dir: &TempDir, extra: &[&str]) -> Capstan {
+    let mut args = vec![
+        "--manifests",
+        path_str(&dir.0),
+        "--capture",
+        "nftables",
+        "--node-name",
+        "node-1",
+    ];
+    args.extend_from_slice(extra);
+    Capstan::start_in_netns(&node.ns, node.uplink.into(), &args)
+}
+
+fn skip() -> bool {
+    let skip = !netns::available();
+    if skip {
+        eprintln!("skipped: network namespace tests need root, ip and nft");
+    }
+    skip
+}
+
+#[test]
+fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
+    if skip() {
+        return;
+    }
+    let node = Node::new(3);
+    let (client, a, b) = (&node.pods[0].ns, &node.pods[1], &node.pods[2]);
+    tcp_backend(&a.ns, SocketAddr::from((a.ip, 8080)), "a");
+    tcp_backend(&b.ns, SocketAddr::from((b.ip, 8080)), "b");
+    let http = "[{name: http, port: 80, targetPort: 8080}]";
+    let slice_ports = "[{name: http, port: 8080}]";
+    let both = [(a.ip, "node-1", READY), (b.ip, "node-2", READY)];
+    let dir = TempDir::new("capture-tcp");
+    let manifests = [
+        service(
+            "web",
+            node.vip(1),
+            "[{name: http, port: 80, targetPort: 8080, nodePort: 30080}]",
+            "  type: NodePort\n",
+        ),
+        slice("web", slice_ports, &both),
+        service(
+            "local",
+            node.vip(2),
+            http,
+            "  internalTrafficPolicy: Local\n",
+        ),
+        slice("local", slice_ports, &both),
+        service("sticky", node.vip(3), http, "  sessionAffinity: ClientIP\n"),
+        slice("sticky", slice_ports, &both),
+        service("draining", node.vip(4), http, ""),
+        slice(
+            "draining",
+            slice_ports,
+            &[(
+                b.ip,
+                "node-2",
+                "ready: false, serving: true, terminating: true",
+            )],
+        ),
+        service("empty", node.vip(5), http, ""),
+    ];
+    dir.write("services.yaml", &manifests.concat());
+    let capstan = start(&node, &dir, &[]);
+    let vip = |n: u8| SocketAddr::from((node.vip(n), 80));
+    for n in 1..=5 {
+        capstan.wait_listening(vip(n));
+    }
+
+    // A ClusterIP from a pod is balanced over both endpoints; so is the NodePort.
+    let names: Vec<String> = (0..20)
+        .map(|_| greet_from(client, vip(1)).expect("web from a pod"))
+        .collect();
+    assert!(
+        names.contains(&"a".to_owned()) && names.contains(&"b".to_owned()),
+        "{names:?}"
+    );
+    let node_port = SocketAddr::from((node.ip, 30080));
+    let name = greet_from(client, node_port).expect("NodePort from a pod");
+    assert!(name == "a" || name == "b", "{name}");
+    // The node's own traffic to a ClusterIP is captured too (the output hook).
+    let name = greet_from(&node.ns, vip(1)).expect("web from the node");
+    assert!(name == "a" || name == "b", "{name}");
+
+    // internalTrafficPolicy: Local keeps to this node's endpoint.
+    for _ in 0..10 {
+        assert_eq!(greet_from(client, vip(2)).expect("local"), "a");
+    }
+    // sessionAffinity: ClientIP sticks to the first choice.
+    let first = greet_from(client, vip(3)).expect("sticky");
+    for _ in 0..10 {
+        assert_eq!(greet_from(client, vip(3)).expect("sticky"), first);
+    }
+    // Serving but terminating endpoints are used when no endpoint is ready.
+    assert_eq!(greet_from(client, vip(4)).expect("draining"), "b");
+    // No endpoints: refused at once.
+    let started = Instant::now();
+    let error = greet_from(client, vip(5)).expect_err("no endpoints");
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::ConnectionRefused | ErrorKind::ConnectionReset
+        ),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // Only the snapshot's VIP:port pairs are captured: another port of a VIP and another
+    // address in the range go nowhere.
+    assert!(greet_from(client, SocketAddr::from((node.vip(1), 81))).is_err());
+    assert!(greet_from(client, SocketAddr::from((node.vip(99), 80))).is_err());
+    let table = node.capstan_table().expect("capstan's table");
+    for n in 1..=5 {
+        assert!(
+            table.contains(&format!("{} . 80 : ", node.vip(n))),
+            "{table}"
+        );
+    }
+    assert!(!table.contains(&node.vip(99).to_string()), "{table}");
+    // Redirect ports are not reachable directly.
+    let snapshot = capstan.snapshot();
+    let port = snapshot["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["frontends"].as_array().into_iter().flatten())
+        .find(|f| f["address"] == vip(1).to_string().as_str())
+        .and_then(|f| f["redirect"]["port"].as_u64())
+        .expect("web's redirect port");
+    let direct = SocketAddr::from((node.ip, u16::try_from(port).expect("port")));
+    assert!(
+        greet_from(client, direct).is_err(),
+        "{direct} is not open to pods"
+    );
+}
+
+#[test]
+fn udp_and_dns_through_cluster_ips_flush_conntrack_and_a_clean_exit_removes_the_table() {
+    if skip() {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, a) = (&node.pods[0].ns, &node.pods[1]);
+    udp_backend(&a.ns, SocketAddr::from((a.ip, 5300)), "a");
+    let echo = "[{name: echo, port: 5300, protocol: UDP}]";
+    let dns_port = 5353;
+    let dir = TempDir::new("capture-udp");
+    let manifests = [
+        service("echo", node.vip(6), echo, ""),
+        slice("echo", echo, &[(a.ip, "node-1", READY)]),
+        // The cluster DNS Service, served by this node's Capstan.
+        service(
+            "kube-dns",
+            node.vip(10),
+            "[{name: dns, port: 53, targetPort: 5353, protocol: UDP}, \
+             {name: dns-tcp, port: 53, targetPort: 5353, protocol: TCP}]",
+            "",
+        ),
+        slice(
+            "kube-dns",
+            &format!(
+                "[{{name: dns, port: {dns_port}, protocol: UDP}}, \
+                 {{name: dns-tcp, port: {dns_port}, protocol: TCP}}]"
+            ),
+            &[(node.ip, "node-1", READY)],
+        ),
+    ];
+    dir.write("services.yaml", &manifests.concat());
+    let dns_listen = SocketAddr::from((node.ip, dns_port)).to_string();
+    let capstan = start(&node, &dir, &["--dns", &dns_listen]);
+    let echo_vip = SocketAddr::from((node.vip(6), 5300));
+    capstan.wait_listening(echo_vip);
+    capstan.wait_listening(SocketAddr::from((node.vip(10), 53)));
+
+    // UDP from a pod and from the node itself; the reply comes from the ClusterIP.
+    let socket = udp_client(client);
+    assert_eq!(
+        udp_ask(&socket, echo_vip, "ping").as_deref(),
+        Some("a:ping")
+    );
+    let from_node = udp_client(&node.ns);
+    assert_eq!(udp_ask(&from_node, echo_vip, "hi").as_deref(), Some("a:hi"));
+
+    // Cluster DNS through the DNS Service's ClusterIP, over UDP and TCP.
+    for transport in ["+notcp", "+tcp"] {
+        let output = Command::new("ip")
+            .args([
+                "netns", "exec", client, "dig", "+short", "+time=2", "+tries=2", transport,
+            ])
+            .arg(format!("@{}", node.vip(10)))
+            .arg("echo.default.svc.cluster.local")
+            .output()
+            .expect("dig");
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert_eq!(
+            answer.trim(),
+            node.vip(6).to_string(),
+            "dig {transport}: {answer}"
+        );
+    }
+
+    // A client that sent to a VIP before its Service existed holds an untranslated conntrack
+    // entry; adding the Service flushes it, so the same socket is answered at once.
+    let late = SocketAddr::from((node.vip(7), 5300));
+    let early = udp_client(client);
+    assert_eq!(udp_ask(&early, late, "early"), None);
+    dir.write(
+        "late.yaml",
+        &[
+            service("late", node.vip(7), echo, ""),
+            slice("late", echo, &[(a.ip, "node-1", READY)]),
+        ]
+        .concat(),
+    );
+    capstan.wait_listening(late);
+    let answered = (0..5).find_map(|_| udp_ask(&early, late, "again"));
+    assert_eq!(answered.as_deref(), Some("a:again"));
+
+    // A clean exit removes the table; traffic to the VIPs is no longer captured.
+    assert!(node.capstan_table().is_some());
+    let mut capstan = capstan;
+    capstan.signal(15);
+    assert!(
+        capstan.wait_exit(Duration::from_secs(20)).is_some(),
+        "exited"
+    );
+    assert_eq!(node.capstan_table(), None, "table removed on exit");
+    assert_eq!(udp_ask(&socket, echo_vip, "gone"), None);
+}

@@ -1,0 +1,245 @@
+//! Node topologies in network namespaces (root only): a node namespace that runs Capstan, pod
+//! namespaces on a bridge in it, and an uplink veth from the test's own namespace to the node so
+//! the test reaches Capstan's admin endpoint. Sockets are opened inside a namespace by a thread
+//! that entered it with `setns`: a socket belongs to the namespace it was created in.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Whether this process may create network namespaces (root with `ip` and `nft`).
+pub(crate) fn available() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = ["ip", "nft"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    root && tools
+}
+
+/// Runs `command` and panics with its output if it fails.
+pub(crate) fn run(command: &[&str]) -> String {
+    let output = Command::new(command[0])
+        .args(&command[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Runs `f` on a thread inside namespace `ns` and returns its result.
+pub(crate) fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// A node namespace with pods on a bridge, deleted (with everything in it) on drop.
+pub(crate) struct Node {
+    pub(crate) ns: String,
+    /// The test's way in: the node's end of the uplink.
+    pub(crate) uplink: Ipv4Addr,
+    /// The node's address on the pod bridge (pods' gateway).
+    pub(crate) ip: Ipv4Addr,
+    /// A /24 of ClusterIPs no other topology uses: `vip(n)` is `10.96.<subnet>.<n>`.
+    subnet: u8,
+    pub(crate) pods: Vec<Pod>,
+}
+
+/// One pod: a namespace with one address on the node's bridge.
+pub(crate) struct Pod {
+    pub(crate) ns: String,
+    pub(crate) ip: Ipv4Addr,
+}
+
+impl Node {
+    /// A node with `pods` pods.
+    pub(crate) fn new(pods: usize) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let subnet = ((pid * 7 + n) % 200 + 20) as u8;
+        let ns = format!("cs{pid}n{n}");
+        let (root_if, node_if) = (format!("csu{subnet}r"), format!("csu{subnet}n"));
+        let (root_ip, uplink) = (
+            Ipv4Addr::new(10, 245, subnet, 1),
+            Ipv4Addr::new(10, 245, subnet, 2),
+        );
+        let ip = Ipv4Addr::new(10, 244, subnet, 1);
+        run(&["ip", "netns", "add", &ns]);
+        let mut node = Self {
+            ns: ns.clone(),
+            uplink,
+            ip,
+            subnet,
+            pods: Vec::new(),
+        };
+        // The root end is deleted with the node namespace (a veth pair goes as a whole).
+        let _ = Command::new("ip").args(["link", "del", &root_if]).output();
+        run(&[
+            "ip", "link", "add", &root_if, "type", "veth", "peer", "name", &node_if, "netns", &ns,
+        ]);
+        run(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{root_ip}/30"),
+            "dev",
+            &root_if,
+        ]);
+        run(&["ip", "link", "set", &root_if, "up"]);
+        node.ip_in(&["link", "set", "lo", "up"]);
+        node.ip_in(&["addr", "add", &format!("{uplink}/30"), "dev", &node_if]);
+        node.ip_in(&["link", "set", &node_if, "up"]);
+        // A default route, as every node has: the node's own traffic to a VIP needs a route
+        // before the output hook redirects it.
+        node.ip_in(&["route", "add", "default", "via", &root_ip.to_string()]);
+        // Nodes route pod traffic: a packet to an address nothing captures is forwarded on
+        // (and leaves a conntrack entry), as on a real node.
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        node.ip_in(&["link", "add", "br0", "type", "bridge"]);
+        node.ip_in(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+        node.ip_in(&["link", "set", "br0", "up"]);
+        for i in 0..pods {
+            let pod = Pod {
+                ns: format!("{ns}p{i}"),
+                ip: Ipv4Addr::new(10, 244, subnet, 10 + i as u8),
+            };
+            let veth = format!("vp{i}");
+            run(&["ip", "netns", "add", &pod.ns]);
+            node.ip_in(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
+            ]);
+            node.ip_in(&["link", "set", &veth, "master", "br0", "up"]);
+            let in_pod = |args: &[&str]| {
+                let mut command = vec!["ip", "-n", &pod.ns];
+                command.extend_from_slice(args);
+                run(&command);
+            };
+            in_pod(&["link", "set", "lo", "up"]);
+            in_pod(&["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"]);
+            in_pod(&["link", "set", "eth0", "up"]);
+            in_pod(&["route", "add", "default", "via", &ip.to_string()]);
+            node.pods.push(pod);
+        }
+        node
+    }
+
+    fn ip_in(&self, args: &[&str]) {
+        let mut command = vec!["ip", "-n", &self.ns];
+        command.extend_from_slice(args);
+        run(&command);
+    }
+
+    /// ClusterIP number `n` of this topology.
+    pub(crate) fn vip(&self, n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 96, self.subnet, n)
+    }
+
+    /// `nft list table inet capstan` in the node, or `None` when there is no such table.
+    pub(crate) fn capstan_table(&self) -> Option<String> {
+        let output = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "nft", "list", "table", "inet", "capstan",
+            ])
+            .output()
+            .expect("nft list");
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for pod in &self.pods {
+            let _ = Command::new("ip").args(["netns", "del", &pod.ns]).output();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// A TCP backend inside `ns`: greets each connection with `NAME\n` and closes it.
+pub(crate) fn tcp_backend(ns: &str, addr: SocketAddr, name: &str) {
+    let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind backend"));
+    let greeting = format!("{name}\n");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let _ = stream.write_all(greeting.as_bytes());
+        }
+    });
+}
+
+/// A UDP backend inside `ns`: answers each datagram with `NAME:payload`.
+pub(crate) fn udp_backend(ns: &str, addr: SocketAddr, name: &str) {
+    let socket = in_netns(ns, move || UdpSocket::bind(addr).expect("bind udp backend"));
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 1500];
+        while let Ok((n, peer)) = socket.recv_from(&mut buffer) {
+            let reply = format!("{name}:{}", String::from_utf8_lossy(&buffer[..n]));
+            let _ = socket.send_to(reply.as_bytes(), peer);
+        }
+    });
+}
+
+/// From inside `ns`: connects to `addr` and reads the backend's greeting line.
+pub(crate) fn greet_from(ns: &str, addr: SocketAddr) -> std::io::Result<String> {
+    in_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut greeting = String::new();
+        stream.read_to_string(&mut greeting)?;
+        Ok(greeting.trim_end().to_owned())
+    })
+}
+
+/// A UDP socket inside `ns` (sends from one source port for as long as it lives).
+pub(crate) fn udp_client(ns: &str) -> UdpSocket {
+    let socket = in_netns(ns, || {
+        UdpSocket::bind("0.0.0.0:0").expect("bind udp client")
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    socket
+}
+
+/// Sends `payload` to `addr` and returns the reply, if one came in time.
+pub(crate) fn udp_ask(socket: &UdpSocket, addr: SocketAddr, payload: &str) -> Option<String> {
+    socket.send_to(payload.as_bytes(), addr).expect("send");
+    let mut buffer = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buffer).ok()?;
+    assert_eq!(from, addr, "the reply comes from the address asked");
+    Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+}
