@@ -222,6 +222,12 @@ impl Collector for ProxyCollector {
             ports.counter(
                 "proxy_rejected_connections",
                 &labels,
+                &[("reason", "source_range"), ("blame", "client")],
+                &c.source_denied,
+            );
+            ports.counter(
+                "proxy_rejected_connections",
+                &labels,
                 &[("reason", "connect_failed"), ("blame", "upstream")],
                 &c.upstream_failures,
             );

@@ -121,10 +121,13 @@ pub fn compile(
                 options,
             );
             let table = Arc::new(table);
+            let source_ranges = source_ranges(service);
             for &(frontend, scope) in &table.frontends {
+                let restricted = service.load_balancer_ips.contains(&frontend.addr.ip());
                 let target = FrontendTarget {
                     port: table.clone(),
                     scope,
+                    source_ranges: source_ranges.clone().filter(|_| restricted),
                 };
                 proxy.frontends.insert(frontend, target);
             }
@@ -304,6 +307,13 @@ fn compile_port(
         state: carried.map_or_else(Default::default, |t| t.state.clone()),
         key,
     }
+}
+
+/// kube-proxy applies `loadBalancerSourceRanges` to a LoadBalancer Service's LoadBalancer IPs
+/// only (not its ClusterIP, external IPs or NodePorts).
+fn source_ranges(service: &Service) -> Option<Arc<[ipnet::IpNet]>> {
+    (service.kind == ServiceKind::LoadBalancer && !service.load_balancer_source_ranges.is_empty())
+        .then(|| service.load_balancer_source_ranges.clone().into())
 }
 
 fn frontends(

@@ -21,6 +21,8 @@ pub struct Service {
     pub external_ips: Vec<IpAddr>,
     /// `status.loadBalancer.ingress[].ip`.
     pub load_balancer_ips: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges`: clients allowed on the LoadBalancer IPs (empty: all).
+    pub load_balancer_source_ranges: Vec<ipnet::IpNet>,
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP` timeout, `None` for `None`.
     pub session_affinity: Option<Duration>,
@@ -144,6 +146,7 @@ impl Service {
             cluster_ips: vec![],
             external_ips: vec![],
             load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
             ports: vec![],
             session_affinity: None,
             internal_traffic_policy: TrafficPolicy::Cluster,

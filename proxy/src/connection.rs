@@ -30,6 +30,18 @@ pub(crate) async fn serve(
         debug!(%peer, %frontend, "no service on frontend");
         return reset(client);
     };
+    if !target.admits(peer.ip()) {
+        // Outside loadBalancerSourceRanges: closed without a reply, as close to kube-proxy's
+        // drop as a proxy that has accepted the connection can be.
+        target
+            .port
+            .state
+            .counters
+            .source_denied
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(%peer, %frontend, "outside loadBalancerSourceRanges");
+        return;
+    }
     let (port, scope): (Arc<ServicePortTable>, _) = (Arc::clone(&target.port), target.scope);
     // Keep only this Service port's table: a swap frees the rest of the old snapshot.
     drop(snapshot);

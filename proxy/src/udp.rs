@@ -81,6 +81,15 @@ pub(crate) async fn serve(
         let Some(target) = snapshot.proxy.target(&frontend) else {
             continue;
         };
+        if !target.admits(client.ip()) {
+            target
+                .port
+                .state
+                .counters
+                .source_denied
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
         let port = &target.port;
         let counters = &port.state.counters;
         let eligible = &port.endpoints_for(target.scope).endpoints;

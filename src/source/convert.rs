@@ -79,6 +79,23 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
         .filter_map(|ingress| ingress.ip.as_ref());
     let load_balancer_ips =
         parse_ips(load_balancer_ips, "status.loadBalancer.ingress").map_err(err)?;
+    // As kube-proxy: surrounding spaces are ignored; an invalid range fails the object.
+    let load_balancer_source_ranges = spec
+        .load_balancer_source_ranges
+        .iter()
+        .flatten()
+        .map(|range| {
+            range
+                .trim()
+                .parse::<ipnet::IpNet>()
+                .map(|net| net.trunc())
+                .map_err(|_| {
+                    err(format!(
+                        "spec.loadBalancerSourceRanges: {range:?} is not a CIDR"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let ports = spec
         .ports
         .iter()
@@ -117,6 +134,7 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
         cluster_ips,
         external_ips,
         load_balancer_ips,
+        load_balancer_source_ranges,
         ports,
         session_affinity,
         internal_traffic_policy: traffic_policy(spec.internal_traffic_policy.as_deref())

@@ -33,6 +33,9 @@ pub struct HealthCheck {
 pub struct FrontendTarget {
     pub port: Arc<ServicePortTable>,
     pub scope: TrafficScope,
+    /// `loadBalancerSourceRanges`, on the LoadBalancer IPs of a Service that sets them: only
+    /// clients inside one of them are served, the rest are dropped. `None`: everyone.
+    pub source_ranges: Option<Arc<[ipnet::IpNet]>>,
 }
 
 /// One compiled Service port.
@@ -128,6 +131,8 @@ pub struct PortCounters {
     pub bytes_to_client: AtomicU64,
     /// Connections refused because no endpoint was eligible.
     pub no_endpoints: AtomicU64,
+    /// Connections and datagrams dropped by `loadBalancerSourceRanges`.
+    pub source_denied: AtomicU64,
     /// Connections closed because every connect attempt failed.
     pub upstream_failures: AtomicU64,
     pub idle_timeouts: AtomicU64,
@@ -138,6 +143,21 @@ pub struct PortCounters {
 impl ProxyTable {
     pub fn target(&self, frontend: &Frontend) -> Option<&FrontendTarget> {
         self.frontends.get(frontend)
+    }
+}
+
+// === impl FrontendTarget ===
+
+impl FrontendTarget {
+    /// Whether a client at `ip` may use this frontend (`loadBalancerSourceRanges`).
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.source_ranges
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|range| range.contains(&ip)))
     }
 }
 

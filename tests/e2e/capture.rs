@@ -101,6 +101,18 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
             )],
         ),
         service("empty", node.vip(5), http, ""),
+        service(
+            "fenced",
+            node.vip(6),
+            "[{name: http, port: 80, targetPort: 8080, nodePort: 30081}]",
+            &format!(
+                "  type: LoadBalancer\n  loadBalancerSourceRanges: ['{}/32']\n\
+                 status: {{loadBalancer: {{ingress: [{{ip: {}}}]}}}}\n",
+                node.pods[0].ip,
+                node.lb_ip(1)
+            ),
+        ),
+        slice("fenced", slice_ports, &[(a.ip, "node-1", READY)]),
     ];
     dir.write("services.yaml", &manifests.concat());
     let capstan = start(&node, &dir, &[]);
@@ -146,6 +158,27 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
         "{error:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(1));
+
+    // loadBalancerSourceRanges fence the LoadBalancer IP, not the ClusterIP.
+    let lb = SocketAddr::from((node.lb_ip(1), 80));
+    capstan.wait_listening(lb);
+    assert_eq!(
+        greet_from(client, lb).expect("client inside the range"),
+        "a"
+    );
+    let outside = greet_from(&b.ns, lb);
+    assert!(
+        !matches!(&outside, Ok(name) if !name.is_empty()),
+        "a pod outside the range is not served: {outside:?}"
+    );
+    assert_eq!(greet_from(&b.ns, vip(6)).expect("ClusterIP is open"), "a");
+    assert!(
+        capstan
+            .metrics()
+            .contains("reason=\"source_range\",blame=\"client\"} 1"),
+        "{}",
+        capstan.metrics()
+    );
 
     // Only the snapshot's VIP:port pairs are captured: another port of a VIP and another
     // address in the range go nowhere.

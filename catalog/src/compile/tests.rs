@@ -198,6 +198,34 @@ fn node_port_and_load_balancer_frontends_use_the_external_scope() {
 }
 
 #[test]
+fn load_balancer_source_ranges_fence_only_the_load_balancer_ips() {
+    let mut svc = service("web", "10.0.0.1");
+    svc.kind = ServiceKind::LoadBalancer;
+    svc.ports[0].node_port = Some(30080);
+    svc.external_ips = vec![ip("192.0.2.7")];
+    svc.load_balancer_ips = vec![ip("198.51.100.1")];
+    svc.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().expect("cidr")];
+    let snap = build(vec![Object::Service(svc.clone())]);
+    let admits = |frontend: &str, client: &str| {
+        snap.proxy
+            .target(&tcp(frontend))
+            .expect("frontend")
+            .admits(ip(client))
+    };
+    assert!(admits("198.51.100.1:80", "203.0.113.9"));
+    assert!(!admits("198.51.100.1:80", "192.0.2.1"));
+    // As kube-proxy: the ClusterIP, external IPs and NodePorts are not fenced.
+    for frontend in ["10.0.0.1:80", "192.0.2.7:80", "0.0.0.0:30080"] {
+        assert!(admits(frontend, "192.0.2.1"), "{frontend}");
+    }
+    // Only type LoadBalancer honours the field.
+    svc.kind = ServiceKind::NodePort;
+    let snap = build(vec![Object::Service(svc)]);
+    let target = snap.proxy.target(&tcp("198.51.100.1:80")).expect("lb ip");
+    assert!(target.admits(ip("192.0.2.1")));
+}
+
+#[test]
 fn node_port_on_a_cluster_ip_service_is_ignored_and_defaults_to_all_addresses() {
     let mut cluster_ip = service("a", "10.0.0.1");
     cluster_ip.ports[0].node_port = Some(30001);

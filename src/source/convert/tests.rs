@@ -40,6 +40,28 @@ fn service_fields_are_converted_with_api_defaults() {
 }
 
 #[test]
+fn load_balancer_source_ranges_are_trimmed_normalised_and_validated() {
+    let s = service(&svc("metadata: {name: lb}\n\
+         spec:\n  type: LoadBalancer\n  clusterIP: 10.0.0.1\n  ports: [{port: 80}]\n  \
+         loadBalancerSourceRanges: [' 10.1.2.3/8 ', '2001:db8::/32']\n"))
+    .expect("valid");
+    let ranges: Vec<String> = s
+        .load_balancer_source_ranges
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ranges, ["10.0.0.0/8", "2001:db8::/32"]);
+    let error = service(&svc("metadata: {name: lb}\n\
+         spec:\n  type: LoadBalancer\n  ports: [{port: 80}]\n  \
+         loadBalancerSourceRanges: [10.0.0.0]\n"))
+    .expect_err("not a CIDR");
+    assert!(
+        error.to_string().contains("loadBalancerSourceRanges"),
+        "{error}"
+    );
+}
+
+#[test]
 fn every_service_type_and_policy() {
     let s = service(&svc(
         "metadata:\n  name: lb\n  annotations: {capstan.dev/load-balancer: round-robin}\n\

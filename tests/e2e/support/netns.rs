@@ -165,6 +165,11 @@ impl Node {
         Ipv4Addr::new(10, 96, self.subnet, n)
     }
 
+    /// LoadBalancer IP number `n` of this topology: `10.97.<subnet>.<n>`.
+    pub(crate) fn lb_ip(&self, n: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 97, self.subnet, n)
+    }
+
     /// `nft list table inet capstan` in the node, or `None` when there is no such table.
     pub(crate) fn capstan_table(&self) -> Option<String> {
         let output = Command::new("ip")
