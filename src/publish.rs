@@ -33,6 +33,7 @@ impl Publisher {
     pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
         let mut published = false;
         while let Some(update) = updates.recv().await {
+            let arrived = Instant::now();
             let mut changed = self.catalog.apply(update);
             let deadline = tokio::time::Instant::now() + DEBOUNCE;
             loop {
@@ -50,6 +51,11 @@ impl Publisher {
             }
             if changed || !published {
                 self.publish();
+                if published {
+                    self.metrics
+                        .sync_seconds
+                        .observe(arrived.elapsed().as_secs_f64());
+                }
                 published = true;
             }
         }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub snapshot_generation: Gauge,
     pub compile_seconds: Histogram,
+    /// From a change reaching the publisher to the snapshot holding it being served
+    /// (kube-proxy's `network_programming_duration_seconds`, measured from arrival).
+    pub sync_seconds: Histogram,
     pub catalog_problems: Gauge,
     pub reloads: Family<ReloadLabels, Counter>,
     pub invalid_files: Family<SourceLabels, Gauge>,
@@ -91,6 +94,12 @@ impl Metrics {
             "Time to compile the catalog into a snapshot",
             compile_seconds.clone(),
         );
+        let sync_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "network_programming_duration_seconds",
+            "From a change reaching Capstan (file event, watch event) to the snapshot holding it being served",
+            sync_seconds.clone(),
+        );
         let catalog_problems = Gauge::default();
         registry.register(
             "catalog_problems",
@@ -134,6 +143,7 @@ impl Metrics {
             registry,
             snapshot_generation,
             compile_seconds,
+            sync_seconds,
             catalog_problems,
             reloads,
             invalid_files,

@@ -113,4 +113,13 @@ fn healthz_metrics_and_health_check_node_ports_answer_as_kube_proxy_does() {
             .then_some(())
     })
     .unwrap_or_else(|| panic!("health check port still open\n{}", capstan.logs()));
+
+    // Each change after the first sync was timed from its arrival to its snapshot.
+    let (_, body) = http_get(metrics, "/metrics").expect("metrics");
+    let count = body
+        .lines()
+        .find_map(|l| l.strip_prefix("capstan_network_programming_duration_seconds_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no sync histogram in\n{body}"));
+    assert!(count >= 2, "two changes, {count} observed");
 }
