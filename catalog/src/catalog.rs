@@ -50,7 +50,8 @@ pub enum Update {
     },
     Upsert {
         source: SourceId,
-        object: Object,
+        /// Boxed: an object is large, and updates queue by the thousand in a watch burst.
+        object: Box<Object>,
     },
     Delete {
         source: SourceId,
@@ -163,6 +164,7 @@ impl Catalog {
             Update::Upsert { source, object } => {
                 let objects = self.sources.entry(source).or_default();
                 let id = object.id();
+                let object = *object;
                 objects.insert(id, object.clone()).as_ref() != Some(&object)
             }
             Update::Delete { source, id } => self
@@ -251,11 +253,11 @@ mod tests {
         let mut catalog = Catalog::default();
         assert!(catalog.apply(Update::Upsert {
             source: a.clone(),
-            object: service("x"),
+            object: Box::new(service("x")),
         }));
         assert!(!catalog.apply(Update::Upsert {
             source: a.clone(),
-            object: service("x"),
+            object: Box::new(service("x")),
         }));
         let id = service("x").id();
         assert!(catalog.apply(Update::Delete {

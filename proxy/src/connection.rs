@@ -30,15 +30,9 @@ pub(crate) async fn serve(
         debug!(%peer, %frontend, "no service on frontend");
         return reset(client);
     };
-    if !target.admits(peer.ip()) {
+    if !target.admit(peer.ip()) {
         // Outside loadBalancerSourceRanges: closed without a reply, as close to kube-proxy's
         // drop as a proxy that has accepted the connection can be.
-        target
-            .port
-            .state
-            .counters
-            .source_denied
-            .fetch_add(1, Ordering::Relaxed);
         debug!(%peer, %frontend, "outside loadBalancerSourceRanges");
         return;
     }

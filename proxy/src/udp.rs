@@ -81,13 +81,7 @@ pub(crate) async fn serve(
         let Some(target) = snapshot.proxy.target(&frontend) else {
             continue;
         };
-        if !target.admits(client.ip()) {
-            target
-                .port
-                .state
-                .counters
-                .source_denied
-                .fetch_add(1, Ordering::Relaxed);
+        if !target.admit(client.ip()) {
             continue;
         }
         let port = &target.port;

@@ -159,6 +159,16 @@ impl FrontendTarget {
             .as_ref()
             .is_none_or(|ranges| ranges.iter().any(|range| range.contains(&ip)))
     }
+
+    /// [`Self::admits`], counting a refusal in the port's `source_denied`.
+    pub fn admit(&self, ip: std::net::IpAddr) -> bool {
+        let admitted = self.admits(ip);
+        if !admitted {
+            let denied = &self.port.state.counters.source_denied;
+            denied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        admitted
+    }
 }
 
 // === impl ServicePortTable ===

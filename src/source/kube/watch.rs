@@ -118,7 +118,7 @@ where
                         known.insert(id);
                         Some(Update::Upsert {
                             source: cx.source.clone(),
-                            object,
+                            object: Box::new(object),
                         })
                     }
                     Ok(None) => {
