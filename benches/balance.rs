@@ -43,6 +43,7 @@ fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
         internal: set.clone(),
         external: set,
         state: Arc::default(),
+        inputs: 0,
     }
 }
 

@@ -65,6 +65,16 @@ pub struct RunArgs {
     /// (kube-proxy's filter). Default: only Services without that label.
     #[arg(long, value_name = "NAME", env = "CAPSTAN_PROXY_NAME")]
     pub proxy_name: Option<String>,
+    /// Publish these addresses (IPs or hostnames, comma-separated) in
+    /// `status.loadBalancer.ingress` of every Ingress Capstan serves. Needs a Kubernetes source
+    /// and RBAC `patch` on `ingresses/status`. Give every node the same list. Default: off.
+    #[arg(
+        long,
+        value_name = "ADDR,...",
+        env = "CAPSTAN_PUBLISH_STATUS_ADDRESS",
+        value_delimiter = ','
+    )]
+    pub publish_status_address: Vec<String>,
     /// This node's name, for internalTrafficPolicy/externalTrafficPolicy: Local.
     #[arg(long, value_name = "NAME", env = "CAPSTAN_NODE_NAME")]
     pub node_name: Option<String>,

@@ -139,6 +139,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     }
     if let Some(kube) = &kube {
         kube.spawn(updates_tx.clone(), &shutdown);
+        if !args.publish_status_address.is_empty() {
+            kube.publish_ingress_status(
+                args.publish_status_address.clone(),
+                snapshots.clone(),
+                generations.clone(),
+                &shutdown,
+            );
+        }
+    } else if !args.publish_status_address.is_empty() {
+        warn!("--publish-status-address needs a Kubernetes source; ignored");
     }
     tokio::spawn(publisher.run(updates));
 

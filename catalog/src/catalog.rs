@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use capstan_table::ServiceKey;
 
@@ -60,10 +61,30 @@ pub enum Update {
 }
 
 /// The desired state: every object of every source, and which sources have synced.
+///
+/// Each stored object has a [`Revision`]: a number that changes exactly when the object does, so
+/// `compile` can tell which Services' inputs are unchanged and reuse what it built for them.
 #[derive(Clone, Debug, Default)]
 pub struct Catalog {
-    sources: BTreeMap<SourceId, BTreeMap<ObjectId, Object>>,
+    sources: BTreeMap<SourceId, BTreeMap<ObjectId, Stored>>,
     synced: BTreeSet<SourceId>,
+}
+
+/// A number that identifies one version of one stored object: a changed object gets a new one,
+/// an unchanged one (also through a reset or relist) keeps its own. Unique in the process, across
+/// catalogs and their clones, so no two different objects ever share one.
+pub type Revision = u64;
+
+static LAST_REVISION: AtomicU64 = AtomicU64::new(0);
+
+fn next_revision() -> Revision {
+    LAST_REVISION.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    revision: Revision,
+    object: Object,
 }
 
 // === impl SourceId ===
@@ -138,40 +159,60 @@ impl Catalog {
     /// Applies one update. Returns whether the desired state changed.
     pub fn apply(&mut self, update: Update) -> bool {
         match update {
-            Update::Reset { source, objects } => {
-                let fresh: BTreeMap<_, _> = objects.into_iter().map(|o| (o.id(), o)).collect();
-                let newly_synced = self.synced.insert(source.clone());
-                let previous = self.sources.insert(source, fresh.clone());
-                newly_synced || previous.as_ref() != Some(&fresh)
-            }
+            Update::Reset { source, objects } => self.replace(source, objects, Vec::new()),
             Update::Relist {
                 source,
                 objects,
                 keep,
-            } => {
-                let mut fresh: BTreeMap<_, _> = objects.into_iter().map(|o| (o.id(), o)).collect();
-                if let Some(previous) = self.sources.get(&source) {
-                    for id in keep {
-                        if let Some(object) = previous.get(&id) {
-                            fresh.insert(id, object.clone());
-                        }
-                    }
-                }
-                let newly_synced = self.synced.insert(source.clone());
-                let previous = self.sources.insert(source, fresh.clone());
-                newly_synced || previous.as_ref() != Some(&fresh)
-            }
+            } => self.replace(source, objects, keep),
             Update::Upsert { source, object } => {
                 let objects = self.sources.entry(source).or_default();
                 let id = object.id();
-                let object = *object;
-                objects.insert(id, object.clone()).as_ref() != Some(&object)
+                if objects.get(&id).is_some_and(|s| s.object == *object) {
+                    return false;
+                }
+                let stored = Stored {
+                    revision: next_revision(),
+                    object: *object,
+                };
+                objects.insert(id, stored);
+                true
             }
             Update::Delete { source, id } => self
                 .sources
                 .get_mut(&source)
                 .is_some_and(|objects| objects.remove(&id).is_some()),
         }
+    }
+
+    /// A source's whole state becomes `objects`, plus the previous version of those in `keep`.
+    fn replace(&mut self, source: SourceId, objects: Vec<Object>, keep: Vec<ObjectId>) -> bool {
+        let mut previous = self.sources.remove(&source).unwrap_or_default();
+        let mut fresh: BTreeMap<ObjectId, Stored> = BTreeMap::new();
+        let mut changed = self.synced.insert(source.clone());
+        for object in objects {
+            let id = object.id();
+            let stored = match previous.remove(&id) {
+                Some(old) if old.object == object => old,
+                _ => {
+                    changed = true;
+                    Stored {
+                        revision: next_revision(),
+                        object,
+                    }
+                }
+            };
+            fresh.insert(id, stored);
+        }
+        for id in keep {
+            if let Some(old) = previous.remove(&id) {
+                fresh.insert(id, old);
+            }
+        }
+        // Whatever is left of the previous state is deleted.
+        changed |= !previous.is_empty();
+        self.sources.insert(source, fresh);
+        changed
     }
 
     /// Whether every one of `sources` has delivered its initial state.
@@ -181,9 +222,16 @@ impl Catalog {
 
     /// Every object with its source, sources in order.
     pub fn objects(&self) -> impl Iterator<Item = (&SourceId, &Object)> {
-        self.sources
-            .iter()
-            .flat_map(|(source, objects)| objects.values().map(move |o| (source, o)))
+        self.revisions().map(|(source, _, object)| (source, object))
+    }
+
+    /// Every object with its source and revision, sources in order.
+    pub fn revisions(&self) -> impl Iterator<Item = (&SourceId, Revision, &Object)> {
+        self.sources.iter().flat_map(|(source, objects)| {
+            objects
+                .values()
+                .map(move |stored| (source, stored.revision, &stored.object))
+        })
     }
 }
 
@@ -245,6 +293,44 @@ mod tests {
             }),
             "an identical reset changes nothing"
         );
+    }
+
+    #[test]
+    fn revisions_change_exactly_when_objects_do() {
+        let a = SourceId::new("a");
+        let mut catalog = Catalog::default();
+        let revisions = |catalog: &Catalog| -> Vec<(String, Revision)> {
+            catalog
+                .revisions()
+                .map(|(_, r, o)| (o.id().to_string(), r))
+                .collect()
+        };
+        catalog.apply(Update::Reset {
+            source: a.clone(),
+            objects: vec![service("x"), service("y")],
+        });
+        let before = revisions(&catalog);
+        // The same state again, by reset and by upsert: every revision stays.
+        catalog.apply(Update::Reset {
+            source: a.clone(),
+            objects: vec![service("x"), service("y")],
+        });
+        catalog.apply(Update::Upsert {
+            source: a.clone(),
+            object: Box::new(service("y")),
+        });
+        assert_eq!(revisions(&catalog), before);
+        // One object changed: only its revision moves.
+        let mut changed = Service::new(ServiceKey::new("default", "y"), ServiceKind::NodePort);
+        changed.cluster_ips = vec!["10.0.0.9".parse().expect("ip")];
+        catalog.apply(Update::Upsert {
+            source: a,
+            object: Box::new(Object::Service(changed)),
+        });
+        let after = revisions(&catalog);
+        assert_eq!(after[0], before[0]);
+        assert_eq!(after[1].0, before[1].0);
+        assert_ne!(after[1].1, before[1].1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use capstan_table::{
 };
 
 use crate::{
-    Catalog, EndpointSlice, Object, Service, ServiceKind, ServicePort, SliceEndpoint, SourceId,
-    TargetPort, TrafficDistribution, TrafficPolicy,
+    Catalog, EndpointSlice, Object, Revision, Service, ServiceKind, ServicePort, SliceEndpoint,
+    SourceId, TargetPort, TrafficDistribution, TrafficPolicy,
 };
 
 /// Node-level settings that shape the compiled tables.
@@ -49,14 +50,23 @@ pub fn compile(
     let mut problems = Vec::new();
     let mut services: BTreeMap<&ServiceKey, (&SourceId, &Service)> = BTreeMap::new();
     let mut slices: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
+    // The catalog revisions each Service's tables are built from: its own, then its slices'.
+    let mut revisions: HashMap<&ServiceKey, Inputs> = HashMap::new();
+    // Options shape every table too (they are fixed in a running agent, not in every caller).
+    let options_print = {
+        let mut hasher = DefaultHasher::new();
+        format!("{options:?}").hash(&mut hasher);
+        hasher.finish()
+    };
     let mut ingresses = Vec::new();
     let mut classes = Vec::new();
     let mut secrets = BTreeMap::new();
-    for (source, object) in catalog.objects() {
+    for (source, revision, object) in catalog.revisions() {
         match object {
             Object::Service(service) => match services.entry(&service.key) {
                 Entry::Vacant(entry) => {
                     entry.insert((source, service));
+                    revisions.entry(&service.key).or_default().service = revision;
                 }
                 Entry::Occupied(entry) => problems.push(Problem {
                     object: format!("Service {}", service.key),
@@ -67,7 +77,14 @@ pub fn compile(
                     ),
                 }),
             },
-            Object::EndpointSlice(slice) => slices.entry(&slice.service).or_default().push(slice),
+            Object::EndpointSlice(slice) => {
+                slices.entry(&slice.service).or_default().push(slice);
+                revisions
+                    .entry(&slice.service)
+                    .or_default()
+                    .slices
+                    .push(revision);
+            }
             Object::Ingress(ingress) => ingresses.push(ingress),
             Object::IngressClass(class) => classes.push(class),
             Object::TlsSecret(secret) => {
@@ -85,6 +102,9 @@ pub fn compile(
             continue;
         }
         let service_slices = slices.get(key).map(Vec::as_slice).unwrap_or_default();
+        let inputs = revisions
+            .get(key)
+            .map_or(0, |inputs| inputs.fingerprint(options_print));
         if let Some(check) = health_check(service, service_slices, options) {
             proxy.health_checks.insert(check.0, check.1);
         }
@@ -111,16 +131,25 @@ pub fn compile(
                 }
                 None => true,
             });
-            let table = compile_port(
-                port_key,
-                service,
-                port,
-                frontends,
-                service_slices,
-                carried,
-                options,
-            );
-            let table = Arc::new(table);
+            // Unchanged inputs and frontends: the previous table is still right, state and all.
+            let table = match carried {
+                Some(table) if table.inputs == inputs && table.frontends == frontends => {
+                    table.clone()
+                }
+                _ => {
+                    let mut table = compile_port(
+                        port_key,
+                        service,
+                        port,
+                        frontends,
+                        service_slices,
+                        carried,
+                        options,
+                    );
+                    table.inputs = inputs;
+                    Arc::new(table)
+                }
+            };
             let source_ranges = source_ranges(service);
             for &(frontend, scope) in &table.frontends {
                 let restricted = service.load_balancer_ips.contains(&frontend.addr.ip());
@@ -135,9 +164,18 @@ pub fn compile(
         }
     }
 
-    // The serial only needs to change with the data; 32 bits of the generation do.
-    let serial = generation.0 as u32;
-    let dns = dns::compile_dns(&services, &slices, &options.dns, serial);
+    // DNS reads every Service, and the slices of headless ones only: while those are unchanged,
+    // the previous table (and its serial) stands.
+    let dns_inputs = dns_fingerprint(&services, &revisions, options_print);
+    let dns = match previous.map(|s| &s.dns) {
+        Some(dns) if dns.inputs == dns_inputs => dns.clone(),
+        _ => {
+            // The serial only needs to change with the data; 32 bits of the generation do.
+            let mut table = dns::compile_dns(&services, &slices, &options.dns, generation.0 as u32);
+            table.inputs = dns_inputs;
+            Arc::new(table)
+        }
+    };
     let ingress = ingress::compile_ingress(
         ingress::IngressInputs {
             ingresses,
@@ -153,10 +191,49 @@ pub fn compile(
     Snapshot {
         generation,
         proxy: Arc::new(proxy),
-        dns: Arc::new(dns),
+        dns,
         ingress: Arc::new(ingress),
         problems: problems.into(),
     }
+}
+
+/// The catalog revisions one Service's tables depend on.
+#[derive(Debug, Default)]
+struct Inputs {
+    service: Revision,
+    /// Its slices', in catalog order (which is stable).
+    slices: Vec<Revision>,
+}
+
+impl Inputs {
+    fn fingerprint(&self, options: u64) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        options.hash(&mut hasher);
+        self.service.hash(&mut hasher);
+        self.slices.hash(&mut hasher);
+        // Never 0, the fingerprint of tables built outside compile.
+        hasher.finish() | 1
+    }
+}
+
+/// What the DNS table depends on: the options, every Service (by name and revision) and the
+/// slices of the headless ones.
+fn dns_fingerprint(
+    services: &BTreeMap<&ServiceKey, (&SourceId, &Service)>,
+    revisions: &HashMap<&ServiceKey, Inputs>,
+    options: u64,
+) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    options.hash(&mut hasher);
+    for (key, (_, service)) in services {
+        key.hash(&mut hasher);
+        let inputs = revisions.get(key);
+        inputs.map(|i| i.service).hash(&mut hasher);
+        if service.is_headless() {
+            inputs.map(|i| &i.slices).hash(&mut hasher);
+        }
+    }
+    hasher.finish() | 1
 }
 
 /// This node, as topology-aware routing sees it.
@@ -306,6 +383,7 @@ fn compile_port(
         external,
         state: carried.map_or_else(Default::default, |t| t.state.clone()),
         key,
+        inputs: 0,
     }
 }
 

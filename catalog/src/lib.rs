@@ -13,7 +13,7 @@ mod error;
 mod ingress;
 mod model;
 
-pub use catalog::{Catalog, Object, ObjectId, SourceId, Update};
+pub use catalog::{Catalog, Object, ObjectId, Revision, SourceId, Update};
 pub use compile::{CompileOptions, DnsOptions, IngressOptions, NodeTopology, categorize, compile};
 pub use error::CatalogError;
 pub use ingress::{

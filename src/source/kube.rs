@@ -10,6 +10,7 @@
 //! Raw Kubernetes objects are never stored: each event is converted at once and dropped, so
 //! `managedFields`, annotations and the rest cost nothing beyond the event being decoded.
 
+mod status;
 mod watch;
 
 use std::path::Path;
@@ -18,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use capstan_catalog::{Object, ObjectId, SourceId, Update};
-use capstan_table::ServiceKey;
+use capstan_table::{Generation, ServiceKey, SnapshotHandle};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::api::networking::v1 as networking;
@@ -148,6 +149,24 @@ impl KubeSource {
     }
 
     /// Starts every watcher and the reachability probe; they run until `shutdown`.
+    /// Publishes `addresses` in the status of every Ingress the snapshots serve, until
+    /// `shutdown` (`--publish-status-address`).
+    pub fn publish_ingress_status(
+        &self,
+        addresses: Vec<String>,
+        snapshots: SnapshotHandle,
+        generations: tokio::sync::watch::Receiver<Generation>,
+        shutdown: &CancellationToken,
+    ) {
+        tokio::spawn(status::publish(
+            self.client.clone(),
+            addresses,
+            snapshots,
+            generations,
+            shutdown.clone(),
+        ));
+    }
+
     pub fn spawn(&self, updates: mpsc::Sender<Update>, shutdown: &CancellationToken) {
         let context = |kind: &'static str| WatchContext {
             source: source_id(kind),

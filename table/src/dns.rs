@@ -24,8 +24,11 @@ pub struct DnsTable {
     pub reverse: HashMap<IpAddr, Vec<Arc<str>>>,
     /// TTL of every record, and the SOA minimum (negative-caching TTL).
     pub ttl: u32,
-    /// SOA serial: changes with every snapshot.
+    /// SOA serial: changes whenever the table's data does.
     pub serial: u32,
+    /// The compile step's fingerprint of what this table was built from: equal inputs let the
+    /// next compile reuse the table (and its serial) as it is.
+    pub inputs: u64,
 }
 
 /// One zone Capstan is authoritative for.
@@ -74,6 +77,7 @@ impl DnsTable {
             reverse: HashMap::new(),
             ttl,
             serial,
+            inputs: 0,
         }
     }
 

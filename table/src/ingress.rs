@@ -12,6 +12,9 @@ use crate::{ServiceKey, ServicePortTable, TlsCertificate};
 /// Every Ingress route of one snapshot.
 #[derive(Debug, Default)]
 pub struct IngressTable {
+    /// `(namespace, name)` of every Kubernetes Ingress of Capstan's classes (the ones whose
+    /// status Capstan may publish), sorted.
+    pub served: Vec<(Arc<str>, Arc<str>)>,
     /// Exact hosts, lowercase.
     pub hosts: HashMap<Box<str>, HostRoutes>,
     /// `*.example.com` rules, keyed by `example.com` (lowercase).

@@ -56,6 +56,9 @@ pub struct ServicePortTable {
     pub external: EndpointSet,
     /// State carried across swaps: round-robin position, affinity table, counters.
     pub state: Arc<ServicePortState>,
+    /// The compile step's fingerprint of what this table was built from (its Service's and
+    /// slices' catalog revisions): equal inputs let the next compile reuse the table as it is.
+    pub inputs: u64,
 }
 
 /// Endpoints that may receive a connection, already categorised by kube-proxy's rules. Shared by

@@ -152,6 +152,27 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
         rendered, plain,
         "the chart and deploy/kubernetes/capstan.yaml differ"
     );
+    // The optional status permission: patch on ingresses/status, nothing else, for Capstan.
+    let status = documents(
+        &std::fs::read_to_string(root.join("deploy/kubernetes/ingress-status.yaml"))
+            .expect("ingress-status.yaml"),
+    );
+    let role: ClusterRole = typed(&status[0]);
+    let rules = role.rules.unwrap_or_default();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(
+        rules[0].resources,
+        Some(vec!["ingresses/status".to_owned()])
+    );
+    assert_eq!(rules[0].verbs, ["patch"]);
+    let binding: ClusterRoleBinding = typed(&status[1]);
+    assert_eq!(binding.role_ref.name, "capstan-ingress-status");
+    let subject = &binding.subjects.unwrap_or_default()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        ("capstan", Some("kube-system"))
+    );
+
     let chart: Value = serde_saphyr::from_str(
         &std::fs::read_to_string(root.join("deploy/helm/capstan/Chart.yaml")).expect("Chart.yaml"),
     )

@@ -338,3 +338,58 @@ async fn an_invalid_object_keeps_its_previous_version_and_other_proxies_services
         .collect();
     assert_eq!(proxied, [&Value::from("default/mine")]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_ingresses_get_the_published_address_in_their_status() {
+    let api = FakeApi::start().await;
+    api.apply_yaml(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: capstan}\n\
+         spec: {controller: capstan.dev/ingress}\n",
+    );
+    let ingress = |name: &str, class: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  ingressClassName: {class}\n  rules:\n  - host: {name}.example\n    http:\n      paths:\n      \
+             - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+        )
+    };
+    api.apply_yaml(&ingress("ours", "capstan"));
+    api.apply_yaml(&ingress("theirs", "nginx"));
+    let dir = TempDir::new("kube-status");
+    let _capstan = start(
+        &api,
+        &dir,
+        &["--publish-status-address", "192.0.2.10,lb.example"],
+    );
+    let status = |name: &str| {
+        api.object("ingresses", "default", name)
+            .map(|o| o["status"]["loadBalancer"]["ingress"].clone())
+            .unwrap_or_default()
+    };
+    let published = eventually(Duration::from_secs(10), || {
+        let status = status("ours");
+        status.is_array().then_some(status)
+    })
+    .expect("status published");
+    assert_eq!(
+        published,
+        serde_json::json!([{"ip": "192.0.2.10"}, {"hostname": "lb.example"}])
+    );
+    assert!(
+        status("theirs").is_null(),
+        "another class's Ingress is left alone"
+    );
+
+    // The Ingress moves to another class: Capstan no longer serves it and clears its status.
+    api.apply_yaml(&ingress("ours", "nginx"));
+    eventually(Duration::from_secs(10), || {
+        status("ours").is_null().then_some(())
+    })
+    .expect("status cleared");
+    let patches = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("patch ingresses default/ours"))
+        .count();
+    assert_eq!(patches, 2, "{:?}", api.requests());
+}

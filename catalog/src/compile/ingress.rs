@@ -76,7 +76,14 @@ pub(crate) fn compile_ingress(
         .map(|r| ((&*r.ingress, &*r.host, &*r.path), &r.stats))
         .collect();
 
-    let mut table = IngressTable::default();
+    let mut table = IngressTable {
+        served: ingresses
+            .iter()
+            .filter(|i| i.origin == Origin::Kubernetes)
+            .map(|i| (i.namespace.clone(), i.name.clone()))
+            .collect(),
+        ..IngressTable::default()
+    };
     for ingress in ingresses {
         let id: Arc<str> = format!("{}/{}", ingress.namespace, ingress.name).into();
         let mut messages = Vec::new();

@@ -428,6 +428,110 @@ fn live_state_is_carried_over_by_port_and_address() {
 }
 
 #[test]
+fn tables_whose_inputs_did_not_change_are_reused_as_they_are() {
+    let mut catalog = catalog(vec![
+        Object::Service(service("web", "10.0.0.1")),
+        Object::EndpointSlice(slice(
+            "web",
+            "web-1",
+            Some(80),
+            &[("10.1.0.1", READY, None)],
+        )),
+        Object::Service(service("api", "10.0.0.2")),
+        Object::EndpointSlice(slice(
+            "api",
+            "api-1",
+            Some(80),
+            &[("10.1.0.2", READY, None)],
+        )),
+    ]);
+    let options = CompileOptions::default();
+    let first = compile(&catalog, None, &options, Generation(1));
+    let port = |snap: &Snapshot, name: &str| {
+        snap.proxy
+            .ports
+            .iter()
+            .find(|(k, _)| &*k.service.name == name)
+            .map(|(_, t)| t.clone())
+            .expect("port")
+    };
+    let second = compile(&catalog, Some(&first), &options, Generation(2));
+    assert!(Arc::ptr_eq(&port(&first, "web"), &port(&second, "web")));
+    assert!(
+        Arc::ptr_eq(&first.dns, &second.dns),
+        "the DNS table and its serial stand"
+    );
+
+    // One slice changes: only its Service's table is rebuilt, and DNS (a ClusterIP Service's
+    // names do not depend on its endpoints) stands.
+    catalog.apply(Update::Upsert {
+        source: SourceId::new("test"),
+        object: Box::new(Object::EndpointSlice(slice(
+            "api",
+            "api-1",
+            Some(80),
+            &[("10.1.0.3", READY, None)],
+        ))),
+    });
+    let third = compile(&catalog, Some(&second), &options, Generation(3));
+    assert!(Arc::ptr_eq(&port(&second, "web"), &port(&third, "web")));
+    assert!(!Arc::ptr_eq(&port(&second, "api"), &port(&third, "api")));
+    assert_eq!(addrs(&port(&third, "api").internal), ["10.1.0.3:80"]);
+    assert!(Arc::ptr_eq(&second.dns, &third.dns));
+    let target = third.proxy.target(&tcp("10.0.0.2:80")).expect("frontend");
+    assert!(Arc::ptr_eq(&target.port, &port(&third, "api")));
+
+    // A Service change rebuilds its table and DNS; other options rebuild everything.
+    let mut moved = service("api", "10.0.0.9");
+    moved.ports[0].port = 81;
+    catalog.apply(Update::Upsert {
+        source: SourceId::new("test"),
+        object: Box::new(Object::Service(moved)),
+    });
+    let fourth = compile(&catalog, Some(&third), &options, Generation(4));
+    assert!(!Arc::ptr_eq(&third.dns, &fourth.dns));
+    assert!(fourth.proxy.target(&tcp("10.0.0.9:81")).is_some());
+    let other = CompileOptions {
+        node_name: Some("node-a".into()),
+        ..CompileOptions::default()
+    };
+    let fifth = compile(&catalog, Some(&fourth), &other, Generation(5));
+    assert!(!Arc::ptr_eq(&port(&fourth, "web"), &port(&fifth, "web")));
+}
+
+#[test]
+fn a_headless_services_slices_feed_dns() {
+    let mut headless = service("db", "10.0.0.1");
+    headless.cluster_ips.clear();
+    let mut catalog = catalog(vec![
+        Object::Service(headless),
+        Object::EndpointSlice(slice("db", "db-1", Some(80), &[("10.1.0.1", READY, None)])),
+    ]);
+    let options = CompileOptions::default();
+    let first = compile(&catalog, None, &options, Generation(1));
+    catalog.apply(Update::Upsert {
+        source: SourceId::new("test"),
+        object: Box::new(Object::EndpointSlice(slice(
+            "db",
+            "db-1",
+            Some(80),
+            &[("10.1.0.7", READY, None)],
+        ))),
+    });
+    let second = compile(&catalog, Some(&first), &options, Generation(2));
+    assert!(!Arc::ptr_eq(&first.dns, &second.dns));
+    let node = second
+        .dns
+        .names
+        .get("db.default.svc.cluster.local")
+        .expect("name");
+    assert_eq!(
+        node.a,
+        ["10.1.0.7".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
+}
+
+#[test]
 fn per_service_overrides_beat_defaults() {
     let mut svc = service("web", "10.0.0.1");
     svc.balance = Some(BalancePolicy::RoundRobin);

@@ -50,6 +50,7 @@ fn port(
         internal: set.clone(),
         external: set,
         state: Arc::default(),
+        inputs: 0,
     }
 }
 

@@ -153,6 +153,12 @@ impl FakeApi {
         state.rv += 1;
         let rv = state.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        // As the API server: writing an object without a status keeps the status it had.
+        if object.get("status").is_none()
+            && let Some(status) = state.objects.get(&key).and_then(|o| o.get("status"))
+        {
+            object["status"] = status.clone();
+        }
         let kind_of_change = if state.objects.contains_key(&key) {
             "MODIFIED"
         } else {
@@ -240,9 +246,21 @@ impl FakeApi {
                 let server = api.clone();
                 let connection = tokio::spawn(async move {
                     let api = server;
-                    let service = hyper::service::service_fn(move |request| {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                         let api = api.clone();
-                        async move { Ok::<_, Infallible>(api.handle(&request)) }
+                        async move {
+                            if request.method() == hyper::Method::PATCH {
+                                let path = request.uri().path().to_owned();
+                                let body = request
+                                    .into_body()
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                return Ok::<_, Infallible>(api.patch_status(&path, &body));
+                            }
+                            Ok::<_, Infallible>(api.handle(&request))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -254,6 +272,61 @@ impl FakeApi {
             }
         });
         *self.accept.lock().expect("accept") = Some(accept.abort_handle());
+    }
+
+    /// `PATCH /apis/networking.k8s.io/v1/namespaces/NS/ingresses/NAME/status` with a JSON merge
+    /// patch: merged into the object, which is MODIFIED with a new resourceVersion.
+    fn patch_status(&self, path: &str, body: &[u8]) -> Response<BoxBody<Bytes, Infallible>> {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let [
+            "apis",
+            "networking.k8s.io",
+            "v1",
+            "namespaces",
+            namespace,
+            "ingresses",
+            name,
+            "status",
+        ] = parts[..]
+        else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("no PATCH route {path}"),
+            );
+        };
+        let Ok(patch) = serde_json::from_slice::<Value>(body) else {
+            return status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
+        };
+        let mut state = self.state.lock().expect("state");
+        state
+            .requests
+            .push(format!("patch ingresses {namespace}/{name}/status"));
+        let key = ("ingresses", namespace.to_owned(), name.to_owned());
+        let Some(mut object) = state.objects.get(&key).cloned() else {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!("ingress {name}"),
+            );
+        };
+        merge(&mut object["status"], &patch["status"]);
+        state.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(state.rv.to_string());
+        state.objects.insert(key, object.clone());
+        state.record("ingresses", "MODIFIED", object.clone());
+        json_response(StatusCode::OK, &object)
+    }
+
+    /// An object as stored, e.g. `("ingresses", "default", "web")`.
+    pub(crate) fn object(
+        &self,
+        resource: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Value> {
+        let key = (resource, namespace.to_owned(), name.to_owned());
+        self.state.lock().expect("state").objects.get(&key).cloned()
     }
 
     fn handle(&self, request: &Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
@@ -472,6 +545,26 @@ fn resource_of(object: &Value) -> &'static str {
         .find(|(_, _, v, k)| *v == api_version && *k == kind)
         .map(|&(_, resource, ..)| resource)
         .unwrap_or_else(|| panic!("the fake API does not serve {api_version} {kind}"))
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, `null` deletes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    for (key, value) in fields {
+        if value.is_null() {
+            if let Value::Object(map) = target {
+                map.remove(key);
+            }
+        } else {
+            merge(&mut target[key.as_str()], value);
+        }
+    }
 }
 
 fn key_of(resource: &'static str, object: &Value) -> Key {
