@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -35,15 +35,35 @@ use crate::telemetry::Metrics;
 pub const PROXY_MODE: &str = "capstan";
 
 /// When the data planes last took a new snapshot, shared by the publisher and the servers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncClock {
     /// Unix nanoseconds of the last publish; 0 before the first.
     last_published: AtomicU64,
+    /// kube-proxy's `nodeEligible`: false while this Node is being deleted or carries the
+    /// cluster autoscaler's `ToBeDeletedByClusterAutoscaler` taint (load balancers drain it).
+    node_eligible: AtomicBool,
+}
+
+impl Default for SyncClock {
+    fn default() -> Self {
+        Self {
+            last_published: AtomicU64::new(0),
+            node_eligible: AtomicBool::new(true),
+        }
+    }
 }
 
 impl SyncClock {
     pub fn published(&self) {
         self.last_published.store(unix_nanos(), Ordering::Relaxed);
+    }
+
+    pub fn set_node_eligible(&self, eligible: bool) {
+        self.node_eligible.store(eligible, Ordering::Relaxed);
+    }
+
+    pub(crate) fn node_eligible(&self) -> bool {
+        self.node_eligible.load(Ordering::Relaxed)
     }
 
     fn last(&self) -> Option<u64> {
@@ -190,14 +210,17 @@ async fn serve_health_check(
 }
 
 /// kube-proxy's healthz body: healthy once a snapshot is served. As kube-proxy does, a healthy
-/// answer reports `lastUpdated` as the current time.
+/// answer reports `lastUpdated` as the current time, and `/healthz` (not `/livez`) answers 503
+/// while the node is not eligible, so load balancers stop sending to a node being removed.
 fn healthz(clock: &SyncClock, with_node: bool) -> Response<Full<Bytes>> {
     let now = unix_nanos();
-    let healthy = clock.last().is_some();
-    let last = if healthy { now } else { 0 };
+    let synced = clock.last().is_some();
+    let last = if synced { now } else { 0 };
+    let eligible = clock.node_eligible();
+    let healthy = synced && (eligible || !with_node);
     let body = if with_node {
         format!(
-            "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": true}}",
+            "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": {eligible}}}",
             go_time(last),
             go_time(now)
         )

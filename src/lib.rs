@@ -139,6 +139,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     }
     if let Some(kube) = &kube {
         kube.spawn(updates_tx.clone(), &shutdown);
+        if let Some(node) = &args.node_name {
+            kube.watch_node(node.clone(), clock.clone(), &shutdown);
+        }
         if !args.publish_status_address.is_empty() {
             kube.publish_ingress_status(
                 args.publish_status_address.clone(),

@@ -10,6 +10,7 @@
 //! Raw Kubernetes objects are never stored: each event is converted at once and dropped, so
 //! `managedFields`, annotations and the rest cost nothing beyond the event being decoded.
 
+mod node;
 mod status;
 mod watch;
 
@@ -149,6 +150,21 @@ impl KubeSource {
     }
 
     /// Starts every watcher and the reachability probe; they run until `shutdown`.
+    /// Watches this node's Node for kube-proxy's `nodeEligible` (`/healthz`), until `shutdown`.
+    pub fn watch_node(
+        &self,
+        name: String,
+        clock: Arc<crate::kube_proxy::SyncClock>,
+        shutdown: &CancellationToken,
+    ) {
+        tokio::spawn(node::watch(
+            self.client.clone(),
+            name,
+            clock,
+            shutdown.clone(),
+        ));
+    }
+
     /// Publishes `addresses` in the status of every Ingress the snapshots serve, until
     /// `shutdown` (`--publish-status-address`).
     pub fn publish_ingress_status(

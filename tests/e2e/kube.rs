@@ -393,3 +393,50 @@ async fn served_ingresses_get_the_published_address_in_their_status() {
         .count();
     assert_eq!(patches, 2, "{:?}", api.requests());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_marked_for_deletion_is_not_eligible_on_healthz() {
+    let api = FakeApi::start().await;
+    let node = |taints: &str| {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nspec: {{taints: [{taints}]}}\n"
+        )
+    };
+    api.apply_yaml(&node(""));
+    let dir = TempDir::new("kube-node");
+    let capstan = start(
+        &api,
+        &dir,
+        &["--node-name", "node-a", "--healthz", "127.0.0.1:0"],
+    );
+    let healthz = capstan.logged_addr("healthz");
+    let eligible = |want: bool, code: u16| {
+        eventually(Duration::from_secs(10), || {
+            let (status, body) = http_get(healthz, "/healthz")?;
+            let json: Value = serde_json::from_str(&body).ok()?;
+            (status == code && json["nodeEligible"] == want).then_some(())
+        })
+        .unwrap_or_else(|| panic!("nodeEligible never {want}\n{}", capstan.logs()));
+    };
+    eligible(true, 200);
+
+    // The cluster autoscaler taints the node before removing it: load balancers must drain it.
+    api.apply_yaml(&node(
+        "{key: ToBeDeletedByClusterAutoscaler, value: '1700000000', effect: NoSchedule}",
+    ));
+    eligible(false, 503);
+    assert_eq!(
+        http_get(healthz, "/livez").map(|r| r.0),
+        Some(200),
+        "still alive"
+    );
+    api.apply_yaml(&node(""));
+    eligible(true, 200);
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.starts_with("watch nodes from ")),
+        "{:?}",
+        api.requests()
+    );
+}
