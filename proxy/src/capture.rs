@@ -9,7 +9,7 @@
 //!
 //! [`ruleset`] is pure; [`Nftables`] runs `nft` and `conntrack`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
@@ -46,9 +46,20 @@ pub struct Redirect {
     pub local_port: u16,
 }
 
+/// What the table holds: where each captured frontend goes, and which captured frontends drop
+/// their traffic instead (a `Local` traffic policy with no local endpoint: kube-proxy drops, so
+/// clients time out rather than being refused).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    pub redirects: BTreeMap<Frontend, Redirect>,
+    pub drops: BTreeSet<Frontend>,
+}
+
 /// The nft script that atomically replaces Capstan's table with one redirecting exactly
-/// `redirects` (frontends whose address is unspecified are never captured).
-pub fn ruleset(redirects: &BTreeMap<Frontend, Redirect>) -> String {
+/// `capture.redirects` and dropping `capture.drops` (frontends whose address is unspecified are
+/// never captured).
+pub fn ruleset(capture: &Capture) -> String {
+    let redirects = &capture.redirects;
     let mut maps: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for name in MAPS {
         maps.insert(name.0, Vec::new());
@@ -79,6 +90,20 @@ pub fn ruleset(redirects: &BTreeMap<Frontend, Redirect>) -> String {
         set.push(redirect.port);
         set.push(redirect.local_port);
     }
+    let mut drops: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for frontend in capture.drops.iter().filter(|f| redirects.contains_key(f)) {
+        let (proto, family) = match (frontend.protocol, frontend.addr.ip()) {
+            (Protocol::Tcp, IpAddr::V4(_)) => ("tcp", "4"),
+            (Protocol::Tcp, IpAddr::V6(_)) => ("tcp", "6"),
+            (Protocol::Udp, IpAddr::V4(_)) => ("udp", "4"),
+            (Protocol::Udp, IpAddr::V6(_)) => ("udp", "6"),
+            (Protocol::Sctp, _) => continue,
+        };
+        drops
+            .entry(format!("{proto}{family}"))
+            .or_default()
+            .push(format!("{} . {}", frontend.addr.ip(), frontend.addr.port()));
+    }
     let mut out = String::new();
     // Create-then-delete makes the delete valid whether or not the table exists; the whole
     // script is one transaction, so packets see the old table or the new one, never neither.
@@ -92,6 +117,16 @@ pub fn ruleset(redirects: &BTreeMap<Frontend, Redirect>) -> String {
         );
         let elements = &maps[name];
         if !elements.is_empty() {
+            let _ = write!(out, " elements = {{ {} }};", elements.join(", "));
+        }
+        let _ = writeln!(out, " }}");
+    }
+    for (name, address_type) in MAPS.iter().filter(|(name, _)| !name.ends_with("_local")) {
+        let _ = write!(
+            out,
+            "  set drop_{name} {{ type {address_type} . inet_service;"
+        );
+        if let Some(elements) = drops.get(*name) {
             let _ = write!(out, " elements = {{ {} }};", elements.join(", "));
         }
         let _ = writeln!(out, " }}");
@@ -116,6 +151,22 @@ pub fn ruleset(redirects: &BTreeMap<Frontend, Redirect>) -> String {
             }
         }
     };
+    // Drops come before the redirects: a filter chain just ahead of NAT, as kube-proxy's.
+    for (chain, hook) in [("drop_prerouting", "prerouting"), ("drop_output", "output")] {
+        let _ = writeln!(
+            out,
+            "  chain {chain} {{\n    type filter hook {hook} priority -110; policy accept;"
+        );
+        for (family, nfproto, daddr) in [("4", "ipv4", "ip"), ("6", "ipv6", "ip6")] {
+            for proto in ["tcp", "udp"] {
+                let _ = writeln!(
+                    out,
+                    "    meta nfproto {nfproto} {daddr} daddr . {proto} dport @drop_{proto}{family} drop"
+                );
+            }
+        }
+        let _ = writeln!(out, "  }}");
+    }
     let _ = writeln!(
         out,
         "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;"
@@ -179,25 +230,26 @@ pub fn stale_udp(
 /// The nftables programmer: remembers what it applied, so an unchanged set costs nothing.
 #[derive(Debug, Default)]
 pub struct Nftables {
-    applied: Option<BTreeMap<Frontend, Redirect>>,
+    applied: Option<Capture>,
     /// Whether the missing `conntrack` tool was already reported.
     conntrack_missing: bool,
 }
 
 impl Nftables {
-    /// Makes the table redirect exactly `redirects`, then flushes stale UDP conntrack entries.
-    /// On failure the previous table stays in force and the next call tries again.
-    pub async fn apply(
-        &mut self,
-        redirects: &BTreeMap<Frontend, Redirect>,
-    ) -> Result<bool, ProxyError> {
-        if self.applied.as_ref() == Some(redirects) {
+    /// Makes the table hold exactly `capture`, then flushes stale UDP conntrack entries. On
+    /// failure the previous table stays in force and the next call tries again.
+    pub async fn apply(&mut self, capture: &Capture) -> Result<bool, ProxyError> {
+        if self.applied.as_ref() == Some(capture) {
             return Ok(false);
         }
-        nft(&ruleset(redirects)).await?;
-        info!(captured = redirects.len(), "nftables capture applied");
-        let previous = self.applied.replace(redirects.clone()).unwrap_or_default();
-        for addr in stale_udp(&previous, redirects) {
+        nft(&ruleset(capture)).await?;
+        info!(
+            captured = capture.redirects.len(),
+            dropped = capture.drops.len(),
+            "nftables capture applied"
+        );
+        let previous = self.applied.replace(capture.clone()).unwrap_or_default();
+        for addr in stale_udp(&previous.redirects, &capture.redirects) {
             self.flush_udp(addr).await;
         }
         Ok(true)
@@ -304,7 +356,12 @@ mod tests {
                 redirect(40006, 40006),
             ),
         ]);
-        let script = ruleset(&redirects);
+        let drops = BTreeSet::from([
+            frontend("10.96.0.10:53", Protocol::Udp),
+            // Not captured: never dropped either.
+            frontend("10.96.0.99:80", Protocol::Tcp),
+        ]);
+        let script = ruleset(&Capture { redirects, drops });
         let line = |name: &str| {
             script
                 .lines()
@@ -319,6 +376,8 @@ mod tests {
         assert!(!line("map udp6").contains("elements"));
         assert!(line("set tcp_ports").contains("elements = { 40003, 40004 }"));
         assert!(line("set udp_ports").contains("elements = { 40001, 40002 }"));
+        assert!(line("set drop_udp4").contains("elements = { 10.96.0.10 . 53 }"));
+        assert!(!line("set drop_tcp4").contains("elements"));
         // Unspecified addresses (NodePorts bound directly) and SCTP are never captured.
         assert!(!script.contains("30080") && !script.contains("40005"));
         assert!(!script.contains("40006"));
@@ -330,7 +389,7 @@ mod tests {
 
     #[test]
     fn both_hooks_redirect_through_their_own_maps_and_direct_access_is_dropped() {
-        let script = ruleset(&BTreeMap::new());
+        let script = ruleset(&Capture::default());
         assert!(script.contains("type nat hook prerouting priority dstnat"));
         assert!(script.contains(
             "meta nfproto ipv4 meta l4proto udp redirect to : ip daddr . udp dport map @udp4\n"
@@ -344,6 +403,8 @@ mod tests {
                 "tcp dport @tcp_ports ct status dnat accept\n    tcp dport @tcp_ports drop"
             )
         );
+        assert!(script.contains("type filter hook prerouting priority -110"));
+        assert!(script.contains("meta nfproto ipv4 ip daddr . tcp dport @drop_tcp4 drop\n"));
     }
 
     #[test]

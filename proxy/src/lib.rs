@@ -20,7 +20,7 @@ mod relay;
 mod udp;
 mod workers;
 
-pub use capture::{CaptureMode, Redirect};
+pub use capture::{Capture, CaptureMode, Redirect};
 pub use clock::now_ms;
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};

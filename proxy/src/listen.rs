@@ -1,11 +1,11 @@
 //! The listener set: one accept loop per TCP frontend of the current snapshot, opened and closed
 //! as snapshots change, without touching established connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use capstan_table::{Frontend, Generation, Protocol, SnapshotHandle};
+use capstan_table::{Frontend, Generation, Protocol, SnapshotHandle, WhenEmpty};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::capture::{CaptureMode, Nftables, Redirect};
+use crate::capture::{Capture, CaptureMode, Nftables, Redirect};
 use crate::connection::serve;
 use crate::{ProxyError, Workers};
 
@@ -135,9 +135,11 @@ pub async fn run_listeners(
                 .iter()
                 .filter_map(|(frontend, open)| Some((*frontend, open.redirect?)))
                 .collect();
-            if let Err(error) = nftables.apply(&redirects).await {
+            let drops = dropping(&snapshots, &redirects);
+            let wanted = Capture { redirects, drops };
+            if let Err(error) = nftables.apply(&wanted).await {
                 warn!(%error, "nftables capture not applied; retrying");
-                for frontend in redirects.keys() {
+                for frontend in wanted.redirects.keys() {
                     next.insert(*frontend, ListenerState::CaptureFailed(error.to_string()));
                 }
             }
@@ -154,6 +156,27 @@ pub async fn run_listeners(
     for open in active.values() {
         open.token.cancel();
     }
+}
+
+/// Captured frontends whose traffic kube-proxy would drop: no eligible endpoint, and endpoints
+/// elsewhere under a `Local` policy ([`WhenEmpty::Drop`]).
+fn dropping(
+    snapshots: &SnapshotHandle,
+    redirects: &BTreeMap<Frontend, Redirect>,
+) -> BTreeSet<Frontend> {
+    let Some(snapshot) = snapshots.load() else {
+        return BTreeSet::new();
+    };
+    redirects
+        .keys()
+        .filter(|frontend| {
+            snapshot.proxy.target(frontend).is_some_and(|target| {
+                let set = target.port.endpoints_for(target.scope);
+                set.endpoints.is_empty() && set.when_empty == WhenEmpty::Drop
+            })
+        })
+        .copied()
+        .collect()
 }
 
 impl Open {

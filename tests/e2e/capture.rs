@@ -60,6 +60,41 @@ fn skip() -> bool {
     skip
 }
 
+/// Needs no root: without `nft` nothing is programmed, and the failure is reported.
+#[test]
+fn a_capture_that_cannot_be_programmed_is_reported_and_not_ready() {
+    let dir = TempDir::new("capture-fails");
+    let vip = SocketAddr::from(([10, 255, 0, 1], 80));
+    let config = dir.write(
+        "capstan.yaml",
+        &crate::support::config_one("web", vip, &["127.0.0.1:9".parse().expect("addr")], ""),
+    );
+    let capstan = Capstan::spawn_with_path(
+        "/nonexistent",
+        &["--config", path_str(&config), "--capture", "nftables"],
+    );
+    let snapshot = capstan.wait_snapshot("the capture failure", |s| {
+        s["services"].as_array().into_iter().flatten().any(|svc| {
+            svc["frontends"].as_array().into_iter().flatten().any(|f| {
+                f["listener"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with("capture failed: traffic capture: run nft"))
+            })
+        })
+    });
+    assert!(snapshot["generation"].as_u64() >= Some(1));
+    let (code, body) = crate::support::http_get(capstan.admin, "/readyz").expect("readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("traffic capture failing"), "{body}");
+    assert!(
+        capstan
+            .metrics()
+            .contains("capstan_proxy_listeners{state=\"capture_failed\"} 1"),
+        "{}",
+        capstan.metrics()
+    );
+}
+
 #[test]
 fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
     if skip() {
@@ -113,6 +148,13 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
             ),
         ),
         slice("fenced", slice_ports, &[(a.ip, "node-1", READY)]),
+        service(
+            "remote-only",
+            node.vip(7),
+            http,
+            "  internalTrafficPolicy: Local\n",
+        ),
+        slice("remote-only", slice_ports, &[(b.ip, "node-2", READY)]),
     ];
     dir.write("services.yaml", &manifests.concat());
     let capstan = start(&node, &dir, &[]);
@@ -158,6 +200,17 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
         "{error:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(1));
+    // Endpoints only on other nodes under a Local policy: dropped, as kube-proxy does (the
+    // client times out instead of being refused).
+    capstan.wait_listening(vip(7));
+    let error = greet_from(client, vip(7)).expect_err("no local endpoint");
+    assert_eq!(error.kind(), ErrorKind::TimedOut, "{error:?}");
+    assert!(
+        node.capstan_table()
+            .is_some_and(|t| t.contains(&format!("{} . 80", node.vip(7)))),
+        "{:?}",
+        node.capstan_table()
+    );
 
     // loadBalancerSourceRanges fence the LoadBalancer IP, not the ClusterIP.
     let lb = SocketAddr::from((node.lb_ip(1), 80));

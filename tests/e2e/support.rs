@@ -102,6 +102,13 @@ impl Capstan {
         )
     }
 
+    /// Starts with `PATH` set to `path`, without waiting for readiness.
+    pub(crate) fn spawn_with_path(path: &str, args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_capstan"));
+        command.env("PATH", path);
+        Self::launch(command, "127.0.0.1:0", args)
+    }
+
     /// Starts inside network namespace `ns` with the admin endpoint on `admin` (an address of
     /// the namespace the test reaches), and waits for the first snapshot.
     pub(crate) fn start_in_netns(ns: &str, admin: IpAddr, args: &[&str]) -> Self {
