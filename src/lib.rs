@@ -42,6 +42,8 @@ use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
 /// Invalid input at startup is an error; later it is logged, counted and kept out.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let mut options = compile_options(&args)?;
+    let open_files = capstan_proxy::raise_open_files_limit();
+    info!(limit = ?open_files, "open files");
     let snapshots = SnapshotHandle::default();
     let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::new());
     let dns_metrics = Arc::new(DnsMetrics::default());

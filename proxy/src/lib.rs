@@ -24,4 +24,4 @@ pub use capture::{Capture, CaptureMode, Redirect};
 pub use clock::now_ms;
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};
-pub use workers::Workers;
+pub use workers::{Workers, raise_open_files_limit};

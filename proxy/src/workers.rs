@@ -69,3 +69,21 @@ impl Drop for Workers {
         }
     }
 }
+
+/// Raises the soft limit on open files to the hard limit, as Go programs and nginx's
+/// `worker_rlimit_nofile` do: every frontend holds a socket per worker, every connection two.
+/// Returns the limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return limit.maximum;
+        }
+    }
+    limit.current
+}

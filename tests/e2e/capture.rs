@@ -83,6 +83,9 @@ fn a_capture_that_cannot_be_programmed_is_reported_and_not_ready() {
         })
     });
     assert!(snapshot["generation"].as_u64() >= Some(1));
+    // Every frontend holds sockets: the open-files limit is raised to the hard limit.
+    let (soft, hard) = capstan.open_files_limits();
+    assert_eq!(soft, hard);
     let (code, body) = crate::support::http_get(capstan.admin, "/readyz").expect("readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("traffic capture failing"), "{body}");

@@ -220,6 +220,21 @@ impl Capstan {
             .unwrap_or(0)
     }
 
+    /// The soft and hard `Max open files` limits of the process.
+    pub(crate) fn open_files_limits(&self) -> (String, String) {
+        let limits =
+            std::fs::read_to_string(format!("/proc/{}/limits", self.child.id())).expect("limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("open files line");
+        let mut fields = line.split_whitespace().skip(3);
+        (
+            fields.next().unwrap_or_default().to_owned(),
+            fields.next().unwrap_or_default().to_owned(),
+        )
+    }
+
     /// Every line Capstan wrote to stdout so far.
     pub(crate) fn stdout_lines(&self) -> Vec<String> {
         self.stdout.lock().expect("stdout").clone()
