@@ -1,7 +1,7 @@
 //! The listener set: one accept loop per TCP frontend of the current snapshot, opened and closed
 //! as snapshots change, without touching established connections.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -73,8 +73,8 @@ pub async fn run_listeners(
     let mut nftables = Nftables::default();
     let mut retry = tokio::time::interval(BIND_RETRY);
     loop {
-        let wanted: Vec<Frontend> = match capture {
-            CaptureMode::Off => Vec::new(),
+        let wanted: HashSet<Frontend> = match capture {
+            CaptureMode::Off => HashSet::new(),
             CaptureMode::Bind | CaptureMode::Nftables => snapshots
                 .load()
                 .map(|s| s.proxy.frontends.keys().copied().collect())
