@@ -1,11 +1,14 @@
 //! Node traffic capture: how packets for a Service VIP reach Capstan's listeners.
 //!
 //! `bind` listens on each frontend's own address (standalone listen addresses, VIPs that are
-//! local addresses). `nftables` additionally captures VIPs that are not local addresses (every
-//! ClusterIP): each such frontend gets listeners on an ephemeral port of the node, and one
-//! nftables table owned by Capstan redirects exactly the snapshot's VIP:port pairs to them (the
-//! scheme of kube-proxy's original userspace proxier, with a verdict map instead of a rule per
-//! Service). The table is replaced in one `nft -f` transaction and deleted on a clean exit.
+//! local addresses). `nftables` captures every frontend with a specific address instead: one
+//! nftables table owned by Capstan redirects exactly the snapshot's VIP:port pairs to ports of
+//! the node, with a map per family and protocol. Every TCP VIP goes to one shared listener per
+//! family, which finds the Service from the connection's original destination
+//! ([`original_destination`], as Envoy's and Istio's redirect capture do), so ten thousand
+//! Services cost no more sockets than one. UDP has no original destination after a redirect, so
+//! each UDP VIP gets its own node ports. The table is replaced in one `nft -f` transaction and
+//! deleted on a clean exit.
 //!
 //! [`ruleset`] is pure; [`Nftables`] runs `nft` and `conntrack`.
 
@@ -286,6 +289,22 @@ impl Nftables {
             }
             Err(_) => {}
         }
+    }
+}
+
+/// Where a connection redirected by the table was going: its original destination, from
+/// conntrack (`SO_ORIGINAL_DST`; `IP6T_SO_ORIGINAL_DST` for IPv6). A connection that was not
+/// redirected reports the address it reached.
+pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<SocketAddr> {
+    use nix::sys::socket::{SockaddrIn, SockaddrIn6, getsockopt, sockopt};
+    let local = stream.local_addr()?;
+    let to_io = |error: nix::Error| std::io::Error::from_raw_os_error(error as i32);
+    if local.is_ipv6() {
+        let raw = getsockopt(stream, sockopt::Ip6tOriginalDst).map_err(to_io)?;
+        Ok(SocketAddr::V6(SockaddrIn6::from(raw).into()))
+    } else {
+        let raw = getsockopt(stream, sockopt::OriginalDst).map_err(to_io)?;
+        Ok(SocketAddr::V4(SockaddrIn::from(raw).into()))
     }
 }
 

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::capture::{Capture, CaptureMode, Nftables, Redirect};
+use crate::capture::{Capture, CaptureMode, Nftables, Redirect, original_destination};
 use crate::connection::serve;
 use crate::{ProxyError, Workers};
 
@@ -37,6 +37,16 @@ pub enum ListenerState {
     /// Bind failed (e.g. the VIP is not a local address); retried periodically.
     BindFailed(String),
     Unsupported(&'static str),
+}
+
+/// How an accept loop finds the frontend of a connection.
+#[derive(Clone, Copy, Debug)]
+enum Accepting {
+    /// A listener of one frontend.
+    Frontend(Frontend),
+    /// The shared listener nftables redirects every TCP VIP to: the connection's original
+    /// destination names the frontend.
+    Redirected,
 }
 
 /// One open frontend: its accept loops stop when `token` is cancelled.
@@ -71,6 +81,8 @@ pub async fn run_listeners(
 ) {
     let mut active: HashMap<Frontend, Open> = HashMap::new();
     let mut nftables = Nftables::default();
+    // The shared TCP redirect port of each family (IPv4, IPv6), opened when first needed.
+    let mut redirect_ports: [Option<u16>; 2] = [None, None];
     let mut retry = tokio::time::interval(BIND_RETRY);
     loop {
         let wanted: HashSet<Frontend> = match capture {
@@ -103,7 +115,9 @@ pub async fn run_listeners(
             let redirected =
                 capture == CaptureMode::Nftables && !frontend.addr.ip().is_unspecified();
             let opened = match frontend.protocol {
-                Protocol::Tcp if redirected => open_tcp_redirect(frontend, &shared),
+                Protocol::Tcp if redirected => {
+                    open_tcp_redirect(frontend, &shared, &mut redirect_ports)
+                }
                 Protocol::Tcp => {
                     open_tcp(frontend, frontend.addr, &shared).map(|(token, _)| Open {
                         token,
@@ -130,7 +144,9 @@ pub async fn run_listeners(
                 }
             }
         }
-        if capture == CaptureMode::Nftables {
+        // Before the first snapshot there is nothing to capture yet: a table left by an earlier
+        // run keeps working until the first real one replaces it.
+        if capture == CaptureMode::Nftables && snapshots.load().is_some() {
             let redirects: BTreeMap<Frontend, Redirect> = active
                 .iter()
                 .filter_map(|(frontend, open)| Some((*frontend, open.redirect?)))
@@ -207,15 +223,23 @@ fn open_tcp(
     addr: SocketAddr,
     shared: &Shared<'_>,
 ) -> Result<(CancellationToken, u16), ListenerState> {
+    open_tcp_accepting(Accepting::Frontend(frontend), addr, shared)
+}
+
+fn open_tcp_accepting(
+    accepting: Accepting,
+    addr: SocketAddr,
+    shared: &Shared<'_>,
+) -> Result<(CancellationToken, u16), ListenerState> {
     let listeners = bind_all(addr, shared.workers.len()).map_err(|error| {
-        debug!(%frontend, %error, "bind failed");
+        debug!(?accepting, %error, "bind failed");
         ListenerState::BindFailed(error.to_string())
     })?;
     let port = listeners
         .first()
         .and_then(|l| l.local_addr().ok())
         .map_or(addr.port(), |a| a.port());
-    info!(%frontend, sockets = listeners.len(), port, "listening");
+    info!(?accepting, sockets = listeners.len(), port, "listening");
     let token = shared.shutdown.child_token();
     // One accept socket per worker: each worker accepts and serves its own.
     for (listener, worker) in listeners.into_iter().zip(shared.workers.handles()) {
@@ -225,9 +249,9 @@ fn open_tcp(
             // Registered with this worker's reactor.
             match TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    accept_loop(listener, frontend, snapshots, token, connections).await;
+                    accept_loop(listener, accepting, snapshots, token, connections).await;
                 }
-                Err(error) => warn!(%frontend, %error, "accept socket not registered"),
+                Err(error) => warn!(?accepting, %error, "accept socket not registered"),
             }
         });
     }
@@ -236,11 +260,25 @@ fn open_tcp(
 
 /// A TCP frontend captured by nftables: accept sockets on an ephemeral port of every address
 /// (redirected traffic arrives at the receiving interface's address, or at loopback).
-fn open_tcp_redirect(frontend: Frontend, shared: &Shared<'_>) -> Result<Open, ListenerState> {
-    let (any, _) = node_addrs(frontend.addr);
-    let (token, port) = open_tcp(frontend, any, shared)?;
+fn open_tcp_redirect(
+    frontend: Frontend,
+    shared: &Shared<'_>,
+    ports: &mut [Option<u16>; 2],
+) -> Result<Open, ListenerState> {
+    let slot = &mut ports[usize::from(frontend.addr.is_ipv6())];
+    let port = match *slot {
+        Some(port) => port,
+        None => {
+            let (any, _) = node_addrs(frontend.addr);
+            // Lives until shutdown: it serves every TCP VIP of its family.
+            let (_, port) = open_tcp_accepting(Accepting::Redirected, any, shared)?;
+            *slot = Some(port);
+            port
+        }
+    };
+    // Nothing to close per frontend: removing its map element stops its traffic.
     Ok(Open {
-        token,
+        token: CancellationToken::new(),
         redirect: Some(Redirect {
             port,
             local_port: port,
@@ -347,7 +385,7 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
 
 async fn accept_loop(
     listener: TcpListener,
-    frontend: Frontend,
+    accepting: Accepting,
     snapshots: SnapshotHandle,
     stop: CancellationToken,
     connections: TaskTracker,
@@ -359,11 +397,24 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let frontend = match accepting {
+                    Accepting::Frontend(frontend) => frontend,
+                    Accepting::Redirected => match original_destination(&stream) {
+                        Ok(addr) => Frontend {
+                            addr,
+                            protocol: Protocol::Tcp,
+                        },
+                        Err(error) => {
+                            debug!(%peer, %error, "no original destination");
+                            continue;
+                        }
+                    },
+                };
                 connections.spawn(serve(stream, peer, frontend, snapshots.clone()));
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                warn!(%frontend, %error, "accept failed");
+                warn!(?accepting, %error, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -248,16 +248,21 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
         );
     }
     assert!(!table.contains(&node.vip(99).to_string()), "{table}");
-    // Redirect ports are not reachable directly.
+    // Every TCP VIP shares one redirect listener (its original destination names the Service),
+    // and that port is not reachable directly.
     let snapshot = capstan.snapshot();
-    let port = snapshot["services"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|s| s["frontends"].as_array().into_iter().flatten())
-        .find(|f| f["address"] == vip(1).to_string().as_str())
-        .and_then(|f| f["redirect"]["port"].as_u64())
-        .expect("web's redirect port");
+    let redirect_port = |vip: SocketAddr| {
+        snapshot["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["frontends"].as_array().into_iter().flatten())
+            .find(|f| f["address"] == vip.to_string().as_str())
+            .and_then(|f| f["redirect"]["port"].as_u64())
+            .expect("redirect port")
+    };
+    let port = redirect_port(vip(1));
+    assert!((2..=7).all(|n| redirect_port(vip(n)) == port));
     let direct = SocketAddr::from((node.ip, u16::try_from(port).expect("port")));
     assert!(
         greet_from(client, direct).is_err(),
