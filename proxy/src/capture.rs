@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::Stdio;
 
 use capstan_table::{Frontend, Protocol};
@@ -73,12 +73,8 @@ pub fn ruleset(capture: &Capture) -> String {
         if ip.is_unspecified() {
             continue;
         }
-        let (proto, family) = match (frontend.protocol, ip) {
-            (Protocol::Tcp, IpAddr::V4(_)) => ("tcp", "4"),
-            (Protocol::Tcp, IpAddr::V6(_)) => ("tcp", "6"),
-            (Protocol::Udp, IpAddr::V4(_)) => ("udp", "4"),
-            (Protocol::Udp, IpAddr::V6(_)) => ("udp", "6"),
-            (Protocol::Sctp, _) => continue,
+        let Some((proto, family)) = map_of(frontend) else {
+            continue;
         };
         let element = |port: u16| format!("{ip} . {} : {port}", frontend.addr.port());
         let remote = format!("{proto}{family}");
@@ -95,12 +91,8 @@ pub fn ruleset(capture: &Capture) -> String {
     }
     let mut drops: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for frontend in capture.drops.iter().filter(|f| redirects.contains_key(f)) {
-        let (proto, family) = match (frontend.protocol, frontend.addr.ip()) {
-            (Protocol::Tcp, IpAddr::V4(_)) => ("tcp", "4"),
-            (Protocol::Tcp, IpAddr::V6(_)) => ("tcp", "6"),
-            (Protocol::Udp, IpAddr::V4(_)) => ("udp", "4"),
-            (Protocol::Udp, IpAddr::V6(_)) => ("udp", "6"),
-            (Protocol::Sctp, _) => continue,
+        let Some((proto, family)) = map_of(frontend) else {
+            continue;
         };
         drops
             .entry(format!("{proto}{family}"))
@@ -197,6 +189,17 @@ pub fn ruleset(capture: &Capture) -> String {
     let _ = writeln!(out, "  }}");
     let _ = writeln!(out, "}}");
     out
+}
+
+/// The protocol and family naming the maps and sets of `frontend` (`tcp` and `4` for
+/// `tcp4`); `None` for SCTP, which is never captured.
+fn map_of(frontend: &Frontend) -> Option<(&'static str, &'static str)> {
+    let family = if frontend.addr.is_ipv6() { "6" } else { "4" };
+    match frontend.protocol {
+        Protocol::Tcp => Some(("tcp", family)),
+        Protocol::Udp => Some(("udp", family)),
+        Protocol::Sctp => None,
+    }
 }
 
 /// The maps of the table and the address type each is keyed by.
