@@ -363,3 +363,40 @@ fn udp_and_dns_through_cluster_ips_flush_conntrack_and_a_clean_exit_removes_the_
     assert_eq!(node.capstan_table(), None, "table removed on exit");
     assert_eq!(udp_ask(&socket, echo_vip, "gone"), None);
 }
+
+#[test]
+fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
+    if skip() {
+        return;
+    }
+    let node = Node::new(2);
+    let (client, a) = (&node.pods[0].ns, &node.pods[1]);
+    tcp_backend(&a.ns, SocketAddr::from((a.ip6, 8080)), "a6");
+    let dir = TempDir::new("capture-v6");
+    dir.write(
+        "v6.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: default}}\n\
+             spec:\n  ipFamilies: [IPv6]\n  clusterIP: '{vip}'\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web6-1\n  namespace: default\n  \
+             labels: {{kubernetes.io/service-name: web6}}\naddressType: IPv6\nports: [{{name: http, port: 8080}}]\n\
+             endpoints:\n- {{addresses: ['{ip}'], conditions: {{ready: true}}}}\n",
+            vip = node.vip6(1),
+            ip = a.ip6,
+        ),
+    );
+    let capstan = start(&node, &dir, &[]);
+    let vip = SocketAddr::from((node.vip6(1), 80));
+    capstan.wait_listening(vip);
+    // The redirect goes through the IPv6 map to the IPv6 listener, which reads
+    // IP6T_SO_ORIGINAL_DST.
+    assert_eq!(
+        greet_from(client, vip).expect("IPv6 ClusterIP from a pod"),
+        "a6"
+    );
+    let table = node.capstan_table().expect("table");
+    assert!(
+        table.contains(&format!("{} . 80 : ", node.vip6(1))),
+        "{table}"
+    );
+}

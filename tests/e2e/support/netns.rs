@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -68,10 +68,11 @@ pub(crate) struct Node {
     pub(crate) pods: Vec<Pod>,
 }
 
-/// One pod: a namespace with one address on the node's bridge.
+/// One pod: a namespace with one address of each family on the node's bridge.
 pub(crate) struct Pod {
     pub(crate) ns: String,
     pub(crate) ip: Ipv4Addr,
+    pub(crate) ip6: Ipv6Addr,
 }
 
 impl Node {
@@ -126,13 +127,35 @@ impl Node {
             "-qw",
             "net.ipv4.ip_forward=1",
         ]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
         node.ip_in(&["link", "add", "br0", "type", "bridge"]);
         node.ip_in(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
+        // IPv6 too, without duplicate address detection (the addresses are usable at once).
+        let ip6 = node.ip6();
+        node.ip_in(&["addr", "add", &format!("{ip6}/64"), "dev", "br0", "nodad"]);
         node.ip_in(&["link", "set", "br0", "up"]);
         for i in 0..pods {
             let pod = Pod {
                 ns: format!("{ns}p{i}"),
                 ip: Ipv4Addr::new(10, 244, subnet, 10 + i as u8),
+                ip6: Ipv6Addr::new(
+                    0xfd00,
+                    0x244,
+                    u16::from(subnet),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x10 + i as u16,
+                ),
             };
             let veth = format!("vp{i}");
             run(&["ip", "netns", "add", &pod.ns]);
@@ -149,6 +172,15 @@ impl Node {
             in_pod(&["addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"]);
             in_pod(&["link", "set", "eth0", "up"]);
             in_pod(&["route", "add", "default", "via", &ip.to_string()]);
+            in_pod(&[
+                "addr",
+                "add",
+                &format!("{}/64", pod.ip6),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            in_pod(&["-6", "route", "add", "default", "via", &ip6.to_string()]);
             node.pods.push(pod);
         }
         node
@@ -158,6 +190,16 @@ impl Node {
         let mut command = vec!["ip", "-n", &self.ns];
         command.extend_from_slice(args);
         run(&command);
+    }
+
+    /// The node's IPv6 address on the pod bridge.
+    pub(crate) fn ip6(&self) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x244, u16::from(self.subnet), 0, 0, 0, 0, 1)
+    }
+
+    /// IPv6 ClusterIP number `n` of this topology: `fd00:96:<subnet>::<n>`.
+    pub(crate) fn vip6(&self, n: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x96, u16::from(self.subnet), 0, 0, 0, 0, n)
     }
 
     /// ClusterIP number `n` of this topology.
