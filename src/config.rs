@@ -91,9 +91,10 @@ pub struct RunArgs {
     )]
     pub nodeport_addresses: Vec<IpAddr>,
     /// How Service VIPs reach Capstan: `bind` listens on each frontend's own address (VIPs that
-    /// are local addresses); `nftables` also redirects every other VIP (ClusterIPs, external and
-    /// LoadBalancer IPs) to Capstan with one nftables table it owns (needs NET_ADMIN, `nft`, and
-    /// `conntrack` for UDP); `off` serves no Service frontends (DNS and ingress only).
+    /// are local addresses); `nftables` redirects every frontend with a specific address
+    /// (ClusterIPs, external and LoadBalancer IPs) to Capstan with one nftables table it owns
+    /// (needs NET_ADMIN, `nft`, and `conntrack` for UDP) and binds NodePorts; `off` serves no
+    /// Service frontends (DNS and ingress only).
     /// Default: `nftables` with a Kubernetes source, `bind` otherwise.
     #[arg(long, value_name = "MODE", env = "CAPSTAN_CAPTURE", value_parser = parse_capture)]
     pub capture: Option<CaptureMode>,

@@ -105,6 +105,7 @@ pub fn compile(
         let inputs = revisions
             .get(key)
             .map_or(0, |inputs| inputs.fingerprint(options_print));
+        let source_ranges = source_ranges(service);
         if let Some(check) = health_check(service, service_slices, options) {
             proxy.health_checks.insert(check.0, check.1);
         }
@@ -150,7 +151,6 @@ pub fn compile(
                     Arc::new(table)
                 }
             };
-            let source_ranges = source_ranges(service);
             for &(frontend, scope) in &table.frontends {
                 let restricted = service.load_balancer_ips.contains(&frontend.addr.ip());
                 let target = FrontendTarget {

@@ -32,7 +32,8 @@ pub const TABLE: &str = "capstan";
 pub enum CaptureMode {
     /// Listen on each frontend's own address; VIPs that are not local addresses stay unserved.
     Bind,
-    /// As `Bind`, and redirect VIPs that are not local addresses with nftables.
+    /// Redirect every frontend with a specific address with nftables; bind the rest (NodePorts
+    /// on all addresses).
     Nftables,
     /// Serve no Service frontends at all (DNS and ingress only, next to another proxy).
     Off,
@@ -137,7 +138,7 @@ pub fn ruleset(capture: &Capture) -> String {
         let _ = writeln!(out, " }}");
     }
     let redirect_rules = |out: &mut String, suffix: &str| {
-        for (family, nfproto, daddr) in [("4", "ipv4", "ip"), ("6", "ipv6", "ip6")] {
+        for (family, nfproto, daddr) in FAMILIES {
             for proto in ["tcp", "udp"] {
                 let _ = writeln!(
                     out,
@@ -152,7 +153,7 @@ pub fn ruleset(capture: &Capture) -> String {
             out,
             "  chain {chain} {{\n    type filter hook {hook} priority -110; policy accept;"
         );
-        for (family, nfproto, daddr) in [("4", "ipv4", "ip"), ("6", "ipv6", "ip6")] {
+        for (family, nfproto, daddr) in FAMILIES {
             for proto in ["tcp", "udp"] {
                 let _ = writeln!(
                     out,
@@ -201,6 +202,9 @@ fn map_of(frontend: &Frontend) -> Option<(&'static str, &'static str)> {
         Protocol::Sctp => None,
     }
 }
+
+/// Each address family: its suffix in map names, its `meta nfproto` and its address selector.
+const FAMILIES: [(&str, &str, &str); 2] = [("4", "ipv4", "ip"), ("6", "ipv6", "ip6")];
 
 /// The maps of the table and the address type each is keyed by.
 const MAPS: [(&str, &str); 8] = [

@@ -1,11 +1,13 @@
-//! The listener set: one accept loop per TCP frontend of the current snapshot, opened and closed
-//! as snapshots change, without touching established connections.
+//! The listener set: accept loops (and UDP sockets) for the frontends of the current snapshot,
+//! opened and closed as snapshots change, without touching established connections. With
+//! `--capture nftables` the TCP VIPs of a family share one redirect listener, and the nftables
+//! table is kept in step with the set.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use capstan_table::{Frontend, Generation, Protocol, SnapshotHandle, WhenEmpty};
+use capstan_table::{Frontend, Generation, Protocol, Snapshot, SnapshotHandle, WhenEmpty};
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -63,13 +65,13 @@ struct Shared<'a> {
     connections: &'a TaskTracker,
 }
 
-/// Keeps one listener per TCP frontend of the current snapshot until `shutdown` is cancelled.
+/// Keeps the listeners of the current snapshot's frontends until `shutdown` is cancelled.
 ///
 /// Wakes on every new generation. Accepted connections run on `connections`, so closing a
 /// listener (a Service removed) or shutting down never cuts an established connection; the caller
 /// drains `connections` with its own deadline. With [`CaptureMode::Nftables`], frontends with a
-/// specific address listen on node ports and the nftables table is reprogrammed to match; it is
-/// removed when this returns.
+/// specific address are reached through node ports (one shared port per family for TCP) and the
+/// nftables table is reprogrammed to match; it is removed when this returns.
 pub async fn run_listeners(
     workers: std::sync::Arc<Workers>,
     snapshots: SnapshotHandle,
@@ -85,12 +87,12 @@ pub async fn run_listeners(
     let mut redirect_ports: [Option<u16>; 2] = [None, None];
     let mut retry = tokio::time::interval(BIND_RETRY);
     loop {
-        let wanted: HashSet<Frontend> = match capture {
-            CaptureMode::Off => HashSet::new(),
-            CaptureMode::Bind | CaptureMode::Nftables => snapshots
-                .load()
-                .map(|s| s.proxy.frontends.keys().copied().collect())
-                .unwrap_or_default(),
+        let snapshot = snapshots.load();
+        let wanted: HashSet<Frontend> = match (capture, &snapshot) {
+            (CaptureMode::Off, _) | (_, None) => HashSet::new(),
+            (CaptureMode::Bind | CaptureMode::Nftables, Some(snapshot)) => {
+                snapshot.proxy.frontends.keys().copied().collect()
+            }
         };
         let mut next = ListenerStatus::new();
         active.retain(|frontend, open| {
@@ -146,12 +148,12 @@ pub async fn run_listeners(
         }
         // Before the first snapshot there is nothing to capture yet: a table left by an earlier
         // run keeps working until the first real one replaces it.
-        if capture == CaptureMode::Nftables && snapshots.load().is_some() {
+        if let (CaptureMode::Nftables, Some(snapshot)) = (capture, &snapshot) {
             let redirects: BTreeMap<Frontend, Redirect> = active
                 .iter()
                 .filter_map(|(frontend, open)| Some((*frontend, open.redirect?)))
                 .collect();
-            let drops = dropping(&snapshots, &redirects);
+            let drops = dropping(snapshot, &redirects);
             let wanted = Capture { redirects, drops };
             if let Err(error) = nftables.apply(&wanted).await {
                 warn!(%error, "nftables capture not applied; retrying");
@@ -176,13 +178,7 @@ pub async fn run_listeners(
 
 /// Captured frontends whose traffic kube-proxy would drop: no eligible endpoint, and endpoints
 /// elsewhere under a `Local` policy ([`WhenEmpty::Drop`]).
-fn dropping(
-    snapshots: &SnapshotHandle,
-    redirects: &BTreeMap<Frontend, Redirect>,
-) -> BTreeSet<Frontend> {
-    let Some(snapshot) = snapshots.load() else {
-        return BTreeSet::new();
-    };
+fn dropping(snapshot: &Snapshot, redirects: &BTreeMap<Frontend, Redirect>) -> BTreeSet<Frontend> {
     redirects
         .keys()
         .filter(|frontend| {
@@ -258,8 +254,9 @@ fn open_tcp_accepting(
     Ok((token, port))
 }
 
-/// A TCP frontend captured by nftables: accept sockets on an ephemeral port of every address
-/// (redirected traffic arrives at the receiving interface's address, or at loopback).
+/// A TCP frontend captured by nftables: redirected to its family's shared listener (an
+/// ephemeral port of every address, opened with the first such frontend), which names the
+/// frontend from each connection's original destination.
 fn open_tcp_redirect(
     frontend: Frontend,
     shared: &Shared<'_>,

@@ -52,12 +52,13 @@ fn start(node: &Node, dir: &TempDir, extra: &[&str]) -> Capstan {
     Capstan::start_in_netns(&node.ns, node.uplink.into(), &args)
 }
 
-fn skip() -> bool {
-    let skip = !netns::available();
-    if skip {
+/// A node with `pods` pods, or `None` (with a message) where namespaces cannot be made.
+fn topology(pods: usize) -> Option<Node> {
+    if !netns::available() {
         eprintln!("skipped: network namespace tests need root, ip and nft");
+        return None;
     }
-    skip
+    Some(Node::new(pods))
 }
 
 /// Needs no root: without `nft` nothing is programmed, and the failure is reported.
@@ -100,10 +101,9 @@ fn a_capture_that_cannot_be_programmed_is_reported_and_not_ready() {
 
 #[test]
 fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
-    if skip() {
+    let Some(node) = topology(3) else {
         return;
-    }
-    let node = Node::new(3);
+    };
     let (client, a, b) = (&node.pods[0].ns, &node.pods[1], &node.pods[2]);
     tcp_backend(&a.ns, SocketAddr::from((a.ip, 8080)), "a");
     tcp_backend(&b.ns, SocketAddr::from((b.ip, 8080)), "b");
@@ -272,10 +272,9 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
 
 #[test]
 fn udp_and_dns_through_cluster_ips_flush_conntrack_and_a_clean_exit_removes_the_table() {
-    if skip() {
+    let Some(node) = topology(2) else {
         return;
-    }
-    let node = Node::new(2);
+    };
     let (client, a) = (&node.pods[0].ns, &node.pods[1]);
     udp_backend(&a.ns, SocketAddr::from((a.ip, 5300)), "a");
     let echo = "[{name: echo, port: 5300, protocol: UDP}]";
@@ -366,10 +365,9 @@ fn udp_and_dns_through_cluster_ips_flush_conntrack_and_a_clean_exit_removes_the_
 
 #[test]
 fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
-    if skip() {
+    let Some(node) = topology(2) else {
         return;
-    }
-    let node = Node::new(2);
+    };
     let (client, a) = (&node.pods[0].ns, &node.pods[1]);
     tcp_backend(&a.ns, SocketAddr::from((a.ip6, 8080)), "a6");
     let dir = TempDir::new("capture-v6");

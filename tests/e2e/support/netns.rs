@@ -118,24 +118,9 @@ impl Node {
         node.ip_in(&["route", "add", "default", "via", &root_ip.to_string()]);
         // Nodes route pod traffic: a packet to an address nothing captures is forwarded on
         // (and leaves a conntrack entry), as on a real node.
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]);
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            &ns,
-            "sysctl",
-            "-qw",
-            "net.ipv6.conf.all.forwarding=1",
-        ]);
+        for setting in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+            run(&["ip", "netns", "exec", &ns, "sysctl", "-qw", setting]);
+        }
         node.ip_in(&["link", "add", "br0", "type", "bridge"]);
         node.ip_in(&["addr", "add", &format!("{ip}/24"), "dev", "br0"]);
         // IPv6 too, without duplicate address detection (the addresses are usable at once).
