@@ -14,6 +14,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::completion::Completion;
+use crate::http1::InlineBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body sent upstream.
 #[derive(Debug)]
@@ -35,7 +38,14 @@ pub(crate) struct ResponseBody {
 #[derive(Debug)]
 enum Kind {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
+}
+
+/// An upstream's response body: from hyper's client, or read inline ([`crate::http1`]).
+#[derive(Debug)]
+pub(crate) enum UpstreamBody {
+    Hyper(Incoming),
+    Inline(InlineBody),
 }
 
 // === impl RequestBody ===
@@ -90,7 +100,7 @@ impl ResponseBody {
         }
     }
 
-    pub(crate) fn upstream(inner: Incoming, completion: Completion) -> Self {
+    pub(crate) fn upstream(inner: UpstreamBody, completion: Completion) -> Self {
         Self {
             kind: Kind::Upstream(inner),
             completion: Some(completion),
@@ -113,16 +123,21 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            Kind::Upstream(UpstreamBody::Hyper(inner)) => {
+                Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
+            }
+            Kind::Upstream(UpstreamBody::Inline(inner)) => {
+                Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
+            }
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -143,7 +158,8 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Upstream(UpstreamBody::Hyper(inner)) => inner.is_end_stream(),
+            Kind::Upstream(UpstreamBody::Inline(inner)) => inner.is_end_stream(),
         }
     }
 
@@ -151,7 +167,8 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(inner) => inner.size_hint(),
+            Kind::Upstream(UpstreamBody::Hyper(inner)) => inner.size_hint(),
+            Kind::Upstream(UpstreamBody::Inline(inner)) => inner.size_hint(),
         }
     }
 }

@@ -6,12 +6,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use capstan_proxy::{balance, now_ms};
 use capstan_table::{Route, UpstreamProtocol};
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -20,9 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 use crate::IngressConfig;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody, UpstreamBody};
 use crate::completion::{AccessLog, Completion, LogEntry};
-use crate::headers::{self, BadRequest, Forwarding};
+use crate::headers::{self, BadRequest, Forwarding, is_idempotent};
+use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
 use crate::routing::{Routed, normalize_host, route_host};
 
@@ -49,6 +50,8 @@ pub(crate) struct Forwarder {
     shared: Arc<Shared>,
     http1: Client<HttpConnector, RequestBody>,
     h2c: Client<HttpConnector, RequestBody>,
+    /// The inline client's settings (its pool is the worker thread's).
+    inline: http1::ClientSettings,
 }
 
 /// The downstream connection a request arrived on.
@@ -76,9 +79,24 @@ impl Forwarder {
                 .http2_only(http2_only)
                 .build(connector.clone())
         };
+        let inline = http1::ClientSettings {
+            connect_timeout: shared.config.connect_timeout,
+            idle_timeout_ms: capstan_table::millis(shared.config.upstream_idle_timeout),
+            max_head_bytes: shared.config.max_header_bytes.max(8192),
+        };
+        // This worker's inline pool closes connections idle too long even when no request comes.
+        let sweep_every = (shared.config.upstream_idle_timeout / 4).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(sweep_every);
+            loop {
+                tick.tick().await;
+                http1::sweep(inline.idle_timeout_ms);
+            }
+        });
         Self {
             http1: client(false),
             h2c: client(true),
+            inline,
             shared,
         }
     }
@@ -182,6 +200,8 @@ impl Forwarder {
         // A retry needs another endpoint, and a request that can be sent twice.
         let retryable =
             eligible.len() > 1 && !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
+        // Bodiless requests to HTTP/1.1 upstreams take the inline client.
+        let inline = route.protocol == UpstreamProtocol::Http1 && !upgrade && body.is_end_stream();
         let mut body = Some(if body.is_end_stream() {
             RequestBody::Empty
         } else {
@@ -208,31 +228,53 @@ impl Forwarder {
                 return reply(done, StatusCode::BAD_GATEWAY, "upstream connect failed\n");
             };
             done.hold(endpoint.clone());
-            let Ok(uri) = Uri::try_from(format!("http://{}{path_and_query}", endpoint.addr)) else {
-                return reply(done, StatusCode::BAD_REQUEST, "invalid request target\n");
-            };
-            let mut upstream_request = Request::new(body.take().unwrap_or(RequestBody::Empty));
-            *upstream_request.method_mut() = parts.method.clone();
-            *upstream_request.uri_mut() = uri;
-            *upstream_request.version_mut() = version;
-            *upstream_request.headers_mut() = if retryable && tried.len() + 1 < MAX_ATTEMPTS {
-                parts.headers.clone()
-            } else {
-                std::mem::take(&mut parts.headers)
-            };
             let sent = Instant::now();
-            let result = tokio::time::timeout(
-                shared.config.request_timeout,
-                client.request(upstream_request),
-            )
-            .await;
-            match result {
-                Ok(Ok(response)) => {
+            let attempt = if inline {
+                let request = http1::Bodiless {
+                    method: &parts.method,
+                    target: &path_and_query,
+                    headers: &parts.headers,
+                };
+                let exchange = http1::send(endpoint.addr, request, self.inline);
+                match tokio::time::timeout(shared.config.request_timeout, exchange).await {
+                    Ok(Ok(response)) => Ok(response.map(UpstreamBody::Inline)),
+                    Ok(Err(http1::SendError::Connect(error))) => {
+                        Err(Failed::Connect(error.to_string()))
+                    }
+                    Ok(Err(http1::SendError::Exchange(error))) => {
+                        Err(Failed::Request(error.to_string()))
+                    }
+                    Err(_elapsed) => Err(Failed::Timeout),
+                }
+            } else {
+                let Ok(uri) = Uri::try_from(format!("http://{}{path_and_query}", endpoint.addr))
+                else {
+                    return reply(done, StatusCode::BAD_REQUEST, "invalid request target\n");
+                };
+                let mut upstream_request = Request::new(body.take().unwrap_or(RequestBody::Empty));
+                *upstream_request.method_mut() = parts.method.clone();
+                *upstream_request.uri_mut() = uri;
+                *upstream_request.version_mut() = version;
+                *upstream_request.headers_mut() = if retryable && tried.len() + 1 < MAX_ATTEMPTS {
+                    parts.headers.clone()
+                } else {
+                    std::mem::take(&mut parts.headers)
+                };
+                let exchange = client.request(upstream_request);
+                match tokio::time::timeout(shared.config.request_timeout, exchange).await {
+                    Ok(Ok(response)) => Ok(response.map(UpstreamBody::Hyper)),
+                    Ok(Err(error)) if error.is_connect() => Err(Failed::Connect(error.to_string())),
+                    Ok(Err(error)) => Err(Failed::Request(error.to_string())),
+                    Err(_elapsed) => Err(Failed::Timeout),
+                }
+            };
+            match attempt {
+                Ok(response) => {
                     endpoint.stats.record_success();
                     endpoint.stats.record_latency(sent.elapsed());
                     break response;
                 }
-                Ok(Err(error)) if error.is_connect() => {
+                Err(Failed::Connect(error)) => {
                     endpoint.stats.record_failure(now_ms(), &upstream.timeouts);
                     debug!(endpoint = %endpoint.addr, %error, "upstream connect failed");
                     tried.push(endpoint.addr);
@@ -243,12 +285,12 @@ impl Forwarder {
                     route.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     return reply(done, StatusCode::BAD_GATEWAY, "upstream connect failed\n");
                 }
-                Ok(Err(error)) => {
+                Err(Failed::Request(error)) => {
                     debug!(endpoint = %endpoint.addr, %error, "upstream request failed");
                     route.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                     return reply(done, StatusCode::BAD_GATEWAY, "upstream request failed\n");
                 }
-                Err(_elapsed) => {
+                Err(Failed::Timeout) => {
                     route
                         .stats
                         .upstream_timeouts
@@ -271,6 +313,14 @@ impl Forwarder {
         done.status = parts.status.as_u16();
         Response::from_parts(parts, ResponseBody::upstream(body, done))
     }
+}
+
+/// Why one attempt at an endpoint failed.
+enum Failed {
+    /// No connection: the request never left, so another endpoint may be tried.
+    Connect(String),
+    Request(String),
+    Timeout,
 }
 
 /// Relays an upgraded connection (WebSocket) in both directions until either side closes. It
@@ -344,14 +394,6 @@ fn redirect(
 
 fn server_header() -> HeaderValue {
     HeaderValue::from_static("capstan")
-}
-
-/// RFC 9110 §9.2.2: repeating these has the same effect as sending them once.
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 fn version_str(version: Version) -> &'static str {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Version};
+use http::{Method, Request, Version};
 
 /// Headers that describe one connection, never forwarded (plus any named in `Connection`).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -98,6 +98,14 @@ pub(crate) fn valid_host(host: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
     port_ok && name_ok
+}
+
+/// RFC 9110 §9.2.2: repeating these has the same effect as sending them once.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// Whether an HTTP/1.1 request asks to switch protocols (WebSocket).

@@ -15,6 +15,7 @@ mod completion;
 mod error;
 mod forward;
 mod headers;
+pub mod http1;
 mod idle;
 mod metrics;
 mod routing;

@@ -32,6 +32,8 @@ impl HttpBackend {
     /// Answers:
     /// - `/ws` with a WebSocket upgrade: echoes each text message as `NAME: message`;
     /// - `/slow`: after 2 s;
+    /// - `/fixed/N`: N bytes of `a..z` with a `Content-Length`; `/stream/N`: the same bytes
+    ///   chunked, in 64 KiB frames;
     /// - `content-type: application/grpc`: `reply from NAME` with trailers `grpc-status: 0`,
     ///   `grpc-message: ok`;
     /// - anything else: `backend=NAME`, the request line, version, body length and headers.
@@ -116,6 +118,23 @@ async fn answer(
                 .expect("101");
             Ok(response)
         }
+        path if path.starts_with("/fixed/") || path.starts_with("/stream/") => {
+            let (kind, size) = path[1..].split_once('/').unwrap_or_default();
+            let bytes = Bytes::from(pattern(size.parse().unwrap_or(0)));
+            if kind == "fixed" {
+                return Ok(Response::new(Full::new(bytes).boxed()));
+            }
+            let frames: Vec<Result<http_body::Frame<Bytes>, Infallible>> = (0..bytes.len())
+                .step_by(64 * 1024)
+                .map(|at| {
+                    Ok(http_body::Frame::data(
+                        bytes.slice(at..(at + 64 * 1024).min(bytes.len())),
+                    ))
+                })
+                .collect();
+            let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+            Ok(Response::new(BodyExt::boxed(body)))
+        }
         "/slow" => {
             tokio::time::sleep(Duration::from_secs(2)).await;
             Ok(Response::new(full(format!("backend={name}\nslow\n"))))
@@ -171,6 +190,11 @@ async fn answer(
             Ok(Response::new(full(text)))
         }
     }
+}
+
+/// `size` bytes cycling through `a..z`: what `/fixed/N` and `/stream/N` answer.
+pub(crate) fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
 /// A CA and a certificate for `hosts` signed by it, as PEM.

@@ -13,7 +13,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::dns_support::metric_value;
 use crate::http_support::{
-    DEFAULT_CLASS, HttpBackend, TestCert, curl, endpoint_slice, ingress, raw_status, service,
+    DEFAULT_CLASS, HttpBackend, TestCert, curl, endpoint_slice, ingress, pattern, raw_status,
+    service,
 };
 use crate::support::{Capstan, TempDir, eventually, frontend, path_str};
 
@@ -153,9 +154,34 @@ fn http1_and_h2c_are_proxied_with_forwarded_headers_and_no_hop_by_hop() {
     assert_eq!(status, 200);
     assert!(body.contains("body=3145728"), "{body}");
 
+    // Downloads stream back whole, with a Content-Length or chunked, over HTTP/1.1 and h2c; a
+    // HEAD keeps the upstream's Content-Length and has no body.
+    let size = 5 << 20;
+    let expected = String::from_utf8(pattern(size)).expect("ascii");
+    for (path, extra) in [
+        (format!("/fixed/{size}"), "--http1.1"),
+        (format!("/stream/{size}"), "--http1.1"),
+        (format!("/stream/{size}"), "--http2-prior-knowledge"),
+    ] {
+        let (status, body, head) = get(http, "web.example", &path, &[extra]);
+        assert_eq!(status, 200, "{path} {extra}: {head}");
+        assert!(body == expected, "{path} {extra}: {} bytes", body.len());
+    }
+    // curl --head prints the response head as its output; a body would follow it.
+    let (status, output, _) = get(http, "web.example", "/fixed/1000", &["--head"]);
+    assert_eq!(status, 200, "{output}");
+    assert!(
+        output.to_ascii_lowercase().contains("content-length: 1000"),
+        "{output}"
+    );
+    assert!(
+        output.ends_with("\r\n\r\n"),
+        "no body after the head: {output:?}"
+    );
+
     let metrics = capstan.metrics();
     let ok = r#"capstan_ingress_requests_total{ingress="demo/web",host="web.example",path="/",service="demo/web",code="2xx"}"#;
-    assert_eq!(metric_value(&metrics, ok), Some(3.0), "{metrics}");
+    assert_eq!(metric_value(&metrics, ok), Some(7.0), "{metrics}");
 }
 
 /// Every Ingress v1 matching rule, through the real binary: each rule has its own backend, named
