@@ -68,6 +68,7 @@ http {
 }
 CONF
 taskset -c "$CLIENT_CPU" nginx -c "$work/backend/nginx.conf" -g 'daemon off;' & pids+=($!)
+BACKEND_PID=$!
 
 # nginx as the reverse proxy: what ingress-nginx renders for one Ingress, minus Lua.
 cat > "$work/proxy/nginx.conf" <<CONF
@@ -103,6 +104,7 @@ http {
 }
 CONF
 taskset -c "$PROXY_CPU" nginx -c "$work/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
+NGINX_PID=$!
 
 # Capstan: the same route from Kubernetes manifests.
 indent() { sed 's/^/    /' "$1"; }
@@ -157,25 +159,41 @@ CONF
 taskset -c "$PROXY_CPU" "$CAPSTAN" run --manifests "$work/manifests" --dns off \
   --http "127.0.0.1:$CAP_HTTP" --https "127.0.0.1:$CAP_HTTPS" --admin "127.0.0.1:$CAP_ADMIN" \
   --log warn & pids+=($!)
+CAPSTAN_PID=$!
 
 for port in $BACKEND $NGX_HTTP $NGX_HTTPS $CAP_HTTP $CAP_HTTPS $CAP_ADMIN; do wait_port "$port"; done
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$CAP_ADMIN/readyz" && break; sleep 0.05
 done
 
-# oha's JSON summary: requests/s, failures (excluding requests cut by the -z deadline), p50, p99.
+# CPU time (user + system, clock ticks) of a process and its children's threads so far.
+cpu_ticks() { cat "/proc/$1/task/"*/stat 2>/dev/null | awk '{ t += $14 + $15 } END { print t + 0 }'; }
+# nginx does its work in its worker process, the master's child.
+worker_of() { pgrep -P "$1" | head -1; }
+TICKS_PER_SECOND=$(getconf CLK_TCK)
+
+# oha_run PID URL ARGS...: oha's JSON summary as requests/s, failures (excluding requests cut by
+# the -z deadline), p50, p99, and the CPU time PID spent per request in microseconds (the
+# proxy's efficiency, which does not depend on how busy the client's CPU is).
 oha_run() {
+  local pid=$1 before after
+  shift
+  before=$(cpu_ticks "$pid")
   taskset -c "$CLIENT_CPU" oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --output-format json "$@" \
     > "$work/oha.json" 2>/dev/null
-  python3 - "$work/oha.json" <<'PY'
+  after=$(cpu_ticks "$pid")
+  python3 - "$work/oha.json" "$((after - before))" "$TICKS_PER_SECOND" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
+ticks, hz = int(sys.argv[2]), int(sys.argv[3])
 s = d["summary"]
 codes = d.get("statusCodeDistribution", {})
 bad = sum(n for c, n in codes.items() if c != "200")
 errors = sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e)
 p = d.get("latencyPercentiles", {})
-print(f'{s["requestsPerSec"]:.0f} {bad + errors} {p.get("p50", 0)*1000:.3f} {p.get("p99", 0)*1000:.3f}')
+done = sum(codes.values()) or 1
+cpu_us = ticks / hz * 1e6 / done
+print(f'{s["requestsPerSec"]:.0f} {bad + errors} {p.get("p50", 0)*1000:.3f} {p.get("p99", 0)*1000:.3f} {cpu_us:.1f}')
 PY
 }
 check() { # every target must answer 200 before it is measured
@@ -190,13 +208,13 @@ check -k --resolve "bench.example:$CAP_HTTPS:127.0.0.1" "https://bench.example:$
 median_by_first_field() { sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 declare -A runs result
 for round in $(seq "$ROUNDS"); do
-  runs[http_direct]+="$(oha_run "http://127.0.0.1:$BACKEND/")"$'\n'
+  runs[http_direct]+="$(oha_run "$(worker_of "$BACKEND_PID")" "http://127.0.0.1:$BACKEND/")"$'\n'
   # bench.example has a TLS section, so Capstan redirects its plain-HTTP requests (308): the
   # plain runs use plain.bench.example, a rule without TLS (nginx serves it from the same block).
-  runs[http_capstan]+="$(oha_run "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$CAP_HTTP")"$'\n'
-  runs[http_nginx]+="$(oha_run "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$NGX_HTTP")"$'\n'
-  runs[tls_capstan]+="$(oha_run "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$CAP_HTTPS")"$'\n'
-  runs[tls_nginx]+="$(oha_run "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$NGX_HTTPS")"$'\n'
+  runs[http_capstan]+="$(oha_run "$CAPSTAN_PID" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$CAP_HTTP")"$'\n'
+  runs[http_nginx]+="$(oha_run "$(worker_of "$NGINX_PID")" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$NGX_HTTP")"$'\n'
+  runs[tls_capstan]+="$(oha_run "$CAPSTAN_PID" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$CAP_HTTPS")"$'\n'
+  runs[tls_nginx]+="$(oha_run "$(worker_of "$NGINX_PID")" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$NGX_HTTPS")"$'\n'
 done
 for key in "${!runs[@]}"; do
   result[$key]=$(printf '%s' "${runs[$key]}" | median_by_first_field)
@@ -208,13 +226,16 @@ row() { printf '%-34s %10s %10s %16s %10s\n' "$@"; }
 echo
 echo "Capstan ingress load comparison: median of $ROUNDS rounds of ${DURATION}s, $CONCURRENCY keep-alive connections,"
 echo "proxy on CPU $PROXY_CPU, oha and backend on CPU $CLIENT_CPU"
-row "" "req/s" "failed" "p50/p99 ms" ""
+row "" "req/s" "failed" "p50/p99 ms" "CPU us/req"
 for key in http_direct http_capstan http_nginx tls_capstan tls_nginx; do
-  r=${result[$key]:-0 0 0 0}
-  row "$key" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)/$(field "$r" 4)" ""
+  r=${result[$key]:-0 0 0 0 0}
+  row "$key" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)/$(field "$r" 4)" "$(field "$r" 5)"
 done
+echo "(CPU us/req: CPU time of the backend (direct) or of the proxy, per request answered)"
 echo
 echo "capstan / nginx, HTTP/1.1 req/s : $(ratio "$(field "${result[http_capstan]}" 1)" "$(field "${result[http_nginx]}" 1)")   (target >= 1.20)"
 echo "capstan / nginx, TLS req/s      : $(ratio "$(field "${result[tls_capstan]}" 1)" "$(field "${result[tls_nginx]}" 1)")   (target >= 1.20)"
 echo "capstan / nginx, HTTP/1.1 p99   : $(ratio "$(field "${result[http_capstan]}" 4)" "$(field "${result[http_nginx]}" 4)")   (target <= 1.00)"
 echo "capstan / nginx, TLS p99        : $(ratio "$(field "${result[tls_capstan]}" 4)" "$(field "${result[tls_nginx]}" 4)")   (target <= 1.00)"
+echo "capstan / nginx, HTTP/1.1 CPU/req: $(ratio "$(field "${result[http_capstan]}" 5)" "$(field "${result[http_nginx]}" 5)")   (lower is better)"
+echo "capstan / nginx, TLS CPU/req     : $(ratio "$(field "${result[tls_capstan]}" 5)" "$(field "${result[tls_nginx]}" 5)")   (lower is better)"

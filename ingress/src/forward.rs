@@ -54,12 +54,23 @@ pub(crate) struct Forwarder {
     inline: http1::ClientSettings,
 }
 
-/// The downstream connection a request arrived on.
-#[derive(Clone, Copy, Debug)]
+/// The downstream connection a request arrived on (`local`: the listener address it reached).
+#[derive(Clone, Debug)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub tls: bool,
+    pub forwarding: Forwarding,
+}
+
+impl ConnInfo {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        let proto = if tls { "https" } else { "http" };
+        Self {
+            peer,
+            tls,
+            forwarding: Forwarding::new(peer.ip(), proto, local.port()),
+        }
+    }
 }
 
 // === impl Forwarder ===
@@ -103,7 +114,7 @@ impl Forwarder {
 
     pub(crate) async fn handle(
         &self,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         mut request: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let shared = &self.shared;
@@ -174,15 +185,7 @@ impl Forwarder {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::set_forwarded(
-            &mut parts.headers,
-            &Forwarding {
-                client: conn.peer.ip(),
-                proto: if conn.tls { "https" } else { "http" },
-                host: &host,
-                port: conn.local.port(),
-            },
-        );
+        headers::set_forwarded(&mut parts.headers, &conn.forwarding, &host);
         if !parts.headers.contains_key(header::HOST)
             && let Ok(value) = HeaderValue::from_str(&host)
         {
@@ -192,11 +195,7 @@ impl Forwarder {
             UpstreamProtocol::Http1 => (&self.http1, Version::HTTP_11),
             UpstreamProtocol::H2c => (&self.h2c, Version::HTTP_2),
         };
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // A retry needs another endpoint, and a request that can be sent twice.
         let retryable =
             eligible.len() > 1 && !upgrade && is_idempotent(&parts.method) && body.is_end_stream();

@@ -33,16 +33,34 @@ pub(crate) enum BadRequest {
     InvalidHost,
 }
 
-/// What the client asked for, as the proxy forwards it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Forwarding<'a> {
-    pub client: IpAddr,
+/// The forwarding headers' values that depend only on the downstream connection, rendered once
+/// per connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Forwarding {
+    /// The client address, for `X-Forwarded-For` and `X-Real-IP`.
+    client: Option<HeaderValue>,
     /// `http` or `https`: the listener the request arrived on.
-    pub proto: &'static str,
-    /// The request's host as the client sent it (port included).
-    pub host: &'a str,
+    proto: &'static str,
     /// The port of the listener the request arrived on.
-    pub port: u16,
+    port: HeaderValue,
+    /// `for=…;proto=…`: the start of the `Forwarded` value.
+    forwarded: String,
+}
+
+impl Forwarding {
+    pub(crate) fn new(client: IpAddr, proto: &'static str, port: u16) -> Self {
+        let text = client.to_string();
+        let forwarded = match client {
+            IpAddr::V4(_) => format!("for={text};proto={proto}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\";proto={proto}"),
+        };
+        Self {
+            client: HeaderValue::from_str(&text).ok(),
+            proto,
+            port: HeaderValue::from(port),
+            forwarded,
+        }
+    }
 }
 
 /// The host a request is for: the URI's authority (HTTP/2, or an absolute-form HTTP/1.1 target,
@@ -118,6 +136,10 @@ pub(crate) fn is_upgrade<B>(request: &Request<B>) -> bool {
 /// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`
 /// (a protocol switch in progress), `Connection: upgrade` and `Upgrade` are kept.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names beats a lookup per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -142,40 +164,33 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Sets `X-Forwarded-For/-Proto/-Host/-Port`, `X-Real-IP` and `Forwarded` (RFC 7239) for the
-/// upstream. Values a client sent are replaced, not appended: Capstan is the edge, and a client
-/// must not be able to choose the address a backend sees.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
-    let client = forwarding.client.to_string();
-    let host = HeaderValue::from_str(forwarding.host).ok();
-    let forwarded_for = match forwarding.client {
-        IpAddr::V4(_) => client.clone(),
-        IpAddr::V6(_) => format!("\"[{client}]\""),
-    };
-    let mut forwarded = format!("for={forwarded_for};proto={}", forwarding.proto);
-    if !forwarding.host.is_empty() {
-        forwarded.push_str(";host=\"");
-        forwarded.push_str(forwarding.host);
-        forwarded.push('"');
-    }
-    let client = HeaderValue::from_str(&client).ok();
-    if let Some(client) = client {
+/// upstream; `host` is the request's host as the client sent it (port included). Values a
+/// client sent are replaced, not appended: Capstan is the edge, and a client must not be able
+/// to choose the address a backend sees.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) {
+    if let Some(client) = &forwarding.client {
         headers.insert(&X_FORWARDED_FOR, client.clone());
-        headers.insert(&X_REAL_IP, client);
+        headers.insert(&X_REAL_IP, client.clone());
     }
     headers.insert(
         &X_FORWARDED_PROTO,
         HeaderValue::from_static(forwarding.proto),
     );
-    match host {
-        Some(host) if !forwarding.host.is_empty() => {
-            headers.insert(&X_FORWARDED_HOST, host);
+    headers.insert(&X_FORWARDED_PORT, forwarding.port.clone());
+    let host_value = (!host.is_empty())
+        .then(|| HeaderValue::from_str(host).ok())
+        .flatten();
+    let forwarded = match host_value {
+        Some(value) => {
+            headers.insert(&X_FORWARDED_HOST, value);
+            HeaderValue::from_str(&format!("{};host=\"{host}\"", forwarding.forwarded))
         }
-        _ => {
+        None => {
             headers.remove(&X_FORWARDED_HOST);
+            HeaderValue::from_str(&forwarding.forwarded)
         }
-    }
-    headers.insert(&X_FORWARDED_PORT, HeaderValue::from(forwarding.port));
-    if let Ok(forwarded) = HeaderValue::from_str(&forwarded) {
+    };
+    if let Ok(forwarded) = forwarded {
         headers.insert(header::FORWARDED, forwarded);
     }
 }

@@ -6,6 +6,8 @@
 //! (it is as long as the request path), then the longest element-wise Prefix match. A host whose
 //! paths do not match goes to the default backend, as ingress-nginx's server blocks do.
 
+use std::borrow::Cow;
+
 use std::sync::Arc;
 
 use capstan_table::{HostRoutes, IngressTable, Route};
@@ -66,7 +68,7 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Lowercase, without a port or a trailing dot. `[v6]:port` loses its brackets.
-pub fn normalize_host(host: &str) -> String {
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let without_port = if host.starts_with('[') {
         host.split_once(']')
             .map_or(host, |(v6, _)| v6)
@@ -76,7 +78,12 @@ pub fn normalize_host(host: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(host, |(name, _)| name)
     };
-    without_port.trim_end_matches('.').to_ascii_lowercase()
+    let name = without_port.trim_end_matches('.');
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 #[cfg(test)]

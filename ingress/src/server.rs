@@ -183,11 +183,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, listening:
         let tls = tls.clone();
         listening.connections.spawn(async move {
             let local = stream.local_addr().unwrap_or(peer);
-            let info = ConnInfo {
-                peer,
-                local,
-                tls: tls.is_some(),
-            };
+            let info = Arc::new(ConnInfo::new(peer, local, tls.is_some()));
             let metrics = listening_conn.metrics.clone();
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
             match tls {
@@ -204,7 +200,7 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, listening:
 async fn handshake_and_serve(
     stream: TcpStream,
     acceptor: TlsAcceptor,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     listening: &Listening,
 ) {
     let handshake = tokio::time::timeout(listening.handshake_timeout, acceptor.accept(stream));
@@ -221,15 +217,17 @@ async fn handshake_and_serve(
     }
 }
 
-async fn serve_connection<IO>(io: IO, info: ConnInfo, listening: &Listening)
+async fn serve_connection<IO>(io: IO, info: Arc<ConnInfo>, listening: &Listening)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (io, activity) = IdleIo::new(io);
     let forwarder = listening.forwarder.clone();
+    let peer = info.peer;
     let service = service_fn(move |request| {
         let forwarder = forwarder.clone();
-        async move { Ok::<_, Infallible>(forwarder.handle(info, request).await) }
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(forwarder.handle(&info, request).await) }
     });
     let connection = listening
         .builder
@@ -245,7 +243,7 @@ where
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(error) = served {
-                    classify(&*error, &listening.metrics, info.peer);
+                    classify(&*error, &listening.metrics, peer);
                 }
                 return;
             }

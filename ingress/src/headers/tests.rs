@@ -168,12 +168,8 @@ fn forwarded_headers_replace_what_the_client_sent() {
     headers.insert("x-forwarded-host", HeaderValue::from_static("evil"));
     set_forwarded(
         &mut headers,
-        &Forwarding {
-            client: "10.1.2.3".parse().expect("ip"),
-            proto: "https",
-            host: "shop.example:8443",
-            port: 8443,
-        },
+        &Forwarding::new("10.1.2.3".parse().expect("ip"), "https", 8443),
+        "shop.example:8443",
     );
     let get = |name: &str| {
         headers
@@ -194,12 +190,8 @@ fn forwarded_headers_replace_what_the_client_sent() {
     let mut headers = HeaderMap::new();
     set_forwarded(
         &mut headers,
-        &Forwarding {
-            client: "fd00::1".parse().expect("ip"),
-            proto: "http",
-            host: "",
-            port: 80,
-        },
+        &Forwarding::new("fd00::1".parse().expect("ip"), "http", 80),
+        "",
     );
     assert_eq!(
         headers.get("forwarded").and_then(|v| v.to_str().ok()),
