@@ -231,7 +231,7 @@ impl Forwarder {
             let attempt = if inline {
                 let request = http1::Bodiless {
                     method: &parts.method,
-                    target: &path_and_query,
+                    target: path_and_query,
                     headers: &parts.headers,
                 };
                 let exchange = http1::send(endpoint.addr, request, self.inline);
