@@ -2,6 +2,7 @@
 //! hop-by-hop (RFC 9110 §7.6.1), and the `X-Forwarded-*`/`Forwarded` headers added upstream.
 
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
@@ -45,6 +46,9 @@ pub(crate) struct Forwarding {
     port: HeaderValue,
     /// `for=…;proto=…`: the start of the `Forwarded` value.
     forwarded: String,
+    /// The host of the connection's first request with its `X-Forwarded-Host` and `Forwarded`
+    /// values: a connection's requests are nearly always for one host.
+    first_host: OnceLock<(Box<str>, HeaderValue, HeaderValue)>,
 }
 
 impl Forwarding {
@@ -59,6 +63,7 @@ impl Forwarding {
             proto,
             port: HeaderValue::from(port),
             forwarded,
+            first_host: OnceLock::new(),
         }
     }
 }
@@ -136,19 +141,30 @@ pub(crate) fn is_upgrade<B>(request: &Request<B>) -> bool {
 /// Removes hop-by-hop headers and those the `Connection` header names. With `keep_upgrade`
 /// (a protocol switch in progress), `Connection: upgrade` and `Upgrade` are kept.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names beats a lookup per hop-by-hop name.
-    if !keep_upgrade && !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    // One pass over the names finds what is there: most messages carry none, or only
+    // `Connection: keep-alive`.
+    let mut present: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) && !present.contains(name) {
+            present.push(name.clone());
+        }
+    }
+    if present.is_empty() && !keep_upgrade {
         return;
     }
-    let named: Vec<HeaderName> = headers
+    let named = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
+        .map(str::trim)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close") && !token.eq_ignore_ascii_case("keep-alive")
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect::<Vec<_>>();
     let trailers_te = has_token(headers, &header::TE, "trailers");
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named.iter().chain(present.iter()) {
         if keep_upgrade && (name == header::UPGRADE || name == header::CONNECTION) {
             continue;
         }
@@ -168,6 +184,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 /// client sent are replaced, not appended: Capstan is the edge, and a client must not be able
 /// to choose the address a backend sees.
 pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) {
+    headers.reserve(6);
     if let Some(client) = &forwarding.client {
         headers.insert(&X_FORWARDED_FOR, client.clone());
         headers.insert(&X_REAL_IP, client.clone());
@@ -177,21 +194,33 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, ho
         HeaderValue::from_static(forwarding.proto),
     );
     headers.insert(&X_FORWARDED_PORT, forwarding.port.clone());
-    let host_value = (!host.is_empty())
-        .then(|| HeaderValue::from_str(host).ok())
-        .flatten();
-    let forwarded = match host_value {
-        Some(value) => {
-            headers.insert(&X_FORWARDED_HOST, value);
-            HeaderValue::from_str(&format!("{};host=\"{host}\"", forwarding.forwarded))
+    let render = || {
+        let host_value = HeaderValue::from_str(host).ok()?;
+        let forwarded =
+            HeaderValue::from_str(&format!("{};host=\"{host}\"", forwarding.forwarded)).ok()?;
+        Some((Box::from(host), host_value, forwarded))
+    };
+    let rendered;
+    let values = match forwarding.first_host.get() {
+        _ if host.is_empty() => None,
+        Some(first) if &*first.0 == host => Some(first),
+        Some(_) => {
+            rendered = render();
+            rendered.as_ref()
+        }
+        None => render().map(|values| forwarding.first_host.get_or_init(|| values)),
+    };
+    match values {
+        Some((_, host_value, forwarded)) => {
+            headers.insert(&X_FORWARDED_HOST, host_value.clone());
+            headers.insert(header::FORWARDED, forwarded.clone());
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
-            HeaderValue::from_str(&forwarding.forwarded)
+            if let Ok(forwarded) = HeaderValue::from_str(&forwarding.forwarded) {
+                headers.insert(header::FORWARDED, forwarded);
+            }
         }
-    };
-    if let Ok(forwarded) = forwarded {
-        headers.insert(header::FORWARDED, forwarded);
     }
 }
 

@@ -200,6 +200,58 @@ fn forwarded_headers_replace_what_the_client_sent() {
     assert!(headers.get("x-forwarded-host").is_none());
 }
 
+#[test]
+fn one_connection_forwards_each_requests_own_host() {
+    // The first host's values are kept per connection; others are rendered each time.
+    let forwarding = Forwarding::new("10.0.0.9".parse().expect("ip"), "http", 80);
+    for host in ["a.example", "b.example", "a.example", "", "b.example"] {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-host", HeaderValue::from_static("evil"));
+        set_forwarded(&mut headers, &forwarding, host);
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        if host.is_empty() {
+            assert_eq!(get("x-forwarded-host"), None);
+            assert_eq!(get("forwarded").as_deref(), Some("for=10.0.0.9;proto=http"));
+        } else {
+            assert_eq!(get("x-forwarded-host").as_deref(), Some(host));
+            let forwarded = format!("for=10.0.0.9;proto=http;host=\"{host}\"");
+            assert_eq!(get("forwarded"), Some(forwarded));
+        }
+    }
+}
+
+#[test]
+fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "connection",
+        HeaderValue::from_static("keep-alive, x-secret"),
+    );
+    headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    headers.insert("x-secret", HeaderValue::from_static("1"));
+    headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+    headers.insert("te", HeaderValue::from_static("trailers"));
+    headers.insert("content-type", HeaderValue::from_static("text/plain"));
+    strip_hop_by_hop(&mut headers, false);
+    let mut left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    left.sort_unstable();
+    assert_eq!(
+        left,
+        ["content-type", "te"],
+        "TE: trailers is kept for gRPC"
+    );
+
+    let mut plain = HeaderMap::new();
+    plain.insert("x-secret", HeaderValue::from_static("1"));
+    strip_hop_by_hop(&mut plain, false);
+    assert_eq!(plain.len(), 1, "a header no Connection names stays");
+}
+
 proptest::proptest! {
     #[test]
     fn host_validation_never_panics(host in ".{0,40}") {

@@ -24,7 +24,9 @@ const READ_SIZE: usize = 16 * 1024;
 pub(crate) struct InlineBody {
     conn: Option<TcpStream>,
     addr: SocketAddr,
-    /// Bytes read but not yet passed on.
+    /// Body bytes that arrived with the head, passed on as they are (no copy).
+    pending: Bytes,
+    /// Bytes read since, not yet passed on.
     buf: BytesMut,
     state: State,
     reusable: bool,
@@ -43,7 +45,7 @@ impl InlineBody {
     pub(super) fn new(
         conn: TcpStream,
         addr: SocketAddr,
-        buf: BytesMut,
+        mut pending: Bytes,
         framing: Framing,
         reusable: bool,
         max_trailer_bytes: usize,
@@ -54,9 +56,15 @@ impl InlineBody {
             Framing::Chunked => State::Chunked(ChunkedDecoder::default()),
             Framing::UntilClose => State::UntilClose,
         };
+        // The chunked decoder works on a mutable buffer.
+        let buf = match framing {
+            Framing::Chunked => BytesMut::from(&std::mem::take(&mut pending)[..]),
+            _ => BytesMut::new(),
+        };
         let mut body = Self {
             conn: Some(conn),
             addr,
+            pending,
             buf,
             state,
             reusable,
@@ -75,6 +83,7 @@ impl InlineBody {
         let conn = self.conn.take();
         if let Some(conn) = conn
             && self.reusable
+            && self.pending.is_empty()
             && self.buf.is_empty()
         {
             pool::checkin(self.addr, conn);
@@ -100,15 +109,23 @@ impl Body for InlineBody {
         loop {
             match &mut this.state {
                 State::Done => return Poll::Ready(None),
-                State::Length(left) if !this.buf.is_empty() => {
-                    let take = usize::try_from(*left)
-                        .unwrap_or(usize::MAX)
-                        .min(this.buf.len());
-                    let data = this.buf.split_to(take).freeze();
-                    *left -= take as u64;
+                State::Length(left) if !this.pending.is_empty() || !this.buf.is_empty() => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX);
+                    let data = if this.pending.is_empty() {
+                        let take = take.min(this.buf.len());
+                        this.buf.split_to(take).freeze()
+                    } else {
+                        let take = take.min(this.pending.len());
+                        this.pending.split_to(take)
+                    };
+                    *left -= data.len() as u64;
                     if *left == 0 {
                         this.finish();
                     }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::UntilClose if !this.pending.is_empty() => {
+                    let data = std::mem::take(&mut this.pending);
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 State::UntilClose if !this.buf.is_empty() => {

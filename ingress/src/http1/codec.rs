@@ -95,6 +95,24 @@ pub fn parse_response_head(
     head_request: bool,
     max_bytes: usize,
 ) -> Result<Parsed, WireError> {
+    parse_head(buf, None, head_request, max_bytes)
+}
+
+/// [`parse_response_head`] where `buf` is `shared`'s bytes, so header values can share them.
+pub(crate) fn parse_response_head_shared(
+    shared: &Bytes,
+    head_request: bool,
+    max_bytes: usize,
+) -> Result<Parsed, WireError> {
+    parse_head(shared, Some(shared), head_request, max_bytes)
+}
+
+fn parse_head(
+    buf: &[u8],
+    shared: Option<&Bytes>,
+    head_request: bool,
+    max_bytes: usize,
+) -> Result<Parsed, WireError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
     let len = match response.parse(buf) {
@@ -119,7 +137,12 @@ pub fn parse_response_head(
     let mut headers = HeaderMap::with_capacity(response.headers.len());
     for parsed in response.headers.iter() {
         let name = HeaderName::from_bytes(parsed.name.as_bytes()).map_err(|_| WireError::Head)?;
-        let value = HeaderValue::from_bytes(parsed.value).map_err(|_| WireError::Head)?;
+        let value = match shared {
+            // The value's bytes are a range of `shared`: sliced, not copied.
+            Some(shared) => HeaderValue::from_maybe_shared(shared.slice_ref(parsed.value)),
+            None => HeaderValue::from_bytes(parsed.value),
+        }
+        .map_err(|_| WireError::Head)?;
         headers.append(name, value);
     }
     let (framing, framing_reusable) = framing(status, head_request, &headers)?;

@@ -15,12 +15,13 @@ mod pool;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::{HeaderMap, Method, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub(crate) use body::InlineBody;
+use codec::parse_response_head_shared;
 pub use codec::{
     Chunk, ChunkedDecoder, Framing, Parsed, ResponseHead, WireError, encode_request_head,
     parse_response_head,
@@ -139,22 +140,29 @@ async fn exchange(
         };
         // Interim (1xx) responses are skipped: hyper's server cannot relay them.
         loop {
-            let parsed = parse_response_head(&buf, head_request, settings.max_head_bytes)
+            // Frozen so the header values can share the buffer instead of copying it.
+            let bytes = buf.split().freeze();
+            let parsed = parse_response_head_shared(&bytes, head_request, settings.max_head_bytes)
                 .map_err(|e| failed(IngressError::Upstream(e)))?;
             let Parsed::Complete { head, len } = parsed else {
+                buf = BytesMut::from(bytes); // nothing shares it yet: no copy
                 break;
             };
-            buf.advance(len);
+            let rest = bytes.slice(len..);
             if head.status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(failed(IngressError::Upstream(WireError::Head)));
             }
             if head.status.is_informational() {
+                buf = BytesMut::from(&rest[..]);
+                if buf.is_empty() {
+                    break;
+                }
                 continue;
             }
             let mut response = Response::new(InlineBody::new(
                 stream,
                 addr,
-                buf,
+                rest,
                 head.framing,
                 head.reusable,
                 settings.max_head_bytes,
