@@ -4,8 +4,9 @@
 //! ALPN), TLS termination with an SNI resolver that reads the snapshot on every handshake,
 //! Ingress v1 request routing ([`route`]), the https redirect, reverse-proxy header rules,
 //! per-request endpoint choice (the proxy crate's balancer, peak-EWMA by default), upstream
-//! keep-alive pools (HTTP/1.1, or h2c for `appProtocol: kubernetes.io/h2c`), WebSocket
-//! upgrades, per-route counters and the access log.
+//! keep-alive pools (the inline HTTP/1.1 client [`http1`] for bodiless requests, hyper's client
+//! for bodies, upgrades and h2c for `appProtocol: kubernetes.io/h2c`), WebSocket upgrades,
+//! per-route counters and the access log.
 //!
 //! Must not import: `catalog`, the sources, or anything Kubernetes; only `table` and `proxy`
 //! (balance, listeners, clock). Each request loads the snapshot once and never locks.
