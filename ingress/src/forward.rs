@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+
 use capstan_proxy::{balance, now_ms};
 use capstan_table::{Route, UpstreamProtocol};
 use http::header::{self, HeaderValue};
@@ -184,23 +186,36 @@ impl Forwarder {
         let upgrade = headers::is_upgrade(&request);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        headers::set_forwarded(&mut parts.headers, &conn.forwarding, &host);
-        if !parts.headers.contains_key(header::HOST)
-            && let Ok(value) = HeaderValue::from_str(&host)
-        {
-            parts.headers.insert(header::HOST, value);
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        // Bodiless requests to HTTP/1.1 upstreams take the inline client, which writes the
+        // upstream head straight from the client's headers; the others get them rewritten.
+        let inline = route.protocol == UpstreamProtocol::Http1 && !upgrade && body.is_end_stream();
+        let mut inline_head = BytesMut::new();
+        if inline {
+            headers::encode_upstream_head(
+                &parts.method,
+                path_and_query,
+                &parts.headers,
+                &conn.forwarding,
+                &host,
+                &mut inline_head,
+            );
+        } else {
+            headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+            headers::set_forwarded(&mut parts.headers, &conn.forwarding, &host);
+            if !parts.headers.contains_key(header::HOST)
+                && let Ok(value) = HeaderValue::from_str(&host)
+            {
+                parts.headers.insert(header::HOST, value);
+            }
         }
         let (client, version) = match route.protocol {
             UpstreamProtocol::Http1 => (&self.http1, Version::HTTP_11),
             UpstreamProtocol::H2c => (&self.h2c, Version::HTTP_2),
         };
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // A retry needs another endpoint, and a request that can be sent twice.
         let retryable =
             eligible.len() > 1 && !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
-        // Bodiless requests to HTTP/1.1 upstreams take the inline client.
-        let inline = route.protocol == UpstreamProtocol::Http1 && !upgrade && body.is_end_stream();
         let mut body = Some(if body.is_end_stream() {
             RequestBody::Empty
         } else {
@@ -231,8 +246,7 @@ impl Forwarder {
             let attempt = if inline {
                 let request = http1::Bodiless {
                     method: &parts.method,
-                    target: path_and_query,
-                    headers: &parts.headers,
+                    head: &inline_head,
                 };
                 let exchange = http1::send(endpoint.addr, request, self.inline);
                 match tokio::time::timeout(shared.config.request_timeout, exchange).await {

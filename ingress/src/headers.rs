@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
+use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Version};
 
@@ -24,6 +25,16 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The headers [`set_forwarded`] sets: what a client sent under these names never goes upstream.
+static FORWARDING_HEADERS: [&HeaderName; 6] = [
+    &X_FORWARDED_FOR,
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PORT,
+    &header::FORWARDED,
+];
 
 /// Why a request was refused before routing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,6 +233,83 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, ho
             }
         }
     }
+}
+
+/// The request head the inline client sends, written straight from the client's headers: the
+/// same header set as [`strip_hop_by_hop`], [`set_forwarded`] and a default `Host` make of a
+/// `HeaderMap` (for a request that is not an upgrade), without changing or rehashing one.
+pub(crate) fn encode_upstream_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    forwarding: &Forwarding,
+    host: &str,
+    out: &mut BytesMut,
+) {
+    out.reserve(512);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut field = |name: &[u8], value: &[&[u8]]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        for part in value {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"\r\n");
+    };
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .collect();
+    let (mut trailers_te, mut wrote_host) = (false, false);
+    for (name, value) in headers {
+        if name == header::TE {
+            trailers_te |= value.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+            continue;
+        }
+        if HOP_BY_HOP.contains(name)
+            || FORWARDING_HEADERS.contains(&name)
+            || named
+                .iter()
+                .any(|token| token.eq_ignore_ascii_case(name.as_str()))
+        {
+            continue;
+        }
+        wrote_host |= name == header::HOST;
+        field(name.as_str().as_bytes(), &[value.as_bytes()]);
+    }
+    if trailers_te {
+        field(b"te", &[b"trailers"]);
+    }
+    if let Some(client) = &forwarding.client {
+        field(b"x-forwarded-for", &[client.as_bytes()]);
+        field(b"x-real-ip", &[client.as_bytes()]);
+    }
+    field(b"x-forwarded-proto", &[forwarding.proto.as_bytes()]);
+    field(b"x-forwarded-port", &[forwarding.port.as_bytes()]);
+    let forwarded = forwarding.forwarded.as_bytes();
+    if host.is_empty() {
+        field(b"forwarded", &[forwarded]);
+    } else {
+        field(b"x-forwarded-host", &[host.as_bytes()]);
+        field(
+            b"forwarded",
+            &[forwarded, b";host=\"", host.as_bytes(), b"\""],
+        );
+    }
+    if !wrote_host {
+        field(b"host", &[host.as_bytes()]);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {

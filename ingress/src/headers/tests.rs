@@ -258,3 +258,89 @@ proptest::proptest! {
         let _ = valid_host(&host);
     }
 }
+
+/// The header set, sorted, after the `HeaderMap` rewrite the hyper path applies.
+fn rewritten(headers: &HeaderMap, forwarding: &Forwarding, host: &str) -> Vec<(String, String)> {
+    let mut headers = headers.clone();
+    strip_hop_by_hop(&mut headers, false);
+    set_forwarded(&mut headers, forwarding, host);
+    if !headers.contains_key(header::HOST) {
+        headers.insert(
+            header::HOST,
+            HeaderValue::from_str(host).expect("valid host"),
+        );
+    }
+    let mut pairs: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().expect("ascii").to_owned()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// The header set, sorted, of the head the inline client writes.
+fn encoded(headers: &HeaderMap, forwarding: &Forwarding, host: &str) -> Vec<(String, String)> {
+    let mut out = bytes::BytesMut::new();
+    encode_upstream_head(&Method::GET, "/x?y", headers, forwarding, host, &mut out);
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut slots);
+    let parsed = request.parse(&out).expect("the head parses");
+    assert_eq!(
+        parsed,
+        httparse::Status::Complete(out.len()),
+        "one complete head"
+    );
+    assert_eq!((request.method, request.path), (Some("GET"), Some("/x?y")));
+    let mut pairs: Vec<(String, String)> = request
+        .headers
+        .iter()
+        .map(|h| {
+            let value = std::str::from_utf8(h.value).expect("ascii");
+            (h.name.to_owned(), value.to_owned())
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+const CANDIDATES: [(&str, &str); 16] = [
+    ("host", "app.example"),
+    ("connection", "keep-alive"),
+    ("connection", "x-secret, close"),
+    ("connection", "Host"),
+    ("x-secret", "1"),
+    ("te", "trailers, deflate"),
+    ("te", "gzip"),
+    ("transfer-encoding", "chunked"),
+    ("keep-alive", "timeout=5"),
+    ("proxy-authorization", "Basic x"),
+    ("x-forwarded-for", "6.6.6.6"),
+    ("forwarded", "for=evil"),
+    ("x-forwarded-host", "evil.example"),
+    ("accept", "*/*"),
+    ("cookie", "a=1"),
+    ("cookie", "b=2"),
+];
+
+proptest::proptest! {
+    #[test]
+    fn the_inline_head_carries_the_same_headers_as_the_rewritten_map(
+        chosen in proptest::sample::subsequence(CANDIDATES.to_vec(), 0..CANDIDATES.len()),
+        host in proptest::sample::select(vec!["app.example", "", "other.example:8080"]),
+        v6 in proptest::bool::ANY,
+    ) {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &chosen {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let client = if v6 { "fd00::7" } else { "10.0.0.7" };
+        let forwarding = Forwarding::new(client.parse().expect("ip"), "http", 80);
+        proptest::prop_assert_eq!(
+            encoded(&headers, &forwarding, host),
+            rewritten(&headers, &forwarding, host)
+        );
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use http::HeaderMap;
 use http::header::HeaderValue;
 use http_body::Body as _;
 use http_body_util::BodyExt;
@@ -49,12 +50,23 @@ async fn upstream(
     (addr, seen)
 }
 
-fn get<'a>(method: &'a Method, headers: &'a HeaderMap) -> Bodiless<'a> {
-    Bodiless {
-        method,
-        target: "/path?q=1",
-        headers,
-    }
+/// Sends a request for `/path?q=1` with `headers`.
+async fn send_with(
+    addr: SocketAddr,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Response<InlineBody>, SendError> {
+    let mut head = BytesMut::new();
+    encode_request_head(method, "/path?q=1", headers, &mut head);
+    send(
+        addr,
+        Bodiless {
+            method,
+            head: &head,
+        },
+        SETTINGS,
+    )
+    .await
 }
 
 async fn body_of(response: Response<InlineBody>) -> (Vec<u8>, Option<HeaderMap>) {
@@ -75,9 +87,7 @@ async fn a_content_length_response_is_read_and_its_connection_reused() {
     let (addr, mut heads) = upstream(vec![vec![answer, answer]]).await;
     let headers = host_headers();
     for _ in 0..2 {
-        let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-            .await
-            .unwrap();
+        let response = send_with(addr, &Method::GET, &headers).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["x-up"], "1");
         assert_eq!(body_of(response).await.0, b"hello");
@@ -96,9 +106,7 @@ async fn a_chunked_response_streams_its_data_and_trailers() {
     let answer: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\ngrpc-status: 0\r\n\r\n";
     let (addr, _heads) = upstream(vec![vec![answer]]).await;
     let headers = host_headers();
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     let (data, trailers) = body_of(response).await;
     assert_eq!(data, b"wikipedia");
     assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
@@ -110,9 +118,7 @@ async fn a_close_delimited_response_ends_at_eof_and_is_not_pooled() {
     let answer: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
     let (addr, _heads) = upstream(vec![vec![answer]]).await;
     let headers = host_headers();
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     assert_eq!(body_of(response).await.0, b"until the end");
     assert_eq!(pool::idle_count(addr), 0);
 }
@@ -124,15 +130,11 @@ async fn head_and_interim_responses_have_no_body() {
         b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n";
     let (addr, _heads) = upstream(vec![vec![head_answer, interim]]).await;
     let headers = host_headers();
-    let response = send(addr, get(&Method::HEAD, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::HEAD, &headers).await.unwrap();
     assert_eq!(response.headers()["content-length"], "100");
     assert!(response.body().is_end_stream());
     assert_eq!(body_of(response).await.0, b"");
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(pool::idle_count(addr), 1, "both on one connection");
 }
@@ -143,14 +145,10 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_by_a_new_one() {
     let answer: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     let (addr, _heads) = upstream(vec![vec![answer], vec![answer]]).await;
     let headers = host_headers();
-    let first = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let first = send_with(addr, &Method::GET, &headers).await.unwrap();
     assert_eq!(body_of(first).await.0, b"ok");
     tokio::time::sleep(Duration::from_millis(50)).await; // the close reaches us
-    let second = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let second = send_with(addr, &Method::GET, &headers).await.unwrap();
     assert_eq!(body_of(second).await.0, b"ok");
 }
 
@@ -160,14 +158,10 @@ async fn connection_close_and_abandoned_bodies_are_not_pooled() {
     let long: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n01234";
     let (addr, _heads) = upstream(vec![vec![close], vec![long]]).await;
     let headers = host_headers();
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     assert_eq!(body_of(response).await.0, b"ok");
     assert_eq!(pool::idle_count(addr), 0);
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     drop(response);
     assert_eq!(pool::idle_count(addr), 0);
 }
@@ -178,14 +172,10 @@ async fn a_body_cut_short_and_a_malformed_head_are_errors() {
     let garbage: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n";
     let (addr, _heads) = upstream(vec![vec![short], vec![garbage]]).await;
     let headers = host_headers();
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     let error = response.into_body().collect().await.unwrap_err();
     assert!(matches!(error, IngressError::UpstreamClosed), "{error}");
-    let error = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap_err();
+    let error = send_with(addr, &Method::GET, &headers).await.unwrap_err();
     assert!(
         matches!(
             error,
@@ -202,9 +192,7 @@ async fn nothing_listening_is_a_connect_error() {
         listener.local_addr().unwrap()
     };
     let headers = host_headers();
-    let error = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap_err();
+    let error = send_with(addr, &Method::GET, &headers).await.unwrap_err();
     assert!(matches!(error, SendError::Connect(_)), "{error:?}");
 }
 
@@ -213,9 +201,7 @@ async fn the_sweep_closes_connections_idle_too_long() {
     let answer: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
     let (addr, _heads) = upstream(vec![vec![answer, answer]]).await;
     let headers = host_headers();
-    let response = send(addr, get(&Method::GET, &headers), SETTINGS)
-        .await
-        .unwrap();
+    let response = send_with(addr, &Method::GET, &headers).await.unwrap();
     body_of(response).await;
     assert_eq!(pool::idle_count(addr), 1);
     sweep(60_000);

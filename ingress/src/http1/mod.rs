@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -53,9 +53,8 @@ pub(crate) enum SendError {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Bodiless<'a> {
     pub method: &'a Method,
-    /// The origin-form target: path and query.
-    pub target: &'a str,
-    pub headers: &'a HeaderMap,
+    /// The whole request head as it goes on the wire (see [`encode_request_head`]).
+    pub head: &'a [u8],
 }
 
 /// Sends `request` to `addr` over a pooled connection or a new one, and returns the response
@@ -67,11 +66,10 @@ pub(crate) async fn send(
     request: Bodiless<'_>,
     settings: ClientSettings,
 ) -> Result<Response<InlineBody>, SendError> {
-    let mut head = BytesMut::new();
-    encode_request_head(request.method, request.target, request.headers, &mut head);
+    let head = request.head;
     let head_request = *request.method == Method::HEAD;
     if let Some(pooled) = pool::checkout(addr, settings.idle_timeout_ms) {
-        match exchange(pooled, addr, &head, head_request, settings).await {
+        match exchange(pooled, addr, head, head_request, settings).await {
             Ok(response) => return Ok(response),
             Err(Failure {
                 error,
@@ -85,7 +83,7 @@ pub(crate) async fn send(
     let stream = connect(addr, settings.connect_timeout)
         .await
         .map_err(SendError::Connect)?;
-    exchange(stream, addr, &head, head_request, settings)
+    exchange(stream, addr, head, head_request, settings)
         .await
         .map_err(|failure| SendError::Exchange(failure.error))
 }
