@@ -6,6 +6,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::headers::HOP_BY_HOP;
+
 /// Headers a response head may carry at most (hyper's server default is 100).
 pub(crate) const MAX_RESPONSE_HEADERS: usize = 128;
 /// A chunk-size line (size and extensions) longer than this is refused.
@@ -134,7 +136,10 @@ fn parse_head(
         Some(0) => Version::HTTP_10,
         _ => return Err(WireError::Head),
     };
+    // Hop-by-hop fields describe this connection only: they decide framing and reuse here and
+    // are kept apart, so the headers passed on never carry them.
     let mut headers = HeaderMap::with_capacity(response.headers.len());
+    let mut hop = HeaderMap::new();
     for parsed in response.headers.iter() {
         let name = HeaderName::from_bytes(parsed.name.as_bytes()).map_err(|_| WireError::Head)?;
         let value = match shared {
@@ -143,10 +148,15 @@ fn parse_head(
             None => HeaderValue::from_bytes(parsed.value),
         }
         .map_err(|_| WireError::Head)?;
-        headers.append(name, value);
+        if HOP_BY_HOP.contains(&name) {
+            hop.append(name, value);
+        } else {
+            headers.append(name, value);
+        }
     }
-    let (framing, framing_reusable) = framing(status, head_request, &headers)?;
-    let reusable = framing_reusable && keep_alive(version, &headers);
+    let (framing, framing_reusable) = framing(status, head_request, &hop, &headers)?;
+    let reusable = framing_reusable && keep_alive(version, &hop);
+    remove_connection_named(&hop, &mut headers);
     Ok(Parsed::Complete {
         head: ResponseHead {
             status,
@@ -164,6 +174,7 @@ fn parse_head(
 fn framing(
     status: StatusCode,
     head_request: bool,
+    hop: &HeaderMap,
     headers: &HeaderMap,
 ) -> Result<(Framing, bool), WireError> {
     if head_request
@@ -173,8 +184,8 @@ fn framing(
     {
         return Ok((Framing::Empty, true));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
+    if hop.contains_key(header::TRANSFER_ENCODING) {
+        let last = hop
             .get_all(header::TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
@@ -211,6 +222,21 @@ fn framing(
         Some(length) => (Framing::Length(length), true),
         None => (Framing::UntilClose, false),
     })
+}
+
+/// Removes the headers a `Connection` field names (RFC 9110 §7.6.1).
+fn remove_connection_named(hop: &HeaderMap, headers: &mut HeaderMap) {
+    for value in hop.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                headers.remove(name);
+            }
+        }
+    }
 }
 
 /// HTTP/1.1 keeps the connection unless `Connection: close`; HTTP/1.0 only with `keep-alive`.

@@ -302,3 +302,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn hop_by_hop_fields_decide_framing_but_are_not_passed_on() {
+    let parsed = head(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-conn-only\r\nKeep-Alive: timeout=5\r\nx-conn-only: 1\r\nTransfer-Encoding: chunked\r\nx-app: 2\r\n\r\n");
+    assert_eq!(parsed.framing, Framing::Chunked);
+    assert!(parsed.reusable);
+    let mut names: Vec<&str> = parsed.headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["x-app"]);
+
+    let parsed = head(b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n");
+    assert!(!parsed.reusable);
+    assert_eq!(
+        parsed.headers.len(),
+        1,
+        "Content-Length is end to end: {:?}",
+        parsed.headers
+    );
+}
