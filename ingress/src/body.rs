@@ -89,6 +89,37 @@ impl Body for RequestBody {
     }
 }
 
+// === impl UpstreamBody ===
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+            UpstreamBody::Inline(inner) => Pin::new(inner).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(inner) => inner.is_end_stream(),
+            UpstreamBody::Inline(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(inner) => inner.size_hint(),
+            UpstreamBody::Inline(inner) => inner.size_hint(),
+        }
+    }
+}
+
 // === impl ResponseBody ===
 
 impl ResponseBody {
@@ -132,12 +163,7 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(UpstreamBody::Hyper(inner)) => {
-                Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
-            }
-            Kind::Upstream(UpstreamBody::Inline(inner)) => {
-                Pin::new(inner).poll_frame(cx).map_err(BoxError::from)
-            }
+            Kind::Upstream(inner) => Pin::new(inner).poll_frame(cx),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -158,8 +184,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(UpstreamBody::Hyper(inner)) => inner.is_end_stream(),
-            Kind::Upstream(UpstreamBody::Inline(inner)) => inner.is_end_stream(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
         }
     }
 
@@ -167,8 +192,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
-            Kind::Upstream(UpstreamBody::Hyper(inner)) => inner.size_hint(),
-            Kind::Upstream(UpstreamBody::Inline(inner)) => inner.size_hint(),
+            Kind::Upstream(inner) => inner.size_hint(),
         }
     }
 }

@@ -56,7 +56,7 @@ pub(crate) struct Forwarder {
     inline: http1::ClientSettings,
 }
 
-/// The downstream connection a request arrived on (`local`: the listener address it reached).
+/// The downstream connection a request arrived on.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
@@ -65,6 +65,7 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// `local` is the listener address the connection reached.
     pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
         let proto = if tls { "https" } else { "http" };
         Self {

@@ -2,7 +2,6 @@
 //! hop-by-hop (RFC 9110 §7.6.1), and the `X-Forwarded-*`/`Forwarded` headers added upstream.
 
 use std::net::IpAddr;
-use std::sync::OnceLock;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -57,9 +56,6 @@ pub(crate) struct Forwarding {
     port: HeaderValue,
     /// `for=…;proto=…`: the start of the `Forwarded` value.
     forwarded: String,
-    /// The host of the connection's first request with its `X-Forwarded-Host` and `Forwarded`
-    /// values: a connection's requests are nearly always for one host.
-    first_host: OnceLock<(Box<str>, HeaderValue, HeaderValue)>,
 }
 
 impl Forwarding {
@@ -74,7 +70,6 @@ impl Forwarding {
             proto,
             port: HeaderValue::from(port),
             forwarded,
-            first_host: OnceLock::new(),
         }
     }
 }
@@ -205,33 +200,21 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, ho
         HeaderValue::from_static(forwarding.proto),
     );
     headers.insert(&X_FORWARDED_PORT, forwarding.port.clone());
-    let render = || {
-        let host_value = HeaderValue::from_str(host).ok()?;
-        let forwarded =
-            HeaderValue::from_str(&format!("{};host=\"{host}\"", forwarding.forwarded)).ok()?;
-        Some((Box::from(host), host_value, forwarded))
-    };
-    let rendered;
-    let values = match forwarding.first_host.get() {
-        _ if host.is_empty() => None,
-        Some(first) if &*first.0 == host => Some(first),
-        Some(_) => {
-            rendered = render();
-            rendered.as_ref()
-        }
-        None => render().map(|values| forwarding.first_host.get_or_init(|| values)),
-    };
-    match values {
-        Some((_, host_value, forwarded)) => {
-            headers.insert(&X_FORWARDED_HOST, host_value.clone());
-            headers.insert(header::FORWARDED, forwarded.clone());
+    let host_value = (!host.is_empty())
+        .then(|| HeaderValue::from_str(host).ok())
+        .flatten();
+    let forwarded = match host_value {
+        Some(host_value) => {
+            headers.insert(&X_FORWARDED_HOST, host_value);
+            HeaderValue::from_str(&format!("{};host=\"{host}\"", forwarding.forwarded))
         }
         None => {
             headers.remove(&X_FORWARDED_HOST);
-            if let Ok(forwarded) = HeaderValue::from_str(&forwarding.forwarded) {
-                headers.insert(header::FORWARDED, forwarded);
-            }
+            HeaderValue::from_str(&forwarding.forwarded)
         }
+    };
+    if let Ok(forwarded) = forwarded {
+        headers.insert(header::FORWARDED, forwarded);
     }
 }
 
@@ -247,10 +230,7 @@ pub(crate) fn encode_upstream_head(
     out: &mut BytesMut,
 ) {
     out.reserve(512);
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    crate::http1::encode_request_line(method, target, out);
     let mut field = |name: &[u8], value: &[&[u8]]| {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");

@@ -68,6 +68,14 @@ pub enum Parsed {
     Complete { head: ResponseHead, len: usize },
 }
 
+/// Writes `METHOD target HTTP/1.1` and its line end.
+pub fn encode_request_line(method: &Method, target: &str, out: &mut BytesMut) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+}
+
 /// Writes a request head: request line, headers as given, empty line. The request has no body
 /// (the inline client only carries bodiless requests), so no framing header is added.
 pub fn encode_request_head(method: &Method, target: &str, headers: &HeaderMap, out: &mut BytesMut) {
@@ -76,10 +84,7 @@ pub fn encode_request_head(method: &Method, target: &str, headers: &HeaderMap, o
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum::<usize>();
     out.reserve(method.as_str().len() + target.len() + size + 16);
-    out.extend_from_slice(method.as_str().as_bytes());
-    out.extend_from_slice(b" ");
-    out.extend_from_slice(target.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
+    encode_request_line(method, target, out);
     for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");

@@ -24,7 +24,7 @@ pub(crate) use body::InlineBody;
 use codec::parse_response_head_shared;
 pub use codec::{
     Chunk, ChunkedDecoder, Framing, Parsed, ResponseHead, WireError, encode_request_head,
-    parse_response_head,
+    encode_request_line, parse_response_head,
 };
 pub(crate) use pool::sweep;
 
