@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
 # HTTP ingress load comparison in one run on this machine: the same backend (nginx answering a
 # small body) reached directly, through Capstan's ingress (an Ingress + Service + EndpointSlice
-# from manifests), and through nginx configured as the equivalent reverse proxy (upstream
-# keep-alive, HTTP/1.1 to the backend, X-Forwarded-* headers), for plain HTTP/1.1 and for TLS
-# (same certificate, SNI bench.example, keep-alive). Measured with oha, keep-alive connections.
+# from manifests), through nginx and through HAProxy (both Debian packages) configured as the
+# equivalent reverse proxy (upstream keep-alive, HTTP/1.1 to the backend, X-Forwarded-* headers),
+# for plain HTTP/1.1 and for TLS (same certificate, SNI bench.example, keep-alive). Measured with
+# oha, keep-alive connections.
 #
-# CPU placement: the proxy under test (Capstan, or nginx's single worker) gets CPU 0; oha and the
-# backend share CPU 1. Both proxies therefore have one core: Capstan starts one worker, nginx
-# runs worker_processes 1.
+# One more row, l4_capstan, is a reference, not a contender: Capstan's L4 proxy (a capstan.yaml
+# service) copying the same requests' bytes to the backend without parsing HTTP. Any HTTP proxy
+# does at least its four socket calls per request, so that row is the floor of proxy CPU per
+# request on this machine, and its req/s the ceiling a user-space proxy can reach here.
+#
+# CPU placement: the proxy under test (Capstan, nginx's single worker, HAProxy with one thread)
+# gets CPU 0; oha and the backend share CPU 1. Every proxy therefore has one core: Capstan starts
+# one worker, nginx runs worker_processes 1, HAProxy nbthread 1.
 #
 # Usage: benches/ingress.sh [DURATION_SECONDS] [CONCURRENCY]     (defaults: 10, 64)
 #        ROUNDS=N benches/ingress.sh ...   interleaves the targets N times (default 3) and reports
 #                                          the median round of each: this machine is noisy.
-# Installs what it needs: apt packages (nginx-light, openssl) and `cargo install oha`.
+# Installs what it needs: apt packages (nginx-light, haproxy, openssl) and `cargo install oha`.
 # Everything listens on 127.0.0.1 ports picked at run time and is stopped at exit.
 set -euo pipefail
 [ -n "${TRACE:-}" ] && set -x
@@ -23,6 +29,7 @@ ROUNDS=${ROUNDS:-3}
 
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v haproxy >/dev/null || need_apt+=(haproxy)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v taskset >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -46,6 +53,7 @@ PROXY_CPU=0; CLIENT_CPU=1
 BACKEND=$(free_port)
 CAP_HTTP=$(free_port); CAP_HTTPS=$(free_port); CAP_ADMIN=$(free_port)
 NGX_HTTP=$(free_port); NGX_HTTPS=$(free_port)
+HAP_HTTP=$(free_port); HAP_HTTPS=$(free_port); CAP_L4=$(free_port)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=bench.example" -addext "subjectAltName=DNS:bench.example" \
@@ -106,7 +114,42 @@ CONF
 taskset -c "$PROXY_CPU" nginx -c "$work/proxy/nginx.conf" -g 'daemon off;' & pids+=($!)
 NGINX_PID=$!
 
-# Capstan: the same route from Kubernetes manifests.
+# HAProxy as the reverse proxy: the same headers, connections to the backend kept and shared.
+cat "$work/cert.pem" "$work/key.pem" > "$work/proxy/haproxy.pem"
+cat > "$work/proxy/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+  ssl-default-bind-options ssl-min-ver TLSv1.2
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-keep-alive 60s
+frontend bench
+  bind 127.0.0.1:$HAP_HTTP backlog 4096
+  bind 127.0.0.1:$HAP_HTTPS ssl crt $work/proxy/haproxy.pem alpn h2,http/1.1 backlog 4096
+  option forwardfor
+  http-request set-header X-Forwarded-Proto https if { ssl_fc }
+  http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  default_backend bench
+backend bench
+  server backend 127.0.0.1:$BACKEND
+CONF
+taskset -c "$PROXY_CPU" haproxy -db -f "$work/proxy/haproxy.cfg" & pids+=($!)
+HAPROXY_PID=$!
+
+# Capstan: the same route from Kubernetes manifests, and the L4 reference from capstan.yaml.
+cat > "$work/capstan.yaml" <<CONF
+services:
+  bench-l4:
+    listen: 127.0.0.1:$CAP_L4
+    backends: [127.0.0.1:$BACKEND]
+CONF
 indent() { sed 's/^/    /' "$1"; }
 cat > "$work/manifests/bench.yaml" <<CONF
 apiVersion: networking.k8s.io/v1
@@ -156,25 +199,25 @@ $(indent "$work/cert.pem")
   tls.key: |
 $(indent "$work/key.pem")
 CONF
-taskset -c "$PROXY_CPU" "$CAPSTAN" run --manifests "$work/manifests" --dns off \
+taskset -c "$PROXY_CPU" "$CAPSTAN" run --manifests "$work/manifests" --config "$work/capstan.yaml" --dns off \
   --http "127.0.0.1:$CAP_HTTP" --https "127.0.0.1:$CAP_HTTPS" --admin "127.0.0.1:$CAP_ADMIN" \
-  --log warn & pids+=($!)
+  --healthz off --metrics off --log warn & pids+=($!)
 CAPSTAN_PID=$!
 
-for port in $BACKEND $NGX_HTTP $NGX_HTTPS $CAP_HTTP $CAP_HTTPS $CAP_ADMIN; do wait_port "$port"; done
+for port in $BACKEND $NGX_HTTP $NGX_HTTPS $HAP_HTTP $HAP_HTTPS $CAP_HTTP $CAP_HTTPS $CAP_ADMIN $CAP_L4; do wait_port "$port"; done
 for _ in $(seq 100); do
   curl -sf -o /dev/null "http://127.0.0.1:$CAP_ADMIN/readyz" && break; sleep 0.05
 done
 
-# CPU time (user + system, clock ticks) of a process and its children's threads so far.
-cpu_ticks() { cat "/proc/$1/task/"*/stat 2>/dev/null | awk '{ t += $14 + $15 } END { print t + 0 }'; }
+# CPU time of a process's threads so far, in clock ticks: "user system".
+cpu_ticks() { cat "/proc/$1/task/"*/stat 2>/dev/null | awk '{ u += $14; s += $15 } END { print u + 0, s + 0 }'; }
 # nginx does its work in its worker process, the master's child.
 worker_of() { pgrep -P "$1" | head -1; }
 TICKS_PER_SECOND=$(getconf CLK_TCK)
 
 # oha_run PID URL ARGS...: oha's JSON summary as requests/s, failures (excluding requests cut by
-# the -z deadline), p50, p99, and the CPU time PID spent per request in microseconds (the
-# proxy's efficiency, which does not depend on how busy the client's CPU is).
+# the -z deadline), p50, p99, and the CPU time PID spent per request in microseconds: total, user,
+# system (the proxy's efficiency, which does not depend on how busy the client's CPU is).
 oha_run() {
   local pid=$1 before after
   shift
@@ -182,18 +225,20 @@ oha_run() {
   taskset -c "$CLIENT_CPU" oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --output-format json "$@" \
     > "$work/oha.json" 2>/dev/null
   after=$(cpu_ticks "$pid")
-  python3 - "$work/oha.json" "$((after - before))" "$TICKS_PER_SECOND" <<'PY'
+  python3 - "$work/oha.json" "$before" "$after" "$TICKS_PER_SECOND" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-ticks, hz = int(sys.argv[2]), int(sys.argv[3])
+(u0, s0), (u1, s1) = (map(int, a.split()) for a in sys.argv[2:4])
+hz = int(sys.argv[4])
 s = d["summary"]
 codes = d.get("statusCodeDistribution", {})
 bad = sum(n for c, n in codes.items() if c != "200")
 errors = sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" not in e)
 p = d.get("latencyPercentiles", {})
 done = sum(codes.values()) or 1
-cpu_us = ticks / hz * 1e6 / done
-print(f'{s["requestsPerSec"]:.0f} {bad + errors} {p.get("p50", 0)*1000:.3f} {p.get("p99", 0)*1000:.3f} {cpu_us:.1f}')
+user_us, sys_us = ((t1 - t0) / hz * 1e6 / done for t0, t1 in ((u0, u1), (s0, s1)))
+print(f'{s["requestsPerSec"]:.0f} {bad + errors} {p.get("p50", 0)*1000:.3f} {p.get("p99", 0)*1000:.3f} '
+      f'{user_us + sys_us:.1f} {user_us:.1f} {sys_us:.1f}')
 PY
 }
 check() { # every target must answer 200 before it is measured
@@ -202,7 +247,10 @@ check() { # every target must answer 200 before it is measured
 check "http://127.0.0.1:$BACKEND/"
 check -H "Host: plain.bench.example" "http://127.0.0.1:$NGX_HTTP/"
 check -H "Host: plain.bench.example" "http://127.0.0.1:$CAP_HTTP/"
+check -H "Host: plain.bench.example" "http://127.0.0.1:$HAP_HTTP/"
+check "http://127.0.0.1:$CAP_L4/"
 check -k --resolve "bench.example:$NGX_HTTPS:127.0.0.1" "https://bench.example:$NGX_HTTPS/"
+check -k --resolve "bench.example:$HAP_HTTPS:127.0.0.1" "https://bench.example:$HAP_HTTPS/"
 check -k --resolve "bench.example:$CAP_HTTPS:127.0.0.1" "https://bench.example:$CAP_HTTPS/"
 
 median_by_first_field() { sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
@@ -213,8 +261,11 @@ for round in $(seq "$ROUNDS"); do
   # plain runs use plain.bench.example, a rule without TLS (nginx serves it from the same block).
   runs[http_capstan]+="$(oha_run "$CAPSTAN_PID" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$CAP_HTTP")"$'\n'
   runs[http_nginx]+="$(oha_run "$(worker_of "$NGINX_PID")" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$NGX_HTTP")"$'\n'
+  runs[http_haproxy]+="$(oha_run "$HAPROXY_PID" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$HAP_HTTP")"$'\n'
+  runs[l4_capstan]+="$(oha_run "$CAPSTAN_PID" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$CAP_L4")"$'\n'
   runs[tls_capstan]+="$(oha_run "$CAPSTAN_PID" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$CAP_HTTPS")"$'\n'
   runs[tls_nginx]+="$(oha_run "$(worker_of "$NGINX_PID")" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$NGX_HTTPS")"$'\n'
+  runs[tls_haproxy]+="$(oha_run "$HAPROXY_PID" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$HAP_HTTPS")"$'\n'
 done
 for key in "${!runs[@]}"; do
   result[$key]=$(printf '%s' "${runs[$key]}" | median_by_first_field)
@@ -222,20 +273,34 @@ done
 
 field() { echo "$1" | cut -d' ' -f"$2"; }
 ratio() { python3 -c "print('%.2f' % ($1 / $2 if $2 else 0))"; }
-row() { printf '%-34s %10s %10s %16s %10s\n' "$@"; }
+row() { printf '%-20s %10s %8s %16s %11s %11s\n' "$@"; }
 echo
 echo "Capstan ingress load comparison: median of $ROUNDS rounds of ${DURATION}s, $CONCURRENCY keep-alive connections,"
 echo "proxy on CPU $PROXY_CPU, oha and backend on CPU $CLIENT_CPU"
-row "" "req/s" "failed" "p50/p99 ms" "CPU us/req"
-for key in http_direct http_capstan http_nginx tls_capstan tls_nginx; do
-  r=${result[$key]:-0 0 0 0 0}
-  row "$key" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)/$(field "$r" 4)" "$(field "$r" 5)"
+row "" "req/s" "failed" "p50/p99 ms" "CPU us/req" "user/sys"
+for key in http_direct http_capstan http_nginx http_haproxy l4_capstan tls_capstan tls_nginx tls_haproxy; do
+  r=${result[$key]:-0 0 0 0 0 0 0}
+  row "$key" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)/$(field "$r" 4)" "$(field "$r" 5)" \
+    "$(field "$r" 6)/$(field "$r" 7)"
 done
-echo "(CPU us/req: CPU time of the backend (direct) or of the proxy, per request answered)"
+echo "(CPU us/req: CPU time of the backend (direct) or of the proxy, per request answered;"
+echo " l4_capstan: bytes copied without parsing HTTP, the floor of any proxy on this machine)"
 echo
-echo "capstan / nginx, HTTP/1.1 req/s : $(ratio "$(field "${result[http_capstan]}" 1)" "$(field "${result[http_nginx]}" 1)")   (target >= 1.20)"
-echo "capstan / nginx, TLS req/s      : $(ratio "$(field "${result[tls_capstan]}" 1)" "$(field "${result[tls_nginx]}" 1)")   (target >= 1.20)"
-echo "capstan / nginx, HTTP/1.1 p99   : $(ratio "$(field "${result[http_capstan]}" 4)" "$(field "${result[http_nginx]}" 4)")   (target <= 1.00)"
-echo "capstan / nginx, TLS p99        : $(ratio "$(field "${result[tls_capstan]}" 4)" "$(field "${result[tls_nginx]}" 4)")   (target <= 1.00)"
-echo "capstan / nginx, HTTP/1.1 CPU/req: $(ratio "$(field "${result[http_capstan]}" 5)" "$(field "${result[http_nginx]}" 5)")   (lower is better)"
-echo "capstan / nginx, TLS CPU/req     : $(ratio "$(field "${result[tls_capstan]}" 5)" "$(field "${result[tls_nginx]}" 5)")   (lower is better)"
+# compare A B PLANE: A over B in req/s, p99 and CPU per request, on one line.
+compare() {
+  local a=${result[$3_$1]} b=${result[$3_$2]}
+  printf '%-22s %-9s req/s %5sx   p99 %5sx   CPU/req %5sx\n' "$1 / $2" "$3" \
+    "$(ratio "$(field "$a" 1)" "$(field "$b" 1)")" "$(ratio "$(field "$a" 4)" "$(field "$b" 4)")" \
+    "$(ratio "$(field "$a" 5)" "$(field "$b" 5)")"
+}
+for plane in http tls; do
+  compare capstan nginx "$plane"
+  compare capstan haproxy "$plane"
+  compare haproxy nginx "$plane"
+done
+echo "(target for capstan / nginx: req/s >= 1.20x with p99 <= 1.00x; CPU/req: lower is better)"
+echo
+# The L4 row has no TLS and parses nothing: how far below nginx any proxy's CPU could go here.
+echo "ceiling here: l4_capstan / nginx HTTP/1.1 req/s $(ratio "$(field "${result[l4_capstan]}" 1)" "$(field "${result[http_nginx]}" 1)")x," \
+  "nginx / l4_capstan CPU/req $(ratio "$(field "${result[http_nginx]}" 5)" "$(field "${result[l4_capstan]}" 5)")x," \
+  "direct / nginx req/s $(ratio "$(field "${result[http_direct]}" 1)" "$(field "${result[http_nginx]}" 1)")x"
