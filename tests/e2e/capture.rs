@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::netns::{
-    self, Node, greet_from, tcp_backend, udp_ask, udp_backend, udp_client,
+    self, Node, greet_from, tcp_backend, udp_ask, udp_backend, udp_client, udp_client6,
 };
 use crate::support::{Capstan, TempDir, path_str};
 
@@ -363,6 +363,8 @@ fn udp_and_dns_through_cluster_ips_flush_conntrack_and_a_clean_exit_removes_the_
     assert_eq!(udp_ask(&socket, echo_vip, "gone"), None);
 }
 
+/// TCP and UDP to an IPv6 ClusterIP, from a pod and from the node itself: each family and
+/// protocol has its own map, and the node's own traffic its own (output hook) rules.
 #[test]
 fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
     let Some(node) = topology(2) else {
@@ -370,21 +372,27 @@ fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
     };
     let (client, a) = (&node.pods[0].ns, &node.pods[1]);
     tcp_backend(&a.ns, SocketAddr::from((a.ip6, 8080)), "a6");
+    udp_backend(&a.ns, SocketAddr::from((a.ip6, 5353)), "a6");
     let dir = TempDir::new("capture-v6");
+    let ports = "[{name: http, port: 80, targetPort: 8080}, {name: dns, port: 53, protocol: UDP, targetPort: 5353}]";
+    let slice_ports = "[{name: http, port: 8080}, {name: dns, port: 5353, protocol: UDP}]";
     dir.write(
         "v6.yaml",
         &format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: web6, namespace: default}}\n\
-             spec:\n  ipFamilies: [IPv6]\n  clusterIP: '{vip}'\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+             spec:\n  ipFamilies: [IPv6]\n  clusterIP: '{vip}'\n  ports: {ports}\n---\n\
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web6-1\n  namespace: default\n  \
-             labels: {{kubernetes.io/service-name: web6}}\naddressType: IPv6\nports: [{{name: http, port: 8080}}]\n\
+             labels: {{kubernetes.io/service-name: web6}}\naddressType: IPv6\nports: {slice_ports}\n\
              endpoints:\n- {{addresses: ['{ip}'], conditions: {{ready: true}}}}\n",
             vip = node.vip6(1),
             ip = a.ip6,
         ),
     );
     let capstan = start(&node, &dir, &[]);
-    let vip = SocketAddr::from((node.vip6(1), 80));
+    let (vip, dns_vip) = (
+        SocketAddr::from((node.vip6(1), 80)),
+        SocketAddr::from((node.vip6(1), 53)),
+    );
     capstan.wait_listening(vip);
     // The redirect goes through the IPv6 map to the IPv6 listener, which reads
     // IP6T_SO_ORIGINAL_DST.
@@ -392,9 +400,22 @@ fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
         greet_from(client, vip).expect("IPv6 ClusterIP from a pod"),
         "a6"
     );
-    let table = node.capstan_table().expect("table");
-    assert!(
-        table.contains(&format!("{} . 80 : ", node.vip6(1))),
-        "{table}"
+    assert_eq!(
+        greet_from(&node.ns, vip).expect("IPv6 ClusterIP from the node"),
+        "a6"
     );
+    // UDP: the reply must come back from the VIP (the socket asserts it), from a pod and from
+    // the node (whose replies go out through the loopback socket of the VIP's port).
+    for (from, ns) in [("a pod", client.as_str()), ("the node", node.ns.as_str())] {
+        let socket = udp_client6(ns);
+        let answered = (0..5).find_map(|_| udp_ask(&socket, dns_vip, "q6"));
+        assert_eq!(answered.as_deref(), Some("a6:q6"), "UDP over IPv6 from {from}");
+    }
+    let table = node.capstan_table().expect("table");
+    for entry in [
+        format!("{} . 80 : ", node.vip6(1)),
+        format!("{} . 53 : ", node.vip6(1)),
+    ] {
+        assert!(table.contains(&entry), "{entry} in {table}");
+    }
 }

@@ -127,6 +127,9 @@ impl Node {
         let ip6 = node.ip6();
         node.ip_in(&["addr", "add", &format!("{ip6}/64"), "dev", "br0", "nodad"]);
         node.ip_in(&["link", "set", "br0", "up"]);
+        // A default route for IPv6 too, through the pod bridge (no IPv6 on the uplink): the output hook sees
+        // the node's own IPv6 traffic to a VIP only once it has a route.
+        node.ip_in(&["-6", "route", "add", "default", "dev", "br0"]);
         for i in 0..pods {
             let pod = Pod {
                 ns: format!("{ns}p{i}"),
@@ -258,9 +261,16 @@ pub(crate) fn greet_from(ns: &str, addr: SocketAddr) -> std::io::Result<String> 
 
 /// A UDP socket inside `ns` (sends from one source port for as long as it lives).
 pub(crate) fn udp_client(ns: &str) -> UdpSocket {
-    let socket = in_netns(ns, || {
-        UdpSocket::bind("0.0.0.0:0").expect("bind udp client")
-    });
+    udp_client_bound(ns, "0.0.0.0:0")
+}
+
+/// An IPv6 UDP socket inside `ns`, as [`udp_client`].
+pub(crate) fn udp_client6(ns: &str) -> UdpSocket {
+    udp_client_bound(ns, "[::]:0")
+}
+
+fn udp_client_bound(ns: &str, bind: &'static str) -> UdpSocket {
+    let socket = in_netns(ns, move || UdpSocket::bind(bind).expect("bind udp client"));
     socket
         .set_read_timeout(Some(Duration::from_millis(700)))
         .expect("timeout");
