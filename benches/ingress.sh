@@ -3,8 +3,9 @@
 # small body) reached directly, through Capstan's ingress (an Ingress + Service + EndpointSlice
 # from manifests), through nginx and through HAProxy (both Debian packages) configured as the
 # equivalent reverse proxy (upstream keep-alive, HTTP/1.1 to the backend, X-Forwarded-* headers),
-# for plain HTTP/1.1 and for TLS (same certificate, SNI bench.example, keep-alive). Measured with
-# oha, keep-alive connections.
+# for plain HTTP/1.1, for TLS with HTTP/1.1 and for TLS with HTTP/2 by ALPN (same certificate, SNI
+# bench.example). Measured with oha over keep-alive connections: CONCURRENCY connections of one
+# request at a time for HTTP/1.1; CONCURRENCY / 8 connections of 8 streams each for HTTP/2.
 #
 # One more row, l4_capstan, is a reference, not a contender: Capstan's L4 proxy (a capstan.yaml
 # service) copying the same requests' bytes to the backend without parsing HTTP. Any HTTP proxy
@@ -215,14 +216,18 @@ cpu_ticks() { cat "/proc/$1/task/"*/stat 2>/dev/null | awk '{ u += $14; s += $15
 worker_of() { pgrep -P "$1" | head -1; }
 TICKS_PER_SECOND=$(getconf CLK_TCK)
 
-# oha_run PID URL ARGS...: oha's JSON summary as requests/s, failures (excluding requests cut by
-# the -z deadline), p50, p99, and the CPU time PID spent per request in microseconds: total, user,
-# system (the proxy's efficiency, which does not depend on how busy the client's CPU is).
+# [STREAMS=N] oha_run PID URL ARGS...: CONCURRENCY requests at a time (over CONCURRENCY / N
+# connections of N HTTP/2 streams each when STREAMS is set), then oha's JSON summary as
+# requests/s, failures (excluding requests cut by the -z deadline), p50, p99, and the CPU time PID
+# spent per request in microseconds: total, user, system (the proxy's efficiency, which does not
+# depend on how busy the client's CPU is).
 oha_run() {
   local pid=$1 before after
   shift
   before=$(cpu_ticks "$pid")
-  taskset -c "$CLIENT_CPU" oha -z "${DURATION}s" -c "$CONCURRENCY" --no-tui --output-format json "$@" \
+  local streams=${STREAMS:-1}
+  taskset -c "$CLIENT_CPU" oha -z "${DURATION}s" -c "$(( (CONCURRENCY + streams - 1) / streams ))" \
+    -p "$streams" --no-tui --output-format json "$@" \
     > "$work/oha.json" 2>/dev/null
   after=$(cpu_ticks "$pid")
   python3 - "$work/oha.json" "$before" "$after" "$TICKS_PER_SECOND" <<'PY'
@@ -266,6 +271,9 @@ for round in $(seq "$ROUNDS"); do
   runs[tls_capstan]+="$(oha_run "$CAPSTAN_PID" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$CAP_HTTPS")"$'\n'
   runs[tls_nginx]+="$(oha_run "$(worker_of "$NGINX_PID")" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$NGX_HTTPS")"$'\n'
   runs[tls_haproxy]+="$(oha_run "$HAPROXY_PID" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$HAP_HTTPS")"$'\n'
+  runs[h2_capstan]+="$(STREAMS=8 oha_run "$CAPSTAN_PID" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$CAP_HTTPS")"$'\n'
+  runs[h2_nginx]+="$(STREAMS=8 oha_run "$(worker_of "$NGINX_PID")" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$NGX_HTTPS")"$'\n'
+  runs[h2_haproxy]+="$(STREAMS=8 oha_run "$HAPROXY_PID" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$HAP_HTTPS")"$'\n'
 done
 for key in "${!runs[@]}"; do
   result[$key]=$(printf '%s' "${runs[$key]}" | median_by_first_field)
@@ -278,7 +286,8 @@ echo
 echo "Capstan ingress load comparison: median of $ROUNDS rounds of ${DURATION}s, $CONCURRENCY keep-alive connections,"
 echo "proxy on CPU $PROXY_CPU, oha and backend on CPU $CLIENT_CPU"
 row "" "req/s" "failed" "p50/p99 ms" "CPU us/req" "user/sys"
-for key in http_direct http_capstan http_nginx http_haproxy l4_capstan tls_capstan tls_nginx tls_haproxy; do
+for key in http_direct http_capstan http_nginx http_haproxy l4_capstan tls_capstan tls_nginx tls_haproxy \
+  h2_capstan h2_nginx h2_haproxy; do
   r=${result[$key]:-0 0 0 0 0 0 0}
   row "$key" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)/$(field "$r" 4)" "$(field "$r" 5)" \
     "$(field "$r" 6)/$(field "$r" 7)"
@@ -293,11 +302,12 @@ compare() {
     "$(ratio "$(field "$a" 1)" "$(field "$b" 1)")" "$(ratio "$(field "$a" 4)" "$(field "$b" 4)")" \
     "$(ratio "$(field "$a" 5)" "$(field "$b" 5)")"
 }
-for plane in http tls; do
+for plane in http tls h2; do
   compare capstan nginx "$plane"
   compare capstan haproxy "$plane"
   compare haproxy nginx "$plane"
 done
+echo "(http: HTTP/1.1; tls: HTTP/1.1 over TLS; h2: HTTP/2 over TLS, by ALPN)"
 echo "(target for capstan / nginx: req/s >= 1.20x with p99 <= 1.00x; CPU/req: lower is better)"
 echo
 # The L4 row has no TLS and parses nothing: how far below nginx any proxy's CPU could go here.
