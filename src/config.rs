@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capstan_proxy::CaptureMode;
+use capstan_proxy::source::Prefix;
 use clap::{Args, Parser, Subcommand};
 
 /// Capstan: one node agent for Service load balancing (kube-proxy), and later cluster DNS and
@@ -98,6 +99,19 @@ pub struct RunArgs {
     /// Default: `nftables` with a Kubernetes source, `bind` otherwise.
     #[arg(long, value_name = "MODE", env = "CAPSTAN_CAPTURE", value_parser = parse_capture)]
     pub capture: Option<CaptureMode>,
+    /// With `--capture nftables`: TCP connections to captured VIPs from clients in these ranges
+    /// (the cluster's pod CIDRs, as kube-proxy's `--cluster-cidr`) reach endpoints from the
+    /// client's own address instead of the node's (a transparent socket, and a policy route
+    /// for the replies; needs NET_ADMIN). Other clients, endpoints on the client's own link and
+    /// UDP get the node's address.
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        env = "CAPSTAN_PRESERVE_SOURCE_IP",
+        value_delimiter = ',',
+        value_parser = parse_prefix
+    )]
+    pub preserve_source_ip: Vec<Prefix>,
     /// Load-balancing policy for Services that do not choose one: random, round-robin,
     /// least-connections.
     #[arg(
@@ -284,6 +298,10 @@ impl Listen {
     }
 }
 
+fn parse_prefix(text: &str) -> Result<Prefix, String> {
+    text.parse()
+}
+
 fn parse_capture(text: &str) -> Result<CaptureMode, String> {
     match text {
         "bind" => Ok(CaptureMode::Bind),
@@ -337,5 +355,9 @@ mod tests {
         assert_eq!(parse_capture("bind"), Ok(CaptureMode::Bind));
         assert_eq!(parse_capture("off"), Ok(CaptureMode::Off));
         assert!(parse_capture("iptables").is_err());
+        assert!(parse_prefix("10.244.0.0/16").is_ok());
+        assert!(parse_prefix("fd00:244::/56").is_ok());
+        assert!(parse_prefix("10.244.0.0").is_err());
+        assert!(parse_prefix("10.244.0.0/33").is_err());
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compile};
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_ingress::{IngressConfig, IngressMetrics};
-use capstan_proxy::{CaptureMode, ListenerStatus, Workers, run_listeners};
+use capstan_proxy::{CaptureMode, CaptureSettings, ListenerStatus, Workers, run_listeners};
 use capstan_table::{BalancePolicy, Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -80,6 +80,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         ),
         None => None,
     };
+    let capture = capture_settings(&args, kube.is_some())?;
     if let (Some(kube), Some(node), None) = (&kube, &args.node_name, &options.node_zone) {
         options.node_zone = kube.node_zone(node).await;
         info!(node = %node, zone = ?options.node_zone, "node topology");
@@ -192,11 +193,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         info!(http = %show(bound.http), https = %show(bound.https), "ingress listening");
     }
-    let capture = args.capture.unwrap_or(if kube.is_some() {
-        CaptureMode::Nftables
-    } else {
-        CaptureMode::Bind
-    });
     info!(?capture, "service capture");
     let listeners = tokio::spawn(run_listeners(
         workers.clone(),
@@ -375,6 +371,28 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
             default_certificate: args.default_certificate.clone(),
         },
         proxy_name: args.proxy_name.clone(),
+    })
+}
+
+/// `--capture` (by default `nftables` with a Kubernetes source, `bind` otherwise) and
+/// `--preserve-source-ip`, which only the nftables capture can route replies for.
+fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error> {
+    let default = if kube {
+        CaptureMode::Nftables
+    } else {
+        CaptureMode::Bind
+    };
+    let mode = args.capture.unwrap_or(default);
+    if !args.preserve_source_ip.is_empty() && mode != CaptureMode::Nftables {
+        return Err(Error::Convert {
+            kind: "flag",
+            name: "--preserve-source-ip".into(),
+            reason: "needs --capture nftables, whose table routes the replies back".into(),
+        });
+    }
+    Ok(CaptureSettings {
+        mode,
+        preserve_source: args.preserve_source_ip.clone(),
     })
 }
 

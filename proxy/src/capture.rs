@@ -23,6 +23,7 @@ use tokio::process::Command;
 use tracing::{debug, info, warn};
 
 use crate::ProxyError;
+use crate::source::{MARK, Prefix, ROUTE_TABLE};
 
 /// The nftables table Capstan owns (family `inet`).
 pub const TABLE: &str = "capstan";
@@ -37,6 +38,15 @@ pub enum CaptureMode {
     Nftables,
     /// Serve no Service frontends at all (DNS and ingress only, next to another proxy).
     Off,
+}
+
+/// How the listener set captures traffic (`--capture`, `--preserve-source-ip`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureSettings {
+    pub mode: CaptureMode,
+    /// Clients in these ranges (pod CIDRs) reach endpoints from their own address, for TCP
+    /// captured by nftables (see [`crate::source`]); only with [`CaptureMode::Nftables`].
+    pub preserve_source: Vec<Prefix>,
 }
 
 /// Where one captured frontend's traffic is redirected on this node.
@@ -57,6 +67,8 @@ pub struct Redirect {
 pub struct Capture {
     pub redirects: BTreeMap<Frontend, Redirect>,
     pub drops: BTreeSet<Frontend>,
+    /// Mark replies to Capstan's transparent upstream sockets for the local route back to them.
+    pub preserve_source: bool,
 }
 
 /// The nft script that atomically replaces Capstan's table with one redirecting exactly
@@ -175,6 +187,16 @@ pub fn ruleset(capture: &Capture) -> String {
     );
     redirect_rules(&mut out, "_local");
     let _ = writeln!(out, "  }}");
+    // Replies from endpoints to a client address Capstan connected from belong to Capstan's
+    // transparent socket, not to the pod: marked here (before any routing decision), they take
+    // the policy route to the local stack.
+    if capture.preserve_source {
+        let _ = writeln!(
+            out,
+            "  chain transparent_replies {{\n    type filter hook prerouting priority mangle; policy accept;\n    \
+             meta l4proto tcp socket transparent 1 meta mark set meta mark | {MARK:#x}\n  }}"
+        );
+    }
     // The redirect ports are for redirected traffic only: nothing reaches them directly.
     let _ = writeln!(
         out,
@@ -241,6 +263,8 @@ pub fn stale_udp(
 #[derive(Debug, Default)]
 pub struct Nftables {
     applied: Option<Capture>,
+    /// Whether the policy routing of [`crate::source`] is in place.
+    routing: bool,
     /// Whether the missing `conntrack` tool was already reported.
     conntrack_missing: bool,
 }
@@ -251,6 +275,10 @@ impl Nftables {
     pub async fn apply(&mut self, capture: &Capture) -> Result<bool, ProxyError> {
         if self.applied.as_ref() == Some(capture) {
             return Ok(false);
+        }
+        if capture.preserve_source && !self.routing {
+            add_routing().await?;
+            self.routing = true;
         }
         nft(&ruleset(capture)).await?;
         info!(
@@ -265,8 +293,11 @@ impl Nftables {
         Ok(true)
     }
 
-    /// Deletes Capstan's table (a clean exit).
+    /// Deletes Capstan's table and policy routing (a clean exit).
     pub async fn remove(&mut self) {
+        if std::mem::take(&mut self.routing) {
+            remove_routing().await;
+        }
         if self.applied.take().is_none() {
             return;
         }
@@ -312,6 +343,69 @@ pub fn original_destination(stream: &tokio::net::TcpStream) -> std::io::Result<S
     } else {
         let raw = getsockopt(stream, sockopt::OriginalDst).map_err(to_io)?;
         Ok(SocketAddr::V4(SockaddrIn::from(raw).into()))
+    }
+}
+
+/// The `ip` arguments of the policy route that takes marked replies to the local stack, for
+/// `family` (`-4`, `-6`): a rule for the mark, and a `local` default route in Capstan's table.
+fn routing_commands(family: &str) -> [Vec<String>; 2] {
+    let any = if family == "-6" { "::/0" } else { "0.0.0.0/0" };
+    let (mark, table) = (format!("{MARK:#x}/{MARK:#x}"), ROUTE_TABLE.to_string());
+    let owned = |args: &[&str]| args.iter().map(|s| (*s).to_owned()).collect();
+    [
+        owned(&[
+            family, "rule", "add", "fwmark", &mark, "lookup", &table, "priority", &table,
+        ]),
+        owned(&[
+            family, "route", "replace", "local", any, "dev", "lo", "table", &table,
+        ]),
+    ]
+}
+
+/// Adds the policy routing for both families, replacing any left by an earlier run.
+async fn add_routing() -> Result<(), ProxyError> {
+    remove_routing().await;
+    for family in ["-4", "-6"] {
+        for args in routing_commands(family) {
+            ip(&args).await?;
+        }
+    }
+    info!(mark = %format!("{MARK:#x}"), table = ROUTE_TABLE, "policy routing for client source addresses added");
+    Ok(())
+}
+
+/// Removes the policy routing of both families (each rule as often as it was added).
+async fn remove_routing() {
+    for family in ["-4", "-6"] {
+        let [mut rule, _] = routing_commands(family);
+        rule[2] = "del".to_owned();
+        while ip(&rule).await.is_ok() {}
+        let table = ROUTE_TABLE.to_string();
+        let flush = [family, "route", "flush", "table", &table].map(str::to_owned);
+        let _ = ip(&flush).await;
+    }
+}
+
+/// Runs `ip ARGS`.
+async fn ip(args: &[String]) -> Result<(), ProxyError> {
+    let output = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ProxyError::Capture {
+            reason: format!("run ip: {e}"),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(ProxyError::Capture {
+            reason: format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
     }
 }
 
@@ -387,7 +481,11 @@ mod tests {
             // Not captured: never dropped either.
             frontend("10.96.0.99:80", Protocol::Tcp),
         ]);
-        let script = ruleset(&Capture { redirects, drops });
+        let script = ruleset(&Capture {
+            redirects,
+            drops,
+            preserve_source: false,
+        });
         let line = |name: &str| {
             script
                 .lines()
@@ -431,6 +529,37 @@ mod tests {
         );
         assert!(script.contains("type filter hook prerouting priority -110"));
         assert!(script.contains("meta nfproto ipv4 ip daddr . tcp dport @drop_tcp4 drop\n"));
+    }
+
+    #[test]
+    fn replies_to_transparent_sockets_are_marked_only_when_source_addresses_are_kept() {
+        assert!(!ruleset(&Capture::default()).contains("transparent"));
+        let script = ruleset(&Capture {
+            preserve_source: true,
+            ..Capture::default()
+        });
+        assert!(script.contains(
+            "chain transparent_replies {\n    type filter hook prerouting priority mangle; policy accept;\n    \
+             meta l4proto tcp socket transparent 1 meta mark set meta mark | 0x400000\n  }"
+        ), "{script}");
+    }
+
+    #[test]
+    fn the_policy_route_sends_marked_packets_of_each_family_to_the_local_stack() {
+        let [rule, route] = routing_commands("-6");
+        assert_eq!(
+            rule.join(" "),
+            "-6 rule add fwmark 0x400000/0x400000 lookup 4341 priority 4341"
+        );
+        assert_eq!(
+            route.join(" "),
+            "-6 route replace local ::/0 dev lo table 4341"
+        );
+        let [_, route] = routing_commands("-4");
+        assert_eq!(
+            route.join(" "),
+            "-4 route replace local 0.0.0.0/0 dev lo table 4341"
+        );
     }
 
     #[test]

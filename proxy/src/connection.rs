@@ -10,17 +10,20 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::relay::{RelayEnd, relay};
+use crate::source::{Links, connect_from};
 use crate::{ProxyError, balance, now_ms};
 
 /// Distinct endpoints tried before a connection is given up.
 const MAX_ATTEMPTS: usize = 3;
 
-/// Serves one client connection accepted on `frontend`.
+/// Serves one client connection accepted on `frontend`; with `links`, endpoints are reached from
+/// the client's address where its replies come back through this node.
 pub(crate) async fn serve(
     client: TcpStream,
     peer: SocketAddr,
     frontend: Frontend,
     snapshots: SnapshotHandle,
+    links: Option<Arc<Links>>,
 ) {
     // One snapshot for the whole connection: later swaps never affect it.
     let Some(snapshot) = snapshots.load() else {
@@ -49,7 +52,7 @@ pub(crate) async fn serve(
         return reset(client);
     }
 
-    let Some((endpoint, upstream)) = connect(&port, eligible, peer).await else {
+    let Some((endpoint, upstream)) = connect(&port, eligible, peer, links.as_deref()).await else {
         counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
         return reset(client);
     };
@@ -79,13 +82,15 @@ async fn connect(
     port: &ServicePortTable,
     eligible: &[Arc<Endpoint>],
     peer: SocketAddr,
+    links: Option<&Links>,
 ) -> Option<(Arc<Endpoint>, TcpStream)> {
     let mut rng = fastrand::Rng::new();
     let mut tried = Vec::new();
     while tried.len() < MAX_ATTEMPTS {
         let endpoint = balance::choose(port, eligible, peer.ip(), &tried, now_ms(), &mut rng)?;
         endpoint.stats.chosen.fetch_add(1, Ordering::Relaxed);
-        match connect_one(endpoint.addr, port.timeouts.connect).await {
+        let source = links.and_then(|links| links.source_for(peer.ip(), endpoint.addr.ip()));
+        match connect_one(endpoint.addr, source, port.timeouts.connect).await {
             Ok(stream) => {
                 endpoint.stats.record_success();
                 return Some((endpoint, stream));
@@ -100,8 +105,19 @@ async fn connect(
     None
 }
 
-async fn connect_one(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+/// Connects to `addr`, from `source` when given (the client's address) or else the node's.
+async fn connect_one(
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let connecting = async {
+        match source {
+            Some(source) => connect_from(source, addr).await,
+            None => TcpStream::connect(addr).await,
+        }
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)

@@ -5,7 +5,8 @@
 //! traffic capture ([`capture`]: nftables redirects of VIPs to those listeners), the per-connection
 //! TCP pipeline (load snapshot → [`balance::choose`] → connect with timeout and retry → relay with
 //! half-close and idle timeout), UDP flows (a flow per client address, idle expiry, re-balanced
-//! when its endpoint stops being eligible), and passive health (ejection with backoff).
+//! when its endpoint stops being eligible), passive health (ejection with backoff), and keeping
+//! clients' source addresses to endpoints ([`source`], with `--preserve-source-ip`).
 //!
 //! Must not import: `catalog`, the sources, or anything Kubernetes. It reads only the compiled
 //! [`capstan_table::ProxyTable`] from the snapshot, once per connection, without locks.
@@ -17,10 +18,11 @@ mod connection;
 mod error;
 mod listen;
 mod relay;
+pub mod source;
 mod udp;
 mod workers;
 
-pub use capture::{Capture, CaptureMode, Redirect};
+pub use capture::{Capture, CaptureMode, CaptureSettings, Redirect};
 pub use clock::now_ms;
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_table::{Frontend, Generation, Protocol, Snapshot, SnapshotHandle, WhenEmpty};
@@ -15,8 +16,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::capture::{Capture, CaptureMode, Nftables, Redirect, original_destination};
+use crate::capture::{
+    Capture, CaptureMode, CaptureSettings, Nftables, Redirect, original_destination,
+};
 use crate::connection::serve;
+use crate::source::Links;
 use crate::{ProxyError, Workers};
 
 /// How often frontends that failed to bind are retried when no new snapshot arrives.
@@ -63,6 +67,8 @@ struct Shared<'a> {
     snapshots: &'a SnapshotHandle,
     shutdown: &'a CancellationToken,
     connections: &'a TaskTracker,
+    /// The node's links, when connections captured by nftables keep the client's address.
+    links: &'a Option<Arc<Links>>,
 }
 
 /// Keeps the listeners of the current snapshot's frontends until `shutdown` is cancelled.
@@ -71,22 +77,30 @@ struct Shared<'a> {
 /// listener (a Service removed) or shutting down never cuts an established connection; the caller
 /// drains `connections` with its own deadline. With [`CaptureMode::Nftables`], frontends with a
 /// specific address are reached through node ports (one shared port per family for TCP) and the
-/// nftables table is reprogrammed to match; it is removed when this returns.
+/// nftables table is reprogrammed to match; it is removed when this returns. With
+/// `preserve_source` ranges, those redirected TCP connections from clients in them reach
+/// endpoints from the client's address ([`crate::source`]).
 pub async fn run_listeners(
-    workers: std::sync::Arc<Workers>,
+    workers: Arc<Workers>,
     snapshots: SnapshotHandle,
     mut generations: watch::Receiver<Generation>,
     status: watch::Sender<ListenerStatus>,
-    capture: CaptureMode,
+    settings: CaptureSettings,
     shutdown: CancellationToken,
     connections: TaskTracker,
 ) {
+    let capture = settings.mode;
+    let preserve_source = !settings.preserve_source.is_empty() && capture == CaptureMode::Nftables;
+    let links = preserve_source.then(|| Arc::new(Links::new(settings.preserve_source)));
     let mut active: HashMap<Frontend, Open> = HashMap::new();
     let mut nftables = Nftables::default();
     // The shared TCP redirect port of each family (IPv4, IPv6), opened when first needed.
     let mut redirect_ports: [Option<u16>; 2] = [None, None];
     let mut retry = tokio::time::interval(BIND_RETRY);
     loop {
+        if let Some(links) = &links {
+            links.refresh();
+        }
         let snapshot = snapshots.load();
         let wanted: HashSet<Frontend> = match (capture, &snapshot) {
             (CaptureMode::Off, _) | (_, None) => HashSet::new(),
@@ -108,6 +122,7 @@ pub async fn run_listeners(
             snapshots: &snapshots,
             shutdown: &shutdown,
             connections: &connections,
+            links: &links,
         };
         for frontend in wanted {
             if let Some(open) = active.get(&frontend) {
@@ -154,7 +169,11 @@ pub async fn run_listeners(
                 .filter_map(|(frontend, open)| Some((*frontend, open.redirect?)))
                 .collect();
             let drops = dropping(snapshot, &redirects);
-            let wanted = Capture { redirects, drops };
+            let wanted = Capture {
+                redirects,
+                drops,
+                preserve_source,
+            };
             if let Err(error) = nftables.apply(&wanted).await {
                 warn!(%error, "nftables capture not applied; retrying");
                 for frontend in wanted.redirects.keys() {
@@ -237,15 +256,26 @@ fn open_tcp_accepting(
         .map_or(addr.port(), |a| a.port());
     info!(?accepting, sockets = listeners.len(), port, "listening");
     let token = shared.shutdown.child_token();
+    // Only redirected connections can keep the client's address: the mark rule and policy route
+    // exist only with the nftables capture.
+    let links = match accepting {
+        Accepting::Redirected => shared.links.clone(),
+        Accepting::Frontend(_) => None,
+    };
     // One accept socket per worker: each worker accepts and serves its own.
     for (listener, worker) in listeners.into_iter().zip(shared.workers.handles()) {
         let (snapshots, token) = (shared.snapshots.clone(), token.clone());
-        let connections = shared.connections.clone();
+        let (connections, links) = (shared.connections.clone(), links.clone());
         worker.spawn(async move {
             // Registered with this worker's reactor.
             match TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    accept_loop(listener, accepting, snapshots, token, connections).await;
+                    let serving = Serving {
+                        snapshots,
+                        connections,
+                        links,
+                    };
+                    accept_loop(listener, accepting, serving, token).await;
                 }
                 Err(error) => warn!(?accepting, %error, "accept socket not registered"),
             }
@@ -380,12 +410,18 @@ fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
     socket.map_err(|source| ProxyError::Bind { addr, source })
 }
 
+/// What an accept loop hands each connection.
+struct Serving {
+    snapshots: SnapshotHandle,
+    connections: TaskTracker,
+    links: Option<Arc<Links>>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     accepting: Accepting,
-    snapshots: SnapshotHandle,
+    serving: Serving,
     stop: CancellationToken,
-    connections: TaskTracker,
 ) {
     loop {
         let accepted: std::io::Result<(TcpStream, SocketAddr)> = tokio::select! {
@@ -407,7 +443,11 @@ async fn accept_loop(
                         }
                     },
                 };
-                connections.spawn(serve(stream, peer, frontend, snapshots.clone()));
+                let links = serving.links.clone();
+                let snapshots = serving.snapshots.clone();
+                serving
+                    .connections
+                    .spawn(serve(stream, peer, frontend, snapshots, links));
             }
             Err(error) => {
                 // EMFILE and friends: back off briefly instead of spinning.

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::netns::{
-    self, Node, greet_from, tcp_backend, udp_ask, udp_backend, udp_client, udp_client6,
+    self, Node, greet_from, tcp_backend, tcp_peer_backend, udp_ask, udp_backend, udp_client,
+    udp_client6,
 };
 use crate::support::{Capstan, TempDir, path_str};
 
@@ -363,6 +364,35 @@ fn udp_and_dns_through_cluster_ips_flush_conntrack_and_a_clean_exit_removes_the_
     assert_eq!(udp_ask(&socket, echo_vip, "gone"), None);
 }
 
+/// Needs no root: keeping source addresses needs the nftables capture, and says so at once.
+#[test]
+fn preserve_source_ip_without_the_nftables_capture_is_refused() {
+    let dir = TempDir::new("capture-source-bind");
+    let vip = SocketAddr::from(([127, 0, 0, 1], 1));
+    let config = dir.write(
+        "capstan.yaml",
+        &crate::support::config_one("web", vip, &["127.0.0.1:9".parse().expect("addr")], ""),
+    );
+    let (status, output) = crate::support::run_to_exit(&[
+        "run",
+        "--config",
+        path_str(&config),
+        "--capture",
+        "bind",
+        "--preserve-source-ip",
+        "10.244.0.0/16",
+        "--admin",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("--preserve-source-ip") && output.contains("needs --capture nftables"),
+        "{output}"
+    );
+}
+
 /// TCP and UDP to an IPv6 ClusterIP, from a pod and from the node itself: each family and
 /// protocol has its own map, and the node's own traffic its own (output hook) rules.
 #[test]
@@ -409,7 +439,11 @@ fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
     for (from, ns) in [("a pod", client.as_str()), ("the node", node.ns.as_str())] {
         let socket = udp_client6(ns);
         let answered = (0..5).find_map(|_| udp_ask(&socket, dns_vip, "q6"));
-        assert_eq!(answered.as_deref(), Some("a6:q6"), "UDP over IPv6 from {from}");
+        assert_eq!(
+            answered.as_deref(),
+            Some("a6:q6"),
+            "UDP over IPv6 from {from}"
+        );
     }
     let table = node.capstan_table().expect("table");
     for entry in [
@@ -418,4 +452,80 @@ fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
     ] {
         assert!(table.contains(&entry), "{entry} in {table}");
     }
+}
+
+/// `--preserve-source-ip PODS`: an endpoint whose replies come back through the node (here a pod on a
+/// routed link of its own) sees the client pod's address, as with kube-proxy; one on the client's
+/// own bridge would answer the client directly, so it sees the node's, as without the flag.
+#[test]
+fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_the_node() {
+    let Some(mut node) = topology(2) else {
+        return;
+    };
+    let routed = node.add_routed_pod();
+    let (client, bridged, routed) = (&node.pods[0], &node.pods[1], &node.pods[routed]);
+    tcp_peer_backend(&routed.ns, SocketAddr::from((routed.ip, 8080)));
+    tcp_peer_backend(&bridged.ns, SocketAddr::from((bridged.ip, 8080)));
+    let dir = TempDir::new("capture-source");
+    let http = "[{name: http, port: 80, targetPort: 8080}]";
+    let slice_ports = "[{name: http, port: 8080}]";
+    dir.write(
+        "services.yaml",
+        &[
+            service("far", node.vip(1), http, ""),
+            slice("far", slice_ports, &[(routed.ip, "node-1", READY)]),
+            service("near", node.vip(2), http, ""),
+            slice("near", slice_ports, &[(bridged.ip, "node-1", READY)]),
+        ]
+        .concat(),
+    );
+    let (far, near) = (
+        SocketAddr::from((node.vip(1), 80)),
+        SocketAddr::from((node.vip(2), 80)),
+    );
+    let routed_gateway = Ipv4Addr::new(10, 246, node.ip.octets()[2], 1).to_string();
+
+    // Without the flag, every endpoint sees the node.
+    let mut capstan = start(&node, &dir, &[]);
+    capstan.wait_listening(far);
+    assert_eq!(greet_from(&client.ns, far).expect("far"), routed_gateway);
+    capstan.signal(15);
+    assert!(
+        capstan.wait_exit(Duration::from_secs(20)).is_some(),
+        "exited"
+    );
+
+    let mut capstan = start(&node, &dir, &["--preserve-source-ip", "10.244.0.0/16"]);
+    capstan.wait_listening(far);
+    let rules = node.ip_rules();
+    assert!(
+        rules.contains("fwmark 0x400000/0x400000 lookup 4341"),
+        "{rules}"
+    );
+    let table = node.capstan_table().expect("table");
+    assert!(table.contains("socket transparent 1"), "{table}");
+    assert_eq!(
+        greet_from(&client.ns, far).expect("far, from a pod"),
+        client.ip.to_string(),
+        "the routed endpoint sees the client pod"
+    );
+    assert_eq!(
+        greet_from(&client.ns, near).expect("near, from a pod"),
+        node.ip.to_string(),
+        "an endpoint on the client's bridge sees the node"
+    );
+    // The node's own traffic is not a pod's: it comes from the node's address, as before.
+    assert_eq!(
+        greet_from(&node.ns, far).expect("far, from the node"),
+        routed_gateway
+    );
+    // A clean exit removes the policy routing with the table.
+    capstan.signal(15);
+    assert!(
+        capstan.wait_exit(Duration::from_secs(20)).is_some(),
+        "exited"
+    );
+    let rules = node.ip_rules();
+    assert!(!rules.contains("lookup 4341"), "{rules}");
+    assert_eq!(node.capstan_table(), None);
 }

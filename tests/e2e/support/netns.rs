@@ -174,6 +174,44 @@ impl Node {
         node
     }
 
+    /// One more pod, reached through a routed point-to-point veth of its own (`10.246.<subnet>.2`
+    /// behind the node's `10.246.<subnet>.1/30`) rather than the bridge, as with routed pod
+    /// networking: its packets to other pods pass through the node's IP layer. Returns its index
+    /// in `pods`.
+    pub(crate) fn add_routed_pod(&mut self) -> usize {
+        let index = self.pods.len();
+        let pod = Pod {
+            ns: format!("{}p{index}", self.ns),
+            ip: Ipv4Addr::new(10, 246, self.subnet, 2),
+            ip6: Ipv6Addr::UNSPECIFIED,
+        };
+        let gateway = Ipv4Addr::new(10, 246, self.subnet, 1);
+        let veth = format!("vr{index}");
+        run(&["ip", "netns", "add", &pod.ns]);
+        self.ip_in(&[
+            "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
+        ]);
+        self.ip_in(&["addr", "add", &format!("{gateway}/30"), "dev", &veth]);
+        self.ip_in(&["link", "set", &veth, "up"]);
+        for args in [
+            vec!["link", "set", "lo", "up"],
+            vec!["addr", "add", &format!("{}/30", pod.ip), "dev", "eth0"],
+            vec!["link", "set", "eth0", "up"],
+            vec!["route", "add", "default", "via", &gateway.to_string()],
+        ] {
+            let mut command = vec!["ip", "-n", &pod.ns];
+            command.extend_from_slice(&args);
+            run(&command);
+        }
+        self.pods.push(pod);
+        index
+    }
+
+    /// `ip rule` in the node.
+    pub(crate) fn ip_rules(&self) -> String {
+        run(&["ip", "-n", &self.ns, "rule"])
+    }
+
     fn ip_in(&self, args: &[&str]) {
         let mut command = vec!["ip", "-n", &self.ns];
         command.extend_from_slice(args);
@@ -231,6 +269,18 @@ pub(crate) fn tcp_backend(ns: &str, addr: SocketAddr, name: &str) {
     std::thread::spawn(move || {
         for mut stream in listener.incoming().map_while(Result::ok) {
             let _ = stream.write_all(greeting.as_bytes());
+        }
+    });
+}
+
+/// A TCP backend inside `ns`: tells each connection the address it came from, and closes it.
+pub(crate) fn tcp_peer_backend(ns: &str, addr: SocketAddr) {
+    let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind backend"));
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            if let Ok(peer) = stream.peer_addr() {
+                let _ = writeln!(stream, "{}", peer.ip());
+            }
         }
     });
 }
