@@ -465,6 +465,7 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
     let routed = node.add_routed_pod();
     let (client, bridged, routed) = (&node.pods[0], &node.pods[1], &node.pods[routed]);
     tcp_peer_backend(&routed.ns, SocketAddr::from((routed.ip, 8080)));
+    tcp_peer_backend(&routed.ns, SocketAddr::from((routed.ip6, 8080)));
     tcp_peer_backend(&bridged.ns, SocketAddr::from((bridged.ip, 8080)));
     let dir = TempDir::new("capture-source");
     let http = "[{name: http, port: 80, targetPort: 8080}]";
@@ -476,9 +477,19 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
             slice("far", slice_ports, &[(routed.ip, "node-1", READY)]),
             service("near", node.vip(2), http, ""),
             slice("near", slice_ports, &[(bridged.ip, "node-1", READY)]),
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: far6, namespace: default}}\n\
+                 spec:\n  ipFamilies: [IPv6]\n  clusterIP: '{vip}'\n  ports: {http}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: far6-1\n  \
+                 namespace: default\n  labels: {{kubernetes.io/service-name: far6}}\naddressType: IPv6\n\
+                 ports: {slice_ports}\nendpoints:\n- {{addresses: ['{ip}'], conditions: {{ready: true}}}}\n",
+                vip = node.vip6(1),
+                ip = routed.ip6,
+            ),
         ]
         .concat(),
     );
+    let far6 = SocketAddr::from((node.vip6(1), 80));
     let (far, near) = (
         SocketAddr::from((node.vip(1), 80)),
         SocketAddr::from((node.vip(2), 80)),
@@ -495,7 +506,8 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         "exited"
     );
 
-    let mut capstan = start(&node, &dir, &["--preserve-source-ip", "10.244.0.0/16"]);
+    let pods = "10.244.0.0/16,fd00:244::/32";
+    let mut capstan = start(&node, &dir, &["--preserve-source-ip", pods]);
     capstan.wait_listening(far);
     let rules = node.ip_rules();
     assert!(
@@ -508,6 +520,11 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         greet_from(&client.ns, far).expect("far, from a pod"),
         client.ip.to_string(),
         "the routed endpoint sees the client pod"
+    );
+    assert_eq!(
+        greet_from(&client.ns, far6).expect("far over IPv6, from a pod"),
+        client.ip6.to_string(),
+        "the routed endpoint sees the client pod's IPv6 address"
     );
     assert_eq!(
         greet_from(&client.ns, near).expect("near, from a pod"),

@@ -174,30 +174,36 @@ impl Node {
         node
     }
 
-    /// One more pod, reached through a routed point-to-point veth of its own (`10.246.<subnet>.2`
-    /// behind the node's `10.246.<subnet>.1/30`) rather than the bridge, as with routed pod
-    /// networking: its packets to other pods pass through the node's IP layer. Returns its index
-    /// in `pods`.
+    /// One more pod, reached through a routed veth of its own (`10.246.<subnet>.2` behind the
+    /// node's `10.246.<subnet>.1/30`, `fd00:246:<subnet>::2` behind `::1/64`) rather than the
+    /// bridge, as with routed pod networking: its packets to other pods pass through the node's
+    /// IP layer. Returns its index in `pods`.
     pub(crate) fn add_routed_pod(&mut self) -> usize {
         let index = self.pods.len();
         let pod = Pod {
             ns: format!("{}p{index}", self.ns),
             ip: Ipv4Addr::new(10, 246, self.subnet, 2),
-            ip6: Ipv6Addr::UNSPECIFIED,
+            ip6: Ipv6Addr::new(0xfd00, 0x246, u16::from(self.subnet), 0, 0, 0, 0, 2),
         };
         let gateway = Ipv4Addr::new(10, 246, self.subnet, 1);
+        let gateway6 = Ipv6Addr::new(0xfd00, 0x246, u16::from(self.subnet), 0, 0, 0, 0, 1);
         let veth = format!("vr{index}");
         run(&["ip", "netns", "add", &pod.ns]);
         self.ip_in(&[
             "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
         ]);
         self.ip_in(&["addr", "add", &format!("{gateway}/30"), "dev", &veth]);
+        let gateway6_net = format!("{gateway6}/64");
+        self.ip_in(&["addr", "add", &gateway6_net, "dev", &veth, "nodad"]);
         self.ip_in(&["link", "set", &veth, "up"]);
+        let (ip6_net, gateway6) = (format!("{}/64", pod.ip6), gateway6.to_string());
         for args in [
             vec!["link", "set", "lo", "up"],
             vec!["addr", "add", &format!("{}/30", pod.ip), "dev", "eth0"],
             vec!["link", "set", "eth0", "up"],
             vec!["route", "add", "default", "via", &gateway.to_string()],
+            vec!["addr", "add", &ip6_net, "dev", "eth0", "nodad"],
+            vec!["-6", "route", "add", "default", "via", &gateway6],
         ] {
             let mut command = vec!["ip", "-n", &pod.ns];
             command.extend_from_slice(&args);
