@@ -393,6 +393,7 @@ fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error
     Ok(CaptureSettings {
         mode,
         preserve_source: args.preserve_source_ip.clone(),
+        node_name: args.node_name.clone(),
     })
 }
 

@@ -44,9 +44,12 @@ pub enum CaptureMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CaptureSettings {
     pub mode: CaptureMode,
-    /// Clients in these ranges (pod CIDRs) reach endpoints from their own address, for TCP
-    /// captured by nftables (see [`crate::source`]); only with [`CaptureMode::Nftables`].
+    /// When not empty, TCP captured by nftables reaches endpoints from the client's address where
+    /// replies come back through this node: endpoints on this node, and clients in these ranges
+    /// (pod CIDRs) (see [`crate::source`]). Only with [`CaptureMode::Nftables`].
     pub preserve_source: Vec<Prefix>,
+    /// This node's name (`--node-name`), to tell endpoints on this node.
+    pub node_name: Option<String>,
 }
 
 /// Where one captured frontend's traffic is redirected on this node.

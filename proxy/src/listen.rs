@@ -91,7 +91,8 @@ pub async fn run_listeners(
 ) {
     let capture = settings.mode;
     let preserve_source = !settings.preserve_source.is_empty() && capture == CaptureMode::Nftables;
-    let links = preserve_source.then(|| Arc::new(Links::new(settings.preserve_source)));
+    let links =
+        preserve_source.then(|| Arc::new(Links::new(settings.node_name, settings.preserve_source)));
     let mut active: HashMap<Frontend, Open> = HashMap::new();
     let mut nftables = Nftables::default();
     // The shared TCP redirect port of each family (IPv4, IPv6), opened when first needed.

@@ -9,16 +9,19 @@
 //! marked packets to the local stack ([`ROUTE_TABLE`]), the way Istio's TPROXY capture returns
 //! traffic to its sidecar.
 //!
-//! That works only where the replies pass through this node's IP layer, so only clients in the
-//! given ranges (the cluster's pod CIDRs, as kube-proxy's `--cluster-cidr` tells local traffic)
-//! keep their address: a pod whose traffic Capstan captured runs on this node, so replies to it
-//! from endpoints on other nodes are routed here, and with routed pod networking (a route per
-//! pod, as Calico and Cilium do) so are those from endpoints on this node. Any other client (a
-//! host on the node's network reaching an external IP, say) would be answered directly by an
-//! endpoint elsewhere, which is why kube-proxy masquerades it too. An endpoint on the client's own
-//! link (one bridge, one subnet) would also answer the client directly, so [`source_for`] falls
-//! back to the node's own address for it, as it does for a pod reaching itself through its
-//! Service (the pod would drop a packet from its own address) and for mixed address families.
+//! That works only where the replies pass through this node's IP layer:
+//! - An endpoint on this node (`--node-name`) sends its replies through this node, its gateway,
+//!   whoever the client is: so `externalTrafficPolicy: Local` keeps the address of clients from
+//!   outside the cluster, as it does with kube-proxy.
+//! - An endpoint on another node answers through this node only clients that live here: pods,
+//!   told by the given ranges (the cluster's pod CIDRs, as kube-proxy's `--cluster-cidr` tells
+//!   local traffic). Any other client (a host on the node's network reaching an external IP, say)
+//!   would be answered directly, which is why kube-proxy masquerades it too.
+//! - An endpoint on the client's own link (one bridge, one subnet) answers the client directly.
+//!
+//! Where the address cannot be kept, [`source_for`] falls back to the node's own, as it does for a
+//! loopback client, a pod reaching itself through its Service (the pod would drop a packet from
+//! its own address) and mixed address families.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwap;
+use capstan_table::Endpoint;
 use tokio::net::{TcpSocket, TcpStream};
 use tracing::warn;
 
@@ -76,45 +80,75 @@ impl Prefix {
     }
 }
 
+/// Where an endpoint runs, for [`source_for`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    ThisNode,
+    /// Another node, or unknown (no `nodeName`, or no `--node-name`).
+    Elsewhere,
+}
+
 /// The address to connect to `endpoint` from for `client`, or `None` for the node's own: the
-/// client's when it is in one of the `pods` ranges, not on one of the node's `links` together
-/// with the endpoint, not the endpoint itself, and of the endpoint's family.
+/// client's when the endpoint's replies come back through this node (it runs here, or the client
+/// is in one of the `pods` ranges), the two are not on one of the node's `links`, the client is
+/// neither loopback nor the endpoint itself, and both are of one family.
 pub fn source_for(
     client: IpAddr,
     endpoint: IpAddr,
+    placement: Placement,
     pods: &[Prefix],
     links: &[Prefix],
 ) -> Option<IpAddr> {
     let client = client.to_canonical();
     let same_family = client.is_ipv4() == endpoint.is_ipv4();
-    let a_pod = pods.iter().any(|range| range.contains(client));
+    let replies_return =
+        placement == Placement::ThisNode || pods.iter().any(|range| range.contains(client));
     let on_one_link = links
         .iter()
         .any(|link| link.contains(client) && link.contains(endpoint));
-    let keep = same_family && a_pod && client != endpoint && !on_one_link;
+    let keep = same_family
+        && replies_return
+        && !client.is_loopback()
+        && client != endpoint
+        && !on_one_link;
     keep.then_some(client)
 }
 
-/// The pod ranges whose clients keep their address, and the node's connected subnets, shared
-/// with the accept loops. The subnets are refreshed by the listener set (interfaces come and go
-/// with pods; reading them is a netlink dump, never done per connection).
+/// This node's name, the pod ranges whose clients keep their address, and the node's connected
+/// subnets, shared with the accept loops. The subnets are refreshed by the listener set
+/// (interfaces come and go with pods; reading them is a netlink dump, never done per connection).
 #[derive(Debug)]
 pub struct Links {
+    node: Option<String>,
     pods: Vec<Prefix>,
     prefixes: ArcSwap<Vec<Prefix>>,
 }
 
 impl Links {
-    pub(crate) fn new(pods: Vec<Prefix>) -> Self {
+    pub(crate) fn new(node: Option<String>, pods: Vec<Prefix>) -> Self {
         Self {
+            node,
             pods,
             prefixes: ArcSwap::default(),
         }
     }
 
-    /// [`source_for`] with these ranges and the last subnets read.
-    pub(crate) fn source_for(&self, client: IpAddr, endpoint: IpAddr) -> Option<IpAddr> {
-        source_for(client, endpoint, &self.pods, &self.prefixes.load())
+    /// [`source_for`] with this node, these ranges and the last subnets read.
+    pub(crate) fn source_for(&self, client: IpAddr, endpoint: &Endpoint) -> Option<IpAddr> {
+        let here =
+            matches!((&self.node, &endpoint.node_name), (Some(node), Some(on)) if **on == **node);
+        let placement = if here {
+            Placement::ThisNode
+        } else {
+            Placement::Elsewhere
+        };
+        source_for(
+            client,
+            endpoint.addr.ip(),
+            placement,
+            &self.pods,
+            &self.prefixes.load(),
+        )
     }
 
     pub(crate) fn refresh(&self) {
@@ -221,9 +255,10 @@ mod tests {
             prefix("fd00:244:1::1/64"),
             prefix("192.168.1.5/24"),
         ];
+        use Placement::{Elsewhere, ThisNode};
         let cases = [
             // (client, endpoint, kept)
-            ("10.244.1.10", "10.244.2.7", true), // endpoint elsewhere: replies routed back
+            ("10.244.1.10", "10.244.2.7", true), // a pod: replies to it are routed back here
             ("10.244.1.10", "10.244.1.11", false), // one bridge: the endpoint answers directly
             ("10.244.1.10", "10.244.1.10", false), // a pod reaching itself
             ("127.0.0.1", "10.244.2.7", false),  // loopback: not a pod
@@ -236,9 +271,24 @@ mod tests {
             ("::1", "fd00:244:2::7", false),
         ];
         for (client, endpoint, kept) in cases {
-            let got = source_for(ip(client), ip(endpoint), &pods, &links);
+            let got = source_for(ip(client), ip(endpoint), Elsewhere, &pods, &links);
             let want = kept.then(|| ip(client).to_canonical());
             assert_eq!(got, want, "{client} -> {endpoint}");
+        }
+        // An endpoint on this node answers through it whoever the client is (Local policy).
+        let local = [
+            // (client, endpoint, kept)
+            ("192.168.1.50", "10.244.2.7", true), // a host outside the cluster
+            ("203.0.113.9", "10.244.1.11", true), // from afar, to an endpoint on the bridge
+            ("192.168.1.50", "192.168.1.60", false), // both on the node's network
+            ("127.0.0.1", "10.244.1.11", false),  // loopback cannot leave the node
+            ("::1", "fd00:244:1::11", false),
+            ("10.244.1.10", "10.244.1.11", false), // one bridge, still
+        ];
+        for (client, endpoint, kept) in local {
+            let got = source_for(ip(client), ip(endpoint), ThisNode, &pods, &links);
+            let want = kept.then(|| ip(client).to_canonical());
+            assert_eq!(got, want, "{client} -> {endpoint} on this node");
         }
     }
 

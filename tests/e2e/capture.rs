@@ -454,8 +454,9 @@ fn an_ipv6_cluster_ip_is_captured_through_its_own_family() {
     }
 }
 
-/// `--preserve-source-ip PODS`: an endpoint whose replies come back through the node (here a pod on a
-/// routed link of its own) sees the client pod's address, as with kube-proxy; one on the client's
+/// `--preserve-source-ip PODS`: an endpoint whose replies come back through the node sees the
+/// client's address, as with kube-proxy: one elsewhere (here a pod on a routed link, with another
+/// node's name) for clients in the pod ranges, one on this node for any client. One on the client's
 /// own bridge would answer the client directly, so it sees the node's, as without the flag.
 #[test]
 fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_the_node() {
@@ -474,7 +475,8 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         "services.yaml",
         &[
             service("far", node.vip(1), http, ""),
-            slice("far", slice_ports, &[(routed.ip, "node-1", READY)]),
+            // As if on another node: only pod clients can keep their address to it.
+            slice("far", slice_ports, &[(routed.ip, "node-2", READY)]),
             service("near", node.vip(2), http, ""),
             slice("near", slice_ports, &[(bridged.ip, "node-1", READY)]),
             format!(
@@ -531,7 +533,14 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         node.ip.to_string(),
         "an endpoint on the client's bridge sees the node"
     );
-    // The node's own traffic is not a pod's: it comes from the node's address, as before.
+    // An endpoint on this node answers through it whoever asks: a client outside the pod ranges
+    // (the routed pod's address is not in them) keeps its address too, as with an
+    // `externalTrafficPolicy: Local` Service under kube-proxy.
+    assert_eq!(
+        greet_from(&routed.ns, near).expect("near, from outside the pod ranges"),
+        routed.ip.to_string(),
+    );
+    // The node's own traffic is not a pod's, and far is elsewhere: the node's address.
     assert_eq!(
         greet_from(&node.ns, far).expect("far, from the node"),
         routed_gateway
