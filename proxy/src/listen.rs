@@ -78,8 +78,8 @@ struct Shared<'a> {
 /// drains `connections` with its own deadline. With [`CaptureMode::Nftables`], frontends with a
 /// specific address are reached through node ports (one shared port per family for TCP) and the
 /// nftables table is reprogrammed to match; it is removed when this returns. With
-/// `preserve_source` ranges, those redirected TCP connections from clients in them reach
-/// endpoints from the client's address ([`crate::source`]).
+/// `preserve_source` ranges, redirected TCP connections reach endpoints from the client's address
+/// where the replies come back through this node ([`crate::source`]).
 pub async fn run_listeners(
     workers: Arc<Workers>,
     snapshots: SnapshotHandle,
