@@ -197,6 +197,16 @@ impl Collector for ProxyCollector {
             "Frontend listeners by state",
             &gauges,
         )?;
+        let sources: Vec<(Labels, u64)> = capstan_proxy::source::attempts()
+            .iter()
+            .map(|(source, n)| (vec![("source", (*source).to_owned())], *n))
+            .collect();
+        encode_counters(
+            &mut encoder,
+            "proxy_upstream_sources",
+            "Upstream connect attempts with --preserve-source-ip, by the source address used",
+            &sources,
+        )?;
 
         let Some(snapshot) = self.snapshots.load() else {
             return Ok(());

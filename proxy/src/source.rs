@@ -26,7 +26,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use capstan_table::Endpoint;
@@ -196,6 +196,29 @@ fn connected_prefixes() -> io::Result<Vec<Prefix>> {
     Ok(prefixes)
 }
 
+/// Upstream connect attempts with source addresses kept, by the address used: the client's, the
+/// node's by [`source_for`], the node's because the transparent bind failed.
+static ATTEMPTS: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+const CLIENT: usize = 0;
+const NODE: usize = 1;
+const BIND_FAILED: usize = 2;
+
+/// The `source` label and count of each kind of upstream connect attempt made with
+/// `--preserve-source-ip` (all zero without it), for `/metrics`.
+pub fn attempts() -> [(&'static str, u64); 3] {
+    let count = |i: usize| ATTEMPTS[i].load(Ordering::Relaxed);
+    [
+        ("client", count(CLIENT)),
+        ("node", count(NODE)),
+        ("node_bind_failed", count(BIND_FAILED)),
+    ]
+}
+
+/// Counts an attempt from the node's address by the rules of [`source_for`].
+pub(crate) fn count_node_source() {
+    ATTEMPTS[NODE].fetch_add(1, Ordering::Relaxed);
+}
+
 /// Whether a transparent bind failure was already reported (once per process: it means a missing
 /// `CAP_NET_ADMIN`, which every connection would hit).
 static BIND_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
@@ -205,8 +228,12 @@ static BIND_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
 /// once.
 pub(crate) async fn connect_from(source: IpAddr, endpoint: SocketAddr) -> io::Result<TcpStream> {
     match transparent_socket(source, endpoint) {
-        Ok(socket) => socket.connect(endpoint).await,
+        Ok(socket) => {
+            ATTEMPTS[CLIENT].fetch_add(1, Ordering::Relaxed);
+            socket.connect(endpoint).await
+        }
         Err(error) => {
+            ATTEMPTS[BIND_FAILED].fetch_add(1, Ordering::Relaxed);
             if !BIND_FAILURE_REPORTED.swap(true, Ordering::Relaxed) {
                 warn!(%error, %source, "client address not kept (needs CAP_NET_ADMIN); connecting from the node's");
             }

@@ -545,6 +545,15 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         greet_from(&node.ns, far).expect("far, from the node"),
         routed_gateway
     );
+    // Three connections kept the client's address; two came from the node's by the rules.
+    let metrics = capstan.metrics();
+    for sample in [
+        "capstan_proxy_upstream_sources_total{source=\"client\"} 3",
+        "capstan_proxy_upstream_sources_total{source=\"node\"} 2",
+        "capstan_proxy_upstream_sources_total{source=\"node_bind_failed\"} 0",
+    ] {
+        assert!(metrics.contains(sample), "{sample} in {metrics}");
+    }
     // A clean exit removes the policy routing with the table.
     capstan.signal(15);
     assert!(
