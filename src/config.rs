@@ -99,11 +99,11 @@ pub struct RunArgs {
     /// Default: `nftables` with a Kubernetes source, `bind` otherwise.
     #[arg(long, value_name = "MODE", env = "CAPSTAN_CAPTURE", value_parser = parse_capture)]
     pub capture: Option<CaptureMode>,
-    /// With `--capture nftables`: TCP connections to captured VIPs reach endpoints from the
-    /// client's own address instead of the node's where the replies come back through this node:
-    /// to endpoints on this node (`--node-name`) for any client, to others for clients in these
-    /// ranges (the cluster's pod CIDRs, as kube-proxy's `--cluster-cidr`). A transparent socket,
-    /// and a policy route for the replies; needs NET_ADMIN. UDP keeps the node's address.
+    /// With `--capture nftables`: TCP connections and UDP flows to captured VIPs reach endpoints
+    /// from the client's own address instead of the node's where the replies come back through
+    /// this node: to endpoints on this node (`--node-name`) for any client, to others for clients
+    /// in these ranges (the cluster's pod CIDRs, as kube-proxy's `--cluster-cidr`). A transparent
+    /// socket, and a policy route for the replies; needs NET_ADMIN.
     #[arg(
         long,
         value_name = "CIDR,...",

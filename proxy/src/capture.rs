@@ -197,7 +197,7 @@ pub fn ruleset(capture: &Capture) -> String {
         let _ = writeln!(
             out,
             "  chain transparent_replies {{\n    type filter hook prerouting priority mangle; policy accept;\n    \
-             meta l4proto tcp socket transparent 1 meta mark set meta mark | {MARK:#x}\n  }}"
+             meta l4proto {{ tcp, udp }} socket transparent 1 meta mark set meta mark | {MARK:#x}\n  }}"
         );
     }
     // The redirect ports are for redirected traffic only: nothing reaches them directly.
@@ -543,7 +543,7 @@ mod tests {
         });
         assert!(script.contains(
             "chain transparent_replies {\n    type filter hook prerouting priority mangle; policy accept;\n    \
-             meta l4proto tcp socket transparent 1 meta mark set meta mark | 0x400000\n  }"
+             meta l4proto { tcp, udp } socket transparent 1 meta mark set meta mark | 0x400000\n  }"
         ), "{script}");
     }
 

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::relay::{RelayEnd, relay};
-use crate::source::{self, Links, connect_from};
+use crate::source::{Links, connect_from};
 use crate::{ProxyError, balance, now_ms};
 
 /// Distinct endpoints tried before a connection is given up.
@@ -89,13 +89,7 @@ async fn connect(
     while tried.len() < MAX_ATTEMPTS {
         let endpoint = balance::choose(port, eligible, peer.ip(), &tried, now_ms(), &mut rng)?;
         endpoint.stats.chosen.fetch_add(1, Ordering::Relaxed);
-        let source = links.and_then(|links| {
-            let source = links.source_for(peer.ip(), &endpoint);
-            if source.is_none() {
-                source::count_node_source();
-            }
-            source
-        });
+        let source = links.and_then(|links| links.counted_source_for(peer.ip(), &endpoint));
         match connect_one(endpoint.addr, source, port.timeouts.connect).await {
             Ok(stream) => {
                 endpoint.stats.record_success();

@@ -78,8 +78,8 @@ struct Shared<'a> {
 /// drains `connections` with its own deadline. With [`CaptureMode::Nftables`], frontends with a
 /// specific address are reached through node ports (one shared port per family for TCP) and the
 /// nftables table is reprogrammed to match; it is removed when this returns. With
-/// `preserve_source` ranges, redirected TCP connections reach endpoints from the client's address
-/// where the replies come back through this node ([`crate::source`]).
+/// `preserve_source` ranges, redirected TCP connections and UDP flows reach endpoints from the
+/// client's address where the replies come back through this node ([`crate::source`]).
 pub async fn run_listeners(
     workers: Arc<Workers>,
     snapshots: SnapshotHandle,
@@ -145,7 +145,7 @@ pub async fn run_listeners(
                 Protocol::Udp if redirected => open_udp_redirect(frontend, &shared),
                 Protocol::Udp => {
                     let token = shared.shutdown.child_token();
-                    open_udp(frontend, frontend.addr, &shared, &token).map(|_| Open {
+                    open_udp(frontend, frontend.addr, &shared, &token, None).map(|_| Open {
                         token,
                         redirect: None,
                     })
@@ -319,8 +319,9 @@ fn open_tcp_redirect(
 fn open_udp_redirect(frontend: Frontend, shared: &Shared<'_>) -> Result<Open, ListenerState> {
     let (any, loopback) = node_addrs(frontend.addr);
     let token = shared.shutdown.child_token();
-    let ports = open_udp(frontend, any, shared, &token)
-        .and_then(|port| Ok((port, open_udp(frontend, loopback, shared, &token)?)));
+    let links = || shared.links.clone();
+    let ports = open_udp(frontend, any, shared, &token, links())
+        .and_then(|port| Ok((port, open_udp(frontend, loopback, shared, &token, links())?)));
     match ports {
         Ok((port, local_port)) => Ok(Open {
             token,
@@ -335,11 +336,14 @@ fn open_udp_redirect(frontend: Frontend, shared: &Shared<'_>) -> Result<Open, Li
 
 /// Binds a UDP socket for `frontend` on `addr` and serves it on one worker (its flows live in
 /// that worker's loop) until `token` is cancelled. Returns the bound port.
+/// A UDP socket for `frontend` on `addr`, served on one worker; `links` when its flows may keep
+/// the client's address (redirected frontends only).
 fn open_udp(
     frontend: Frontend,
     addr: SocketAddr,
     shared: &Shared<'_>,
     token: &CancellationToken,
+    links: Option<Arc<Links>>,
 ) -> Result<u16, ListenerState> {
     let socket = bind_udp(addr).map_err(|error| {
         debug!(%frontend, %error, "bind failed");
@@ -352,7 +356,7 @@ fn open_udp(
     let (snapshots, token) = (shared.snapshots.clone(), token.clone());
     workers.handles()[index].spawn(async move {
         match tokio::net::UdpSocket::from_std(socket) {
-            Ok(socket) => crate::udp::serve(socket, frontend, snapshots, token).await,
+            Ok(socket) => crate::udp::serve(socket, frontend, snapshots, token, links).await,
             Err(error) => warn!(%frontend, %error, "udp socket not registered"),
         }
     });

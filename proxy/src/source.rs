@@ -1,5 +1,5 @@
 //! Client source addresses kept to endpoints (`--preserve-source-ip CIDR,...`), as kube-proxy's
-//! DNAT keeps them, for TCP connections captured by nftables from pods.
+//! DNAT keeps them, for TCP connections and UDP flows captured by nftables.
 //!
 //! The upstream socket is made with `IP_TRANSPARENT` and bound to the client's address before it
 //! connects, so the endpoint sees the client (NetworkPolicies and logs keyed on pod addresses keep
@@ -24,13 +24,14 @@
 //! its own address) and mixed address families.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use capstan_table::Endpoint;
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 use tracing::warn;
 
 /// The packet mark bit of replies to transparent sockets (kube-proxy uses 0x4000 and 0x8000,
@@ -133,6 +134,15 @@ impl Links {
         }
     }
 
+    /// [`Self::source_for`], counting a `None` as an attempt from the node's address.
+    pub(crate) fn counted_source_for(&self, client: IpAddr, endpoint: &Endpoint) -> Option<IpAddr> {
+        let source = self.source_for(client, endpoint);
+        if source.is_none() {
+            ATTEMPTS[NODE].fetch_add(1, Ordering::Relaxed);
+        }
+        source
+    }
+
     /// [`source_for`] with this node, these ranges and the last subnets read.
     pub(crate) fn source_for(&self, client: IpAddr, endpoint: &Endpoint) -> Option<IpAddr> {
         let here =
@@ -214,11 +224,6 @@ pub fn attempts() -> [(&'static str, u64); 3] {
     ]
 }
 
-/// Counts an attempt from the node's address by the rules of [`source_for`].
-pub(crate) fn count_node_source() {
-    ATTEMPTS[NODE].fetch_add(1, Ordering::Relaxed);
-}
-
 /// Whether a transparent bind failure was already reported (once per process: it means a missing
 /// `CAP_NET_ADMIN`, which every connection would hit).
 static BIND_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
@@ -227,35 +232,72 @@ static BIND_FAILURE_REPORTED: AtomicBool = AtomicBool::new(false);
 /// client's address (no `CAP_NET_ADMIN`), it connects from the node's address instead and says so
 /// once.
 pub(crate) async fn connect_from(source: IpAddr, endpoint: SocketAddr) -> io::Result<TcpStream> {
-    match transparent_socket(source, endpoint) {
+    let transparent = (|| {
+        let socket = if endpoint.is_ipv6() {
+            TcpSocket::new_v6()?
+        } else {
+            TcpSocket::new_v4()?
+        };
+        set_transparent(&socket, endpoint)?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        Ok(socket)
+    })();
+    match counted(transparent, source) {
+        Some(socket) => socket.connect(endpoint).await,
+        None => TcpStream::connect(endpoint).await,
+    }
+}
+
+/// A UDP socket for a flow to `endpoint`, bound to `source` with `IP_TRANSPARENT` (or, failing
+/// that, to the node's address, said once), not yet connected.
+pub(crate) async fn udp_from(source: IpAddr, endpoint: SocketAddr) -> io::Result<UdpSocket> {
+    let transparent = (|| {
+        let socket = Socket::new(Domain::for_address(endpoint), Type::DGRAM, None)?;
+        set_transparent(&socket, endpoint)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SocketAddr::new(source, 0).into())?;
+        UdpSocket::from_std(socket.into())
+    })();
+    match counted(transparent, source) {
+        Some(socket) => Ok(socket),
+        None => UdpSocket::bind(SocketAddr::new(unspecified(endpoint), 0)).await,
+    }
+}
+
+fn set_transparent(socket: &impl std::os::fd::AsFd, endpoint: SocketAddr) -> io::Result<()> {
+    let raw = socket2::SockRef::from(socket);
+    if endpoint.is_ipv6() {
+        raw.set_ip_transparent_v6(true)
+    } else {
+        raw.set_ip_transparent_v4(true)
+    }
+}
+
+/// Counts a transparent socket made, or one that could not be (reported once: it means a missing
+/// `CAP_NET_ADMIN`, which every later attempt would hit too).
+fn counted<T>(transparent: io::Result<T>, source: IpAddr) -> Option<T> {
+    match transparent {
         Ok(socket) => {
             ATTEMPTS[CLIENT].fetch_add(1, Ordering::Relaxed);
-            socket.connect(endpoint).await
+            Some(socket)
         }
         Err(error) => {
             ATTEMPTS[BIND_FAILED].fetch_add(1, Ordering::Relaxed);
             if !BIND_FAILURE_REPORTED.swap(true, Ordering::Relaxed) {
-                warn!(%error, %source, "client address not kept (needs CAP_NET_ADMIN); connecting from the node's");
+                warn!(%error, %source, "client address not kept (a transparent bind needs CAP_NET_ADMIN); using the node's");
             }
-            TcpStream::connect(endpoint).await
+            None
         }
     }
 }
 
-fn transparent_socket(source: IpAddr, endpoint: SocketAddr) -> io::Result<TcpSocket> {
-    let socket = if endpoint.is_ipv6() {
-        TcpSocket::new_v6()?
+/// The unspecified address of `addr`'s family.
+pub(crate) fn unspecified(addr: SocketAddr) -> IpAddr {
+    if addr.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
     } else {
-        TcpSocket::new_v4()?
-    };
-    let raw = socket2::SockRef::from(&socket);
-    if endpoint.is_ipv6() {
-        raw.set_ip_transparent_v6(true)?;
-    } else {
-        raw.set_ip_transparent_v4(true)?;
+        Ipv6Addr::UNSPECIFIED.into()
     }
-    socket.bind(SocketAddr::new(source, 0))?;
-    Ok(socket)
 }
 
 #[cfg(test)]

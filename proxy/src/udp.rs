@@ -6,7 +6,7 @@
 
 mod flows;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::source::{self, Links};
 use crate::{balance, now_ms};
 use flows::FlowTable;
 
@@ -44,12 +45,14 @@ impl Drop for Flow {
     }
 }
 
-/// Serves one UDP frontend until `stop`.
+/// Serves one UDP frontend until `stop`; with `links`, flows reach endpoints from the client's
+/// address where the replies come back through this node ([`crate::source`]).
 pub(crate) async fn serve(
     socket: UdpSocket,
     frontend: Frontend,
     snapshots: SnapshotHandle,
     stop: CancellationToken,
+    links: Option<Arc<Links>>,
 ) {
     let socket = Arc::new(socket);
     let mut flows: FlowTable<Flow> = FlowTable::new(u64::MAX);
@@ -109,7 +112,14 @@ pub(crate) async fn serve(
             counters.no_endpoints.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let flow = match open_flow(&socket, client, endpoint, Arc::clone(port)).await {
+        let opened = open_flow(
+            &socket,
+            client,
+            endpoint,
+            Arc::clone(port),
+            links.as_deref(),
+        );
+        let flow = match opened.await {
             Ok(flow) => flow,
             Err(error) => {
                 counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
@@ -133,13 +143,13 @@ async fn open_flow(
     client: SocketAddr,
     endpoint: Arc<Endpoint>,
     port: Arc<ServicePortTable>,
+    links: Option<&Links>,
 ) -> std::io::Result<Flow> {
-    let local: IpAddr = if endpoint.addr.is_ipv4() {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    let upstream = Arc::new(UdpSocket::bind((local, 0)).await?);
+    let source = links.and_then(|links| links.counted_source_for(client.ip(), &endpoint));
+    let upstream = Arc::new(match source {
+        Some(source) => source::udp_from(source, endpoint.addr).await?,
+        None => UdpSocket::bind((source::unspecified(endpoint.addr), 0)).await?,
+    });
     upstream.connect(endpoint.addr).await?;
     endpoint.stats.chosen.fetch_add(1, Ordering::Relaxed);
     endpoint.stats.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::netns::{
     self, Node, greet_from, tcp_backend, tcp_peer_backend, udp_ask, udp_backend, udp_client,
-    udp_client6,
+    udp_client6, udp_peer_backend,
 };
 use crate::support::{Capstan, TempDir, path_str};
 
@@ -467,16 +467,21 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
     let (client, bridged, routed) = (&node.pods[0], &node.pods[1], &node.pods[routed]);
     tcp_peer_backend(&routed.ns, SocketAddr::from((routed.ip, 8080)));
     tcp_peer_backend(&routed.ns, SocketAddr::from((routed.ip6, 8080)));
+    udp_peer_backend(&routed.ns, SocketAddr::from((routed.ip, 5353)));
     tcp_peer_backend(&bridged.ns, SocketAddr::from((bridged.ip, 8080)));
     let dir = TempDir::new("capture-source");
     let http = "[{name: http, port: 80, targetPort: 8080}]";
     let slice_ports = "[{name: http, port: 8080}]";
+    let dns = "[{name: dns, port: 53, protocol: UDP, targetPort: 5353}]";
+    let dns_slice = "[{name: dns, port: 5353, protocol: UDP}]";
     dir.write(
         "services.yaml",
         &[
             service("far", node.vip(1), http, ""),
             // As if on another node: only pod clients can keep their address to it.
             slice("far", slice_ports, &[(routed.ip, "node-2", READY)]),
+            service("far-udp", node.vip(3), dns, ""),
+            slice("far-udp", dns_slice, &[(routed.ip, "node-2", READY)]),
             service("near", node.vip(2), http, ""),
             slice("near", slice_ports, &[(bridged.ip, "node-1", READY)]),
             format!(
@@ -523,6 +528,14 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         client.ip.to_string(),
         "the routed endpoint sees the client pod"
     );
+    let far_udp = SocketAddr::from((node.vip(3), 53));
+    let socket = udp_client(&client.ns);
+    let answered = (0..5).find_map(|_| udp_ask(&socket, far_udp, "who"));
+    assert_eq!(
+        answered,
+        Some(client.ip.to_string()),
+        "a UDP flow keeps it too"
+    );
     assert_eq!(
         greet_from(&client.ns, far6).expect("far over IPv6, from a pod"),
         client.ip6.to_string(),
@@ -545,10 +558,10 @@ fn preserve_source_ip_shows_endpoints_the_client_where_replies_return_through_th
         greet_from(&node.ns, far).expect("far, from the node"),
         routed_gateway
     );
-    // Three connections kept the client's address; two came from the node's by the rules.
+    // Four connections or flows kept the client's address; two came from the node's.
     let metrics = capstan.metrics();
     for sample in [
-        "capstan_proxy_upstream_sources_total{source=\"client\"} 3",
+        "capstan_proxy_upstream_sources_total{source=\"client\"} 4",
         "capstan_proxy_upstream_sources_total{source=\"node\"} 2",
         "capstan_proxy_upstream_sources_total{source=\"node_bind_failed\"} 0",
     ] {

@@ -291,6 +291,17 @@ pub(crate) fn tcp_peer_backend(ns: &str, addr: SocketAddr) {
     });
 }
 
+/// A UDP backend inside `ns`: answers each datagram with the address it came from.
+pub(crate) fn udp_peer_backend(ns: &str, addr: SocketAddr) {
+    let socket = in_netns(ns, move || UdpSocket::bind(addr).expect("bind udp backend"));
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 1500];
+        while let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(peer.ip().to_string().as_bytes(), peer);
+        }
+    });
+}
+
 /// A UDP backend inside `ns`: answers each datagram with `NAME:payload`.
 pub(crate) fn udp_backend(ns: &str, addr: SocketAddr, name: &str) {
     let socket = in_netns(ns, move || UdpSocket::bind(addr).expect("bind udp backend"));
