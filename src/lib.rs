@@ -193,7 +193,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         info!(http = %show(bound.http), https = %show(bound.https), "ingress listening");
     }
-    info!(?capture, "service capture");
+    info!(capture = ?capture.mode, preserve_source_ip = ?capture.preserve_source, "service capture");
     let listeners = tokio::spawn(run_listeners(
         workers.clone(),
         snapshots.clone(),
