@@ -89,7 +89,7 @@ async fn connect(
     while tried.len() < MAX_ATTEMPTS {
         let endpoint = balance::choose(port, eligible, peer.ip(), &tried, now_ms(), &mut rng)?;
         endpoint.stats.chosen.fetch_add(1, Ordering::Relaxed);
-        let source = links.and_then(|links| links.counted_source_for(peer.ip(), &endpoint));
+        let source = links.and_then(|links| links.source_for(peer.ip(), &endpoint));
         match connect_one(endpoint.addr, source, port.timeouts.connect).await {
             Ok(stream) => {
                 endpoint.stats.record_success();

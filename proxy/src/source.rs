@@ -134,16 +134,8 @@ impl Links {
         }
     }
 
-    /// [`Self::source_for`], counting a `None` as an attempt from the node's address.
-    pub(crate) fn counted_source_for(&self, client: IpAddr, endpoint: &Endpoint) -> Option<IpAddr> {
-        let source = self.source_for(client, endpoint);
-        if source.is_none() {
-            ATTEMPTS[NODE].fetch_add(1, Ordering::Relaxed);
-        }
-        source
-    }
-
-    /// [`source_for`] with this node, these ranges and the last subnets read.
+    /// [`source_for`] with this node, these ranges and the last subnets read; a `None` is counted
+    /// as an attempt from the node's address.
     pub(crate) fn source_for(&self, client: IpAddr, endpoint: &Endpoint) -> Option<IpAddr> {
         let here =
             matches!((&self.node, &endpoint.node_name), (Some(node), Some(on)) if **on == **node);
@@ -152,13 +144,17 @@ impl Links {
         } else {
             Placement::Elsewhere
         };
-        source_for(
+        let source = source_for(
             client,
             endpoint.addr.ip(),
             placement,
             &self.pods,
             &self.prefixes.load(),
-        )
+        );
+        if source.is_none() {
+            ATTEMPTS[NODE].fetch_add(1, Ordering::Relaxed);
+        }
+        source
     }
 
     pub(crate) fn refresh(&self) {

@@ -145,7 +145,7 @@ async fn open_flow(
     port: Arc<ServicePortTable>,
     links: Option<&Links>,
 ) -> std::io::Result<Flow> {
-    let source = links.and_then(|links| links.counted_source_for(client.ip(), &endpoint));
+    let source = links.and_then(|links| links.source_for(client.ip(), &endpoint));
     let upstream = Arc::new(match source {
         Some(source) => source::udp_from(source, endpoint.addr).await?,
         None => UdpSocket::bind((source::unspecified(endpoint.addr), 0)).await?,

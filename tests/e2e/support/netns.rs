@@ -127,8 +127,8 @@ impl Node {
         let ip6 = node.ip6();
         node.ip_in(&["addr", "add", &format!("{ip6}/64"), "dev", "br0", "nodad"]);
         node.ip_in(&["link", "set", "br0", "up"]);
-        // A default route for IPv6 too, through the pod bridge (no IPv6 on the uplink): the output hook sees
-        // the node's own IPv6 traffic to a VIP only once it has a route.
+        // A default route for IPv6 too, through the pod bridge (no IPv6 on the uplink): the
+        // output hook sees the node's own IPv6 traffic to a VIP only once it has a route.
         node.ip_in(&["-6", "route", "add", "default", "dev", "br0"]);
         for i in 0..pods {
             let pod = Pod {
