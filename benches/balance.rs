@@ -42,6 +42,7 @@ fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
         endpoints,
         internal: set.clone(),
         external: set,
+        external_local: false,
         state: Arc::default(),
         inputs: 0,
     }

@@ -279,12 +279,18 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
                 Some(ListenerState::Listening | ListenerState::Redirected(_)) => {
                     "listening".to_owned()
                 }
+                Some(ListenerState::Kernel) => "kernel".to_owned(),
                 Some(ListenerState::CaptureFailed(reason)) => format!("capture failed: {reason}"),
                 Some(ListenerState::BindFailed(reason)) => format!("bind failed: {reason}"),
                 Some(ListenerState::Unsupported(reason)) => format!("unsupported: {reason}"),
                 None => "pending".to_owned(),
             };
-            let mut json = json!({"address": frontend.addr.to_string(), "scope": scope.as_str(), "listener": listener});
+            // Which data path carries the frontend: nftables DNAT, or Capstan's own proxy.
+            let datapath = match listeners.get(frontend) {
+                Some(ListenerState::Kernel) => "kernel",
+                _ => "userspace",
+            };
+            let mut json = json!({"address": frontend.addr.to_string(), "scope": scope.as_str(), "listener": listener, "datapath": datapath});
             if let Some(ListenerState::Redirected(redirect)) = listeners.get(frontend) {
                 json["redirect"] = json!({"port": redirect.port, "local_port": redirect.local_port});
             }

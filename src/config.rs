@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capstan_proxy::CaptureMode;
+use capstan_proxy::kernel::Datapath;
 use capstan_proxy::source::Prefix;
 use clap::{Args, Parser, Subcommand};
 
@@ -111,6 +112,30 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub preserve_source_ip: Vec<Prefix>,
+    /// Which data path carries Service traffic with `--capture nftables`: `kernel` translates
+    /// connections to endpoints with nftables DNAT (kube-proxy's nftables mode: no byte passes
+    /// through Capstan, clients' addresses are kept, established connections survive a restart);
+    /// `userspace` redirects them to Capstan's own proxy. Services asking for a policy the
+    /// kernel cannot do (`capstan.dev/load-balancer: least-connections` or `round-robin`) stay
+    /// in user space either way. Default: `kernel` with `--capture nftables`.
+    #[arg(long, value_name = "PATH", env = "CAPSTAN_L4_DATAPATH", value_parser = parse_datapath)]
+    pub l4_datapath: Option<Datapath>,
+    /// The pod ranges (kube-proxy's `--cluster-cidr`), for the kernel data path: ClusterIP
+    /// traffic from outside them is masqueraded, pod traffic to `externalTrafficPolicy: Local`
+    /// external addresses goes to every endpoint. Default: the `--preserve-source-ip` ranges.
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        env = "CAPSTAN_CLUSTER_CIDR",
+        value_delimiter = ','
+    )]
+    pub cluster_cidr: Vec<Prefix>,
+    /// On a clean exit, empty the kernel data path's nftables table (as `kube-proxy --cleanup`).
+    /// By default the rules stay, as kube-proxy's do, so Services keep working while the agent
+    /// is upgraded or restarted: the next Capstan replaces them in one transaction. Emptying
+    /// them also cut established connections in the namespace tests.
+    #[arg(long, env = "CAPSTAN_CLEANUP_ON_EXIT")]
+    pub cleanup_on_exit: bool,
     /// Load-balancing policy for Services that do not choose one: random, round-robin,
     /// least-connections.
     #[arg(
@@ -306,6 +331,14 @@ fn parse_capture(text: &str) -> Result<CaptureMode, String> {
     }
 }
 
+fn parse_datapath(text: &str) -> Result<Datapath, String> {
+    match text {
+        "kernel" => Ok(Datapath::Kernel),
+        "userspace" => Ok(Datapath::Userspace),
+        _ => Err(format!("{text:?} is not kernel or userspace")),
+    }
+}
+
 fn parse_listen(text: &str) -> Result<Listen, String> {
     if text == "off" {
         return Ok(Listen::Off);
@@ -350,6 +383,9 @@ mod tests {
         assert_eq!(parse_capture("bind"), Ok(CaptureMode::Bind));
         assert_eq!(parse_capture("off"), Ok(CaptureMode::Off));
         assert!(parse_capture("iptables").is_err());
+        assert_eq!(parse_datapath("kernel"), Ok(Datapath::Kernel));
+        assert_eq!(parse_datapath("userspace"), Ok(Datapath::Userspace));
+        assert!(parse_datapath("ebpf").is_err());
         assert!("10.244.0.0/16".parse::<Prefix>().is_ok());
         assert!("fd00:244::/56".parse::<Prefix>().is_ok());
         assert!("10.244.0.0".parse::<Prefix>().is_err());

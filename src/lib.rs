@@ -21,6 +21,7 @@ use std::sync::Arc;
 use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compile};
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_ingress::{IngressConfig, IngressMetrics};
+use capstan_proxy::kernel::{Datapath, KernelSettings};
 use capstan_proxy::{CaptureMode, CaptureSettings, ListenerStatus, Workers, run_listeners};
 use capstan_table::{BalancePolicy, Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
@@ -193,7 +194,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             |a: Option<std::net::SocketAddr>| a.map_or_else(|| "off".to_owned(), |a| a.to_string());
         info!(http = %show(bound.http), https = %show(bound.https), "ingress listening");
     }
-    info!(capture = ?capture.mode, preserve_source_ip = ?capture.preserve_source, "service capture");
+    info!(capture = ?capture.mode, datapath = ?capture.datapath, preserve_source_ip = ?capture.preserve_source, "service capture");
     let listeners = tokio::spawn(run_listeners(
         workers.clone(),
         snapshots.clone(),
@@ -390,10 +391,19 @@ fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error
             reason: "needs --capture nftables, whose table routes the replies back".into(),
         });
     }
+    let datapath = args.l4_datapath.unwrap_or(Datapath::Kernel);
+    let pod_cidrs = if args.cluster_cidr.is_empty() {
+        args.preserve_source_ip.clone()
+    } else {
+        args.cluster_cidr.clone()
+    };
     Ok(CaptureSettings {
         mode,
         preserve_source: args.preserve_source_ip.clone(),
         node_name: args.node_name.clone(),
+        datapath,
+        kernel: KernelSettings { pod_cidrs },
+        cleanup_on_exit: args.cleanup_on_exit,
     })
 }
 

@@ -170,12 +170,13 @@ pub(crate) type Labels = Vec<(&'static str, String)>;
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners = self.listeners.borrow().clone();
-        let mut states: [(&str, i64); 5] = [
+        let mut states: [(&str, i64); 6] = [
             ("listening", 0),
             ("redirected", 0),
             ("capture_failed", 0),
             ("bind_failed", 0),
             ("unsupported", 0),
+            ("kernel", 0),
         ];
         for state in listeners.values() {
             let index = match state {
@@ -184,6 +185,7 @@ impl Collector for ProxyCollector {
                 ListenerState::CaptureFailed(_) => 2,
                 ListenerState::BindFailed(_) => 3,
                 ListenerState::Unsupported(_) => 4,
+                ListenerState::Kernel => 5,
             };
             states[index].1 += 1;
         }

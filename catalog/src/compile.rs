@@ -381,6 +381,7 @@ fn compile_port(
         endpoints,
         internal,
         external,
+        external_local: service.external_traffic_policy == TrafficPolicy::Local,
         state: carried.map_or_else(Default::default, |t| t.state.clone()),
         key,
         inputs: 0,

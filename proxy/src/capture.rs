@@ -50,6 +50,14 @@ pub struct CaptureSettings {
     pub preserve_source: Vec<Prefix>,
     /// This node's name (`--node-name`), to tell endpoints on this node.
     pub node_name: Option<String>,
+    /// With [`CaptureMode::Nftables`]: whether Service ports the kernel can balance are
+    /// translated by nftables ([`crate::kernel`]) instead of redirected to Capstan.
+    pub datapath: crate::kernel::Datapath,
+    /// The kernel data path's node settings.
+    pub kernel: crate::kernel::KernelSettings,
+    /// Empty the kernel data path's table on a clean exit (by default it stays, as
+    /// kube-proxy's rules do).
+    pub cleanup_on_exit: bool,
 }
 
 /// Where one captured frontend's traffic is redirected on this node.
@@ -413,7 +421,7 @@ async fn ip(args: &[String]) -> Result<(), ProxyError> {
 }
 
 /// Runs `nft -f -` with `script`.
-async fn nft(script: &str) -> Result<(), ProxyError> {
+pub(crate) async fn nft(script: &str) -> Result<(), ProxyError> {
     let failed = |reason: String| ProxyError::Capture { reason };
     let mut child = Command::new("nft")
         .args(["-f", "-"])

@@ -16,6 +16,7 @@ pub mod capture;
 mod clock;
 mod connection;
 mod error;
+pub mod kernel;
 mod listen;
 mod relay;
 pub mod source;

@@ -20,6 +20,7 @@ use crate::capture::{
     Capture, CaptureMode, CaptureSettings, Nftables, Redirect, original_destination,
 };
 use crate::connection::serve;
+use crate::kernel::{self, Datapath, KernelTable, kernel_capable};
 use crate::source::Links;
 use crate::{ProxyError, Workers};
 
@@ -38,6 +39,8 @@ pub enum ListenerState {
     Listening,
     /// Listening on node ports that nftables redirects the frontend's traffic to.
     Redirected(Redirect),
+    /// Translated to endpoints by the kernel (nftables DNAT); Capstan holds no socket.
+    Kernel,
     /// Listening, but the nftables redirect could not be programmed; retried periodically.
     CaptureFailed(String),
     /// Bind failed (e.g. the VIP is not a local address); retried periodically.
@@ -95,6 +98,11 @@ pub async fn run_listeners(
         preserve_source.then(|| Arc::new(Links::new(settings.node_name, settings.preserve_source)));
     let mut active: HashMap<Frontend, Open> = HashMap::new();
     let mut nftables = Nftables::default();
+    let kernel_mode = capture == CaptureMode::Nftables && settings.datapath == Datapath::Kernel;
+    let mut kernel = KernelTable::new(settings.kernel.clone());
+    if capture == CaptureMode::Nftables && !kernel_mode {
+        kernel::remove_leftover().await;
+    }
     // The shared TCP redirect port of each family (IPv4, IPv6), opened when first needed.
     let mut redirect_ports: [Option<u16>; 2] = [None, None];
     let mut retry = tokio::time::interval(BIND_RETRY);
@@ -103,11 +111,28 @@ pub async fn run_listeners(
             links.refresh();
         }
         let snapshot = snapshots.load();
+        let kernel_ports: Vec<&Arc<capstan_table::ServicePortTable>> = match &snapshot {
+            Some(snapshot) if kernel_mode => snapshot
+                .proxy
+                .ports
+                .values()
+                .filter(|port| kernel_capable(port))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let in_kernel: HashSet<Frontend> = kernel_ports
+            .iter()
+            .flat_map(|port| port.frontends.iter().map(|(frontend, _)| *frontend))
+            .collect();
         let wanted: HashSet<Frontend> = match (capture, &snapshot) {
             (CaptureMode::Off, _) | (_, None) => HashSet::new(),
-            (CaptureMode::Bind | CaptureMode::Nftables, Some(snapshot)) => {
-                snapshot.proxy.frontends.keys().copied().collect()
-            }
+            (CaptureMode::Bind | CaptureMode::Nftables, Some(snapshot)) => snapshot
+                .proxy
+                .frontends
+                .keys()
+                .filter(|frontend| !in_kernel.contains(frontend))
+                .copied()
+                .collect(),
         };
         let mut next = ListenerStatus::new();
         active.retain(|frontend, open| {
@@ -182,7 +207,25 @@ pub async fn run_listeners(
                 }
             }
         }
+        if let Some(snapshot) = snapshot.as_ref().filter(|_| kernel_mode) {
+            let state = match kernel.sync(snapshot, &kernel_ports).await {
+                Ok(report) => {
+                    if report.changed_ports > 0 {
+                        info!(ports = report.changed_ports, full = report.full, took = ?report.duration, "kernel data path synced");
+                    }
+                    ListenerState::Kernel
+                }
+                Err(error) => {
+                    warn!(%error, "kernel data path not synced; retrying");
+                    ListenerState::CaptureFailed(error.to_string())
+                }
+            };
+            for frontend in &in_kernel {
+                next.insert(*frontend, state.clone());
+            }
+        }
         status.send_replace(next);
+        drop(kernel_ports);
 
         tokio::select! {
             changed = generations.changed() => if changed.is_err() { break },
@@ -191,6 +234,13 @@ pub async fn run_listeners(
         }
     }
     nftables.remove().await;
+    if settings.cleanup_on_exit {
+        kernel.remove().await;
+    } else if kernel_mode {
+        info!(
+            "kernel data path rules left in place for the next Capstan (--cleanup-on-exit removes them)"
+        );
+    }
     for open in active.values() {
         open.token.cancel();
     }

@@ -54,6 +54,10 @@ pub struct ServicePortTable {
     pub internal: EndpointSet,
     /// Endpoints eligible for traffic arriving on a NodePort, external or LoadBalancer IP.
     pub external: EndpointSet,
+    /// `externalTrafficPolicy: Local`: `external` holds this node's endpoints only, and the
+    /// kernel data path keeps the client's address and short-circuits pod and node traffic to
+    /// `internal` (kube-proxy's external chain).
+    pub external_local: bool,
     /// State carried across swaps: round-robin position, affinity table, counters.
     pub state: Arc<ServicePortState>,
     /// The compile step's fingerprint of what this table was built from (its Service's and

@@ -14,7 +14,7 @@ use crate::support::netns::{
 use crate::support::{Capstan, TempDir, path_str};
 
 /// A Service with `ports` (a YAML flow list) and extra `spec` lines.
-fn service(name: &str, vip: Ipv4Addr, ports: &str, spec: &str) -> String {
+pub(crate) fn service(name: &str, vip: Ipv4Addr, ports: &str, spec: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: default}}\n\
          spec:\n  clusterIP: {vip}\n  ports: {ports}\n{spec}---\n"
@@ -22,7 +22,7 @@ fn service(name: &str, vip: Ipv4Addr, ports: &str, spec: &str) -> String {
 }
 
 /// An EndpointSlice of `service` with `ports` and `endpoints` as (address, node, conditions).
-fn slice(service: &str, ports: &str, endpoints: &[(Ipv4Addr, &str, &str)]) -> String {
+pub(crate) fn slice(service: &str, ports: &str, endpoints: &[(Ipv4Addr, &str, &str)]) -> String {
     let endpoints: String = endpoints
         .iter()
         .map(|(ip, node, conditions)| {
@@ -38,7 +38,7 @@ fn slice(service: &str, ports: &str, endpoints: &[(Ipv4Addr, &str, &str)]) -> St
     )
 }
 
-const READY: &str = "ready: true";
+pub(crate) const READY: &str = "ready: true";
 
 fn start(node: &Node, dir: &TempDir, extra: &[&str]) -> Capstan {
     let mut args = vec![
@@ -46,6 +46,9 @@ fn start(node: &Node, dir: &TempDir, extra: &[&str]) -> Capstan {
         path_str(&dir.0),
         "--capture",
         "nftables",
+        // These cases are the user-space path's; `kernel.rs` has the kernel path's.
+        "--l4-datapath",
+        "userspace",
         "--node-name",
         "node-1",
     ];

@@ -10,6 +10,7 @@ mod files;
 mod http_support;
 mod ingress;
 mod ingress_spec;
+mod kernel;
 mod kube;
 mod kube_proxy;
 mod kube_scale;

@@ -49,6 +49,7 @@ fn port(
         endpoints: eps.to_vec().into(),
         internal: set.clone(),
         external: set,
+        external_local: false,
         state: Arc::default(),
         inputs: 0,
     }

@@ -87,9 +87,12 @@ pub(crate) struct FakeApi {
 
 impl FakeApi {
     pub(crate) async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fake api");
+        Self::start_on("127.0.0.1".parse().expect("loopback")).await
+    }
+
+    /// Listens on `ip` (an address of the test's namespace that node namespaces reach).
+    pub(crate) async fn start_on(ip: std::net::IpAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind fake api");
         let addr = listener.local_addr().expect("addr");
         let (changes, _) = broadcast::channel(65_536);
         let api = Self {

@@ -151,6 +151,17 @@ impl Node {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.ns,
             ]);
             node.ip_in(&["link", "set", &veth, "master", "br0", "up"]);
+            // As the bridge CNI plugin with `hairpinMode: true` (kubelet's hairpin-veth): a
+            // pod reaching itself through a Service is bridged back out of its own port.
+            node.ip_in(&[
+                "link",
+                "set",
+                &veth,
+                "type",
+                "bridge_slave",
+                "hairpin",
+                "on",
+            ]);
             let in_pod = |args: &[&str]| {
                 let mut command = vec!["ip", "-n", &pod.ns];
                 command.extend_from_slice(args);
@@ -211,6 +222,26 @@ impl Node {
         }
         self.pods.push(pod);
         index
+    }
+
+    /// The number that makes this node's addresses unique.
+    pub(crate) fn subnet(&self) -> u8 {
+        self.subnet
+    }
+
+    /// The test namespace's end of the uplink (the node reaches the test's servers there).
+    pub(crate) fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 245, self.subnet, 1)
+    }
+
+    /// This node's pod range (the bridge's /24).
+    pub(crate) fn pod_cidr(&self) -> String {
+        format!("10.244.{}.0/24", self.subnet)
+    }
+
+    /// `ip ARGS` inside the node.
+    pub(crate) fn ip_cmd(&self, args: &[&str]) {
+        self.ip_in(args);
     }
 
     /// `ip rule` in the node.

@@ -1,0 +1,314 @@
+//! The kernel data path: Service traffic translated by nftables, as kube-proxy's nftables mode
+//! does, so no byte of a pod-to-Service connection passes through Capstan.
+//!
+//! [`rules`] renders each Service port (pure), [`diff`] turns the applied rules into the wanted
+//! ones (pure), and [`KernelTable`] runs the result: the first sync replaces the whole table in
+//! one `nft -f` transaction, every later snapshot changes only the ports whose compiled table
+//! changed (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per
+//! port). UDP conntrack entries that would keep sending to a removed endpoint, or bypass a
+//! Service that just got endpoints, are deleted after each sync, as kube-proxy does.
+
+pub mod diff;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capstan_table::{BalancePolicy, ServicePortKey, ServicePortTable, Snapshot, TrafficScope};
+use tokio::process::Command;
+use tracing::{debug, info, warn};
+
+use crate::ProxyError;
+use crate::capture::nft;
+pub use diff::Changes;
+pub use rules::{KernelSettings, PortRules, TABLE};
+
+/// Which data path carries Service traffic (`--l4-datapath`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Datapath {
+    /// nftables DNAT in the kernel, for every Service port the kernel can balance
+    /// ([`kernel_capable`]); the rest stays in user space.
+    Kernel,
+    /// Capstan's own proxy for every Service port.
+    Userspace,
+}
+
+/// Whether the kernel can carry `port` as configured: uniform random choice (kube-proxy's),
+/// with or without ClientIP affinity, on addresses other than loopback. Least-connections,
+/// round-robin and passive ejection need the user-space proxy; loopback listen addresses are
+/// standalone conveniences that DNAT cannot serve.
+pub fn kernel_capable(port: &ServicePortTable) -> bool {
+    let served = |(frontend, scope): &(capstan_table::Frontend, TrafficScope)| {
+        let ip = frontend.addr.ip();
+        !ip.is_loopback() && !(ip.is_unspecified() && *scope == TrafficScope::Internal)
+    };
+    port.policy == BalancePolicy::Random && port.frontends.iter().all(served)
+}
+
+/// What one sync did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Service ports whose rules changed.
+    pub changed_ports: usize,
+    /// Whether the whole table was replaced.
+    pub full: bool,
+    pub duration: Duration,
+}
+
+/// Stale chains are deleted once nothing has referred to them for this long (kernels before
+/// 6.2 notice a dropped reference from a map element only a moment later; kube-proxy waits the
+/// same second).
+const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
+
+/// The programmer of [`TABLE`]: remembers what it applied.
+#[derive(Debug, Default)]
+pub struct KernelTable {
+    settings: KernelSettings,
+    /// Applied rules by Service port, with the compiled table they came from. `None` until the
+    /// first sync, and after a failed one (the next sync is full).
+    applied: Option<HashMap<ServicePortKey, (Arc<ServicePortTable>, Arc<PortRules>)>>,
+    /// Ports referring to each endpoint address, for the hairpin sets.
+    hairpin: HashMap<IpAddr, u32>,
+    stale_chains: Vec<(String, Instant)>,
+    conntrack_missing: bool,
+}
+
+impl KernelTable {
+    pub fn new(settings: KernelSettings) -> Self {
+        Self {
+            settings,
+            ..Self::default()
+        }
+    }
+
+    /// Makes the table serve exactly `ports` of `snapshot`, in one transaction.
+    pub async fn sync(
+        &mut self,
+        snapshot: &Snapshot,
+        ports: &[&Arc<ServicePortTable>],
+    ) -> Result<SyncReport, ProxyError> {
+        let started = Instant::now();
+        self.delete_stale_chains().await;
+        let full = self.applied.is_none();
+        let mut previous = self.applied.take().unwrap_or_default();
+        let mut changes = if full {
+            self.hairpin.clear();
+            Changes::fresh()
+        } else {
+            Changes::default()
+        };
+        let empty = PortRules::default();
+        let mut next = HashMap::with_capacity(ports.len());
+        let (mut hairpin_old, mut hairpin_new) = (Vec::new(), Vec::new());
+        let mut udp_changes = Vec::new();
+        for &port in ports {
+            let old = previous.remove(&port.key);
+            let rules = match &old {
+                Some((table, rules)) if Arc::ptr_eq(table, port) => rules.clone(),
+                _ => {
+                    let rules = Arc::new(rules::render_port(
+                        port,
+                        &snapshot.proxy.frontends,
+                        &self.settings,
+                    ));
+                    let old_rules = old.as_ref().map_or(&empty, |(_, r)| &**r);
+                    if *old_rules != *rules {
+                        changes.port(old_rules, &rules);
+                        hairpin_old.push(old_rules.hairpin.clone());
+                        hairpin_new.push(rules.hairpin.clone());
+                        udp_changes.push((old_rules.udp.clone(), rules.udp.clone()));
+                    }
+                    rules
+                }
+            };
+            next.insert(port.key.clone(), (port.clone(), rules));
+        }
+        // What is left was removed from the snapshot or moved to user space.
+        for (_, rules) in previous.values() {
+            changes.port(rules, &empty);
+            hairpin_old.push(rules.hairpin.clone());
+            udp_changes.push((rules.udp.clone(), None));
+        }
+        let changed_ports = hairpin_new.len() + previous.len();
+        let (added, removed) = self.count_hairpin(&hairpin_old, &hairpin_new);
+        changes.hairpin(added, removed);
+        if !full && changes.is_empty() {
+            self.applied = Some(next);
+            return Ok(SyncReport::default());
+        }
+        let mut script = String::new();
+        if full {
+            script.push_str(&format!(
+                "add table inet {TABLE}\ndelete table inet {TABLE}\n"
+            ));
+            script.push_str(&rules::skeleton());
+        }
+        changes.render(&mut script);
+        if let Err(error) = nft(&script).await {
+            // The table is as it was; the next sync rebuilds it whole.
+            self.hairpin.clear();
+            return Err(error);
+        }
+        let now = Instant::now();
+        let filled: BTreeSet<&str> = next
+            .values()
+            .flat_map(|(_, r)| r.chains.keys().map(String::as_str))
+            .collect();
+        self.stale_chains
+            .retain(|(name, _)| !filled.contains(name.as_str()));
+        self.stale_chains
+            .extend(changes.stale_chains.iter().map(|name| (name.clone(), now)));
+        self.applied = Some(next);
+        for (old, new) in udp_changes {
+            self.flush_udp(old.unwrap_or_default(), new.unwrap_or_default())
+                .await;
+        }
+        let report = SyncReport {
+            changed_ports,
+            full,
+            duration: started.elapsed(),
+        };
+        debug!(?report, "kernel data path synced");
+        Ok(report)
+    }
+
+    /// Updates the hairpin reference counts; returns the addresses to add to and remove from
+    /// the sets.
+    fn count_hairpin(
+        &mut self,
+        old: &[BTreeSet<IpAddr>],
+        new: &[BTreeSet<IpAddr>],
+    ) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
+        let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
+        for ip in new.iter().flatten() {
+            let count = self.hairpin.entry(*ip).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                added.insert(*ip);
+            }
+        }
+        for ip in old.iter().flatten() {
+            if let Some(count) = self.hairpin.get_mut(ip) {
+                *count -= 1;
+                if *count == 0 {
+                    self.hairpin.remove(ip);
+                    removed.insert(*ip);
+                }
+            }
+        }
+        // An address dropped by one port and taken by another in the same sync stays.
+        let both: Vec<IpAddr> = added.intersection(&removed).copied().collect();
+        for ip in both {
+            added.remove(&ip);
+            removed.remove(&ip);
+        }
+        (added, removed)
+    }
+
+    /// Deletes chains that have been unreferenced for [`STALE_CHAIN_DELAY`].
+    async fn delete_stale_chains(&mut self) {
+        let ready: Vec<String> = self
+            .stale_chains
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= STALE_CHAIN_DELAY)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if ready.is_empty() || self.applied.is_none() {
+            return;
+        }
+        let script: String = ready
+            .iter()
+            .map(|name| format!("delete chain inet {TABLE} {name}\n"))
+            .collect();
+        match nft(&script).await {
+            Ok(()) => self.stale_chains.retain(|(name, _)| !ready.contains(name)),
+            Err(error) => warn!(%error, "stale kernel chains not deleted; retrying"),
+        }
+    }
+
+    /// Whether stale chains wait for deletion (the caller syncs again after a moment).
+    pub fn has_stale_chains(&self) -> bool {
+        !self.stale_chains.is_empty()
+    }
+
+    /// kube-proxy's UDP conntrack cleanup (pkg/proxy/conntrack/cleanup.go): entries translated
+    /// to an endpoint that is gone are deleted (the client would keep sending there), and when a
+    /// Service port gets its first endpoints, entries made while it had none are deleted.
+    async fn flush_udp(&mut self, old: rules::UdpTranslation, new: rules::UdpTranslation) {
+        let mut filters: Vec<Vec<String>> = Vec::new();
+        for endpoint in old.endpoints.difference(&new.endpoints) {
+            for frontend in &old.frontends {
+                filters.push(conntrack_filter(*frontend, Some(*endpoint)));
+            }
+        }
+        if old.endpoints.is_empty() && !new.endpoints.is_empty() {
+            for frontend in &new.frontends {
+                filters.push(conntrack_filter(*frontend, None));
+            }
+        }
+        for filter in filters {
+            let output = Command::new("conntrack")
+                .arg("-D")
+                .args(&filter)
+                .stdin(Stdio::null())
+                .output()
+                .await;
+            match output {
+                // Exit status 1 with "0 flow entries": nothing to delete.
+                Ok(output) => {
+                    debug!(?filter, status = ?output.status.code(), "udp conntrack flushed")
+                }
+                Err(error) if !self.conntrack_missing => {
+                    self.conntrack_missing = true;
+                    warn!(%error, "conntrack not run: stale UDP entries expire on their own");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Removes every rule and element (`--cleanup-on-exit`), unless nothing was ever applied.
+    /// The emptied chains stay, so the kernel's NAT hooks stay registered. Established
+    /// connections through the table were still cut in the namespace tests (they survive when
+    /// the rules stay), which is why this is not the default.
+    pub async fn remove(&mut self) {
+        if self.applied.take().is_none() {
+            return;
+        }
+        let script = rules::emptying();
+        match nft(&script).await {
+            Ok(()) => info!(
+                "kernel data path rules removed (the empty table keeps NAT hooks for established connections)"
+            ),
+            Err(error) => warn!(%error, "kernel data path rules not removed"),
+        }
+    }
+}
+
+/// Deletes a table left by an earlier run in kernel mode (now running in user space).
+pub async fn remove_leftover() {
+    let script = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
+    if let Err(error) = nft(&script).await {
+        debug!(%error, "no leftover kernel data path table removed");
+    }
+}
+
+/// `conntrack -D` arguments selecting UDP entries to `frontend` (any local address for a
+/// NodePort on every address), translated to `endpoint` if given.
+fn conntrack_filter(frontend: SocketAddr, endpoint: Option<SocketAddr>) -> Vec<String> {
+    let family = if frontend.is_ipv6() { "ipv6" } else { "ipv4" };
+    let mut args: Vec<String> = ["-f", family, "-p", "udp"].map(str::to_owned).to_vec();
+    if !frontend.ip().is_unspecified() {
+        args.extend(["--orig-dst".to_owned(), frontend.ip().to_string()]);
+    }
+    args.extend(["--orig-port-dst".to_owned(), frontend.port().to_string()]);
+    if let Some(endpoint) = endpoint {
+        args.extend(["--dst-nat".to_owned(), endpoint.ip().to_string()]);
+    }
+    args
+}

@@ -1,0 +1,154 @@
+//! The pure incremental step of the kernel data path: the nft commands that turn one Service
+//! port's applied rules into its wanted ones, gathered over every changed port into one
+//! transaction in an order the kernel accepts (sets and chains before the rules and map
+//! elements that name them; chains emptied before the sets they used are deleted).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+
+use super::rules::{Family, MapRef, PortRules, TABLE};
+
+/// Everything one sync changes, in commands grouped by the order they must run in.
+#[derive(Debug, Default)]
+pub struct Changes {
+    add_sets: Vec<(String, String)>,
+    /// Chains to (re)write: created if missing, emptied, then given these rules.
+    fill_chains: Vec<(String, Vec<String>)>,
+    delete_elements: BTreeMap<MapRef, Vec<String>>,
+    add_elements: BTreeMap<MapRef, Vec<String>>,
+    hairpin_add: BTreeSet<IpAddr>,
+    hairpin_delete: BTreeSet<IpAddr>,
+    /// Chains no longer used: emptied now, deleted by a later transaction.
+    pub stale_chains: Vec<String>,
+    delete_sets: Vec<String>,
+    /// A full sync: the table is created afresh, so nothing needs emptying first.
+    fresh: bool,
+}
+
+impl Changes {
+    /// Changes applied on top of [`super::rules::skeleton`] in the same transaction.
+    pub fn fresh() -> Self {
+        Self {
+            fresh: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds what turns `old` into `new` (either may be empty: a port added or removed).
+    pub fn port(&mut self, old: &PortRules, new: &PortRules) {
+        for (name, declaration) in &new.sets {
+            if !old.sets.contains_key(name) {
+                self.add_sets.push((name.clone(), declaration.clone()));
+            }
+        }
+        for (name, chain) in &new.chains {
+            if old.chains.get(name) != Some(chain) {
+                self.fill_chains.push((name.clone(), chain.clone()));
+            }
+        }
+        for (key, verdict) in &old.elements {
+            if new.elements.get(key) != Some(verdict) {
+                let (map, element) = key;
+                self.delete_elements
+                    .entry(*map)
+                    .or_default()
+                    .push(element.clone());
+            }
+        }
+        for (key, verdict) in &new.elements {
+            if old.elements.get(key) != Some(verdict) {
+                let (map, element) = key;
+                self.add_elements
+                    .entry(*map)
+                    .or_default()
+                    .push(format!("{element} : {verdict}"));
+            }
+        }
+        for name in old.chains.keys() {
+            if !new.chains.contains_key(name) {
+                self.stale_chains.push(name.clone());
+            }
+        }
+        for name in old.sets.keys() {
+            if !new.sets.contains_key(name) {
+                self.delete_sets.push(name.clone());
+            }
+        }
+    }
+
+    /// Hairpin pairs to add and remove (reference-counted over ports by the caller).
+    pub fn hairpin(&mut self, added: BTreeSet<IpAddr>, removed: BTreeSet<IpAddr>) {
+        self.hairpin_add = added;
+        self.hairpin_delete = removed;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.add_sets.is_empty()
+            && self.fill_chains.is_empty()
+            && self.delete_elements.is_empty()
+            && self.add_elements.is_empty()
+            && self.hairpin_add.is_empty()
+            && self.hairpin_delete.is_empty()
+            && self.stale_chains.is_empty()
+            && self.delete_sets.is_empty()
+    }
+
+    /// The nft commands, appended to `out`.
+    pub fn render(&self, out: &mut String) {
+        let table = format!("inet {TABLE}");
+        for (name, declaration) in &self.add_sets {
+            let _ = writeln!(out, "add set {table} {name} {{ {declaration} }}");
+        }
+        for (name, _) in &self.fill_chains {
+            let _ = writeln!(out, "add chain {table} {name}");
+            if !self.fresh {
+                let _ = writeln!(out, "flush chain {table} {name}");
+            }
+        }
+        for (name, rules) in &self.fill_chains {
+            for rule in rules {
+                let _ = writeln!(out, "add rule {table} {name} {rule}");
+            }
+        }
+        for (map, keys) in &self.delete_elements {
+            let _ = writeln!(
+                out,
+                "delete element {table} {} {{ {} }}",
+                map.name(),
+                keys.join(", ")
+            );
+        }
+        for (map, elements) in &self.add_elements {
+            let _ = writeln!(
+                out,
+                "add element {table} {} {{ {} }}",
+                map.name(),
+                elements.join(", ")
+            );
+        }
+        for (verb, ips) in [("add", &self.hairpin_add), ("delete", &self.hairpin_delete)] {
+            for family in Family::ALL {
+                let pairs: Vec<String> = ips
+                    .iter()
+                    .filter(|ip| Family::of(**ip) == family)
+                    .map(|ip| format!("{ip} . {ip}"))
+                    .collect();
+                if !pairs.is_empty() {
+                    let set = format!("hairpin{}", family.suffix());
+                    let _ = writeln!(
+                        out,
+                        "{verb} element {table} {set} {{ {} }}",
+                        pairs.join(", ")
+                    );
+                }
+            }
+        }
+        for name in &self.stale_chains {
+            let _ = writeln!(out, "flush chain {table} {name}");
+        }
+        for name in &self.delete_sets {
+            let _ = writeln!(out, "delete set {table} {name}");
+        }
+    }
+}
