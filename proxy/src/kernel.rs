@@ -45,7 +45,7 @@ pub enum Datapath {
 pub fn kernel_capable(port: &ServicePortTable) -> bool {
     let served = |(frontend, scope): &(capstan_table::Frontend, TrafficScope)| {
         let ip = frontend.addr.ip();
-        !ip.is_loopback() && !(ip.is_unspecified() && *scope == TrafficScope::Internal)
+        !(ip.is_loopback() || ip.is_unspecified() && *scope == TrafficScope::Internal)
     };
     port.policy == BalancePolicy::Random && port.frontends.iter().all(served)
 }
@@ -65,13 +65,16 @@ pub struct SyncReport {
 /// same second).
 const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 
+/// One Service port's applied rules, with the compiled table they were rendered from.
+type Applied = (Arc<ServicePortTable>, Arc<PortRules>);
+
 /// The programmer of [`TABLE`]: remembers what it applied.
 #[derive(Debug, Default)]
 pub struct KernelTable {
     settings: KernelSettings,
     /// Applied rules by Service port, with the compiled table they came from. `None` until the
     /// first sync, and after a failed one (the next sync is full).
-    applied: Option<HashMap<ServicePortKey, (Arc<ServicePortTable>, Arc<PortRules>)>>,
+    applied: Option<HashMap<ServicePortKey, Applied>>,
     /// Ports referring to each endpoint address, for the hairpin sets.
     hairpin: HashMap<IpAddr, u32>,
     stale_chains: Vec<(String, Instant)>,
