@@ -11,12 +11,13 @@ use serde_json::{Value, json};
 use crate::support::kube_api::FakeApi;
 use crate::support::*;
 
-const SERVICES: usize = 10_000;
-const ENDPOINTS: usize = 10;
+pub(crate) const SERVICES: usize = 10_000;
+pub(crate) const ENDPOINTS: usize = 10;
 /// EndpointSlice changes measured; `KUBE_SCALE_CHANGES` raises it (memory flatness under churn).
 const CHANGES: usize = 10;
 
-fn bulk(i: usize) -> [Value; 2] {
+/// Service `i` (headless unless `cluster_ip`) and its slice of [`ENDPOINTS`] endpoints.
+pub(crate) fn bulk(i: usize, cluster_ip: Option<String>) -> [Value; 2] {
     let name = format!("svc-{i:05}");
     let namespace = format!("ns-{:03}", i % 100);
     let endpoints: Vec<Value> = (0..ENDPOINTS)
@@ -34,7 +35,7 @@ fn bulk(i: usize) -> [Value; 2] {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": namespace, "uid": format!("uid-{i}"),
                          "labels": {"app": name}, "annotations": {"owner": "scale-test"}},
-            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+            "spec": {"clusterIP": cluster_ip.unwrap_or_else(|| "None".to_owned()), "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
                      "selector": {"app": name}},
         }),
         json!({
@@ -63,7 +64,7 @@ fn probe_slice(backend: SocketAddr) -> Value {
 #[ignore = "scale benchmark: run by benches/kube_scale.sh"]
 async fn kube_scale_ten_thousand_services() {
     let api = FakeApi::start().await;
-    api.preload((0..SERVICES).flat_map(bulk));
+    api.preload((0..SERVICES).flat_map(|i| bulk(i, None)));
     let vip = frontend();
     let backends = [Backend::start("a").await, Backend::start("b").await];
     api.apply(json!({

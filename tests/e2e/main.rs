@@ -11,6 +11,7 @@ mod http_support;
 mod ingress;
 mod ingress_spec;
 mod kernel;
+mod kernel_scale;
 mod kube;
 mod kube_proxy;
 mod kube_scale;

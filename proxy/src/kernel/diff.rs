@@ -100,15 +100,27 @@ impl Changes {
         for (name, declaration) in &self.add_sets {
             let _ = writeln!(out, "add set {table} {name} {{ {declaration} }}");
         }
-        for (name, _) in &self.fill_chains {
-            let _ = writeln!(out, "add chain {table} {name}");
-            if !self.fresh {
+        if self.fresh {
+            // One block: nft resolves each `add rule` line against its cache, which at ten
+            // thousand chains costs far more than parsing the same rules in place.
+            let _ = writeln!(out, "table {table} {{");
+            for (name, rules) in &self.fill_chains {
+                let _ = writeln!(out, "  chain {name} {{");
+                for rule in rules {
+                    let _ = writeln!(out, "    {rule}");
+                }
+                let _ = writeln!(out, "  }}");
+            }
+            let _ = writeln!(out, "}}");
+        } else {
+            for (name, _) in &self.fill_chains {
+                let _ = writeln!(out, "add chain {table} {name}");
                 let _ = writeln!(out, "flush chain {table} {name}");
             }
-        }
-        for (name, rules) in &self.fill_chains {
-            for rule in rules {
-                let _ = writeln!(out, "add rule {table} {name} {rule}");
+            for (name, rules) in &self.fill_chains {
+                for rule in rules {
+                    let _ = writeln!(out, "add rule {table} {name} {rule}");
+                }
             }
         }
         for (map, keys) in &self.delete_elements {
