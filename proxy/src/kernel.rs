@@ -100,7 +100,9 @@ impl KernelTable {
         let full = self.applied.is_none();
         let mut previous = self.applied.take().unwrap_or_default();
         let mut changes = if full {
+            // The table is created afresh: no chain of the old one is left to delete.
             self.hairpin.clear();
+            self.stale_chains.clear();
             Changes::fresh()
         } else {
             Changes::default()
