@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin capstan \
 
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables conntrack ca-certificates \
+ && apt-get install -y --no-install-recommends nftables conntrack iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/capstan /usr/local/bin/capstan
 # Kubernetes runs it with the capabilities of deploy/kubernetes/capstan.yaml (NET_ADMIN,

@@ -130,6 +130,18 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub cluster_cidr: Vec<Prefix>,
+    /// The cluster DNS Service (`NAMESPACE/NAME`, or `off`). On the kernel data path its
+    /// ClusterIPs on port 53 (UDP and TCP) are answered by this node's DNS server, untracked, as
+    /// NodeLocal DNSCache does: pods keep resolving through the kube-dns address with CoreDNS
+    /// removed. Needs `--dns` on the wildcard address, port 53.
+    #[arg(
+        long,
+        value_name = "NAMESPACE/NAME|off",
+        env = "CAPSTAN_CLUSTER_DNS_SERVICE",
+        default_value = "kube-system/kube-dns",
+        value_parser = parse_service_name
+    )]
+    pub cluster_dns_service: ServiceName,
     /// On a clean exit, empty the kernel data path's nftables table (as `kube-proxy --cleanup`).
     /// By default the rules stay, as kube-proxy's do, so Services keep working while the agent
     /// is upgraded or restarted: the next Capstan replaces them in one transaction. Emptying
@@ -336,6 +348,26 @@ fn parse_datapath(text: &str) -> Result<Datapath, String> {
         "kernel" => Ok(Datapath::Kernel),
         "userspace" => Ok(Datapath::Userspace),
         _ => Err(format!("{text:?} is not kernel or userspace")),
+    }
+}
+
+/// A Service named on the command line, or `off` (`None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceName(pub Option<capstan_table::ServiceKey>);
+
+fn parse_service_name(text: &str) -> Result<ServiceName, String> {
+    if text == "off" {
+        return Ok(ServiceName(None));
+    }
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(ServiceName(Some(capstan_table::ServiceKey::new(
+                namespace, name,
+            ))))
+        }
+        _ => Err(format!("{text:?} is not NAMESPACE/NAME or off")),
     }
 }
 

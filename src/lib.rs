@@ -402,9 +402,25 @@ fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error
         preserve_source: args.preserve_source_ip.clone(),
         node_name: args.node_name.clone(),
         datapath,
-        kernel: KernelSettings { pod_cidrs },
+        kernel: KernelSettings {
+            pod_cidrs,
+            cluster_dns: cluster_dns_service(args),
+        },
         cleanup_on_exit: args.cleanup_on_exit,
     })
+}
+
+/// `--cluster-dns-service`, when this node's DNS server can answer its ClusterIPs: listening on
+/// the wildcard address, port 53, so an address added to the node reaches it.
+fn cluster_dns_service(args: &RunArgs) -> Option<capstan_table::ServiceKey> {
+    let service = args.cluster_dns_service.0.clone()?;
+    match args.dns.addr() {
+        Some(listen) if listen.ip().is_unspecified() && listen.port() == 53 => Some(service),
+        listen => {
+            info!(dns = ?listen, %service, "cluster DNS Service not answered locally: --dns is not on the wildcard address, port 53");
+            None
+        }
+    }
 }
 
 fn ingress_config(args: &RunArgs) -> Result<IngressConfig, Error> {

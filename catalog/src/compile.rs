@@ -116,7 +116,7 @@ pub fn compile(
                 protocol: port.protocol,
             };
             let carried = previous_ports.and_then(|ports| ports.get(&port_key));
-            let ours = service.proxy_name.as_deref() == options.proxy_name.as_deref();
+            let ours = service.proxied_by(options.proxy_name.as_deref());
             let mut frontends = if ours {
                 frontends(service, port, options)
             } else {
@@ -465,7 +465,7 @@ fn health_check(
     let port = service.health_check_node_port?;
     if service.kind != ServiceKind::LoadBalancer
         || service.external_traffic_policy != TrafficPolicy::Local
-        || service.proxy_name.as_deref() != options.proxy_name.as_deref()
+        || !service.proxied_by(options.proxy_name.as_deref())
     {
         return None;
     }

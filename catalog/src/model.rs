@@ -36,6 +36,10 @@ pub struct Service {
     /// The `service.kubernetes.io/service-proxy-name` label: a Service naming another proxy is
     /// named in DNS but not proxied (see [`crate::CompileOptions::proxy_name`]).
     pub proxy_name: Option<Arc<str>>,
+    /// The `service.kubernetes.io/headless` label: kube-proxy's informers select such objects
+    /// away (cmd/kube-proxy/app/server.go, `noHeadlessEndpoints`), so it is named in DNS but
+    /// not proxied.
+    pub headless_label: bool,
     /// `spec.trafficDistribution`: used to derive topology hints when no EndpointSlice of the
     /// Service carries any (slices written by hand, no EndpointSlice controller).
     pub traffic_distribution: Option<TrafficDistribution>,
@@ -156,6 +160,7 @@ impl Service {
             connect_timeout: None,
             idle_timeout: None,
             proxy_name: None,
+            headless_label: false,
             traffic_distribution: None,
             health_check_node_port: None,
         }
@@ -164,6 +169,11 @@ impl Service {
     /// A Service with no ClusterIP: DNS returns its endpoints, nothing is proxied on a VIP.
     pub fn is_headless(&self) -> bool {
         self.cluster_ips.is_empty()
+    }
+
+    /// Whether the proxy named `proxy` (kube-proxy's `--service-proxy-name`) serves this Service.
+    pub fn proxied_by(&self, proxy: Option<&str>) -> bool {
+        !self.headless_label && self.proxy_name.as_deref() == proxy
     }
 
     /// Checks the invariants the compile step relies on.

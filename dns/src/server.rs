@@ -300,6 +300,10 @@ fn bind_once(listen: SocketAddr, count: usize) -> io::Result<Bound> {
         if addr.is_ipv6() {
             socket.set_only_v6(false)?;
         }
+        if addr.ip().is_unspecified() {
+            // Answers leave from the address each query was sent to (see `udp_batch`).
+            crate::udp_batch::receive_destination(&socket, addr.is_ipv6())?;
+        }
         socket.bind(&addr.into())?;
         if addr.port() == 0 {
             addr = socket

@@ -1,15 +1,23 @@
 //! The UDP receive loop, batched like Knot's and NSD's: `recvmmsg` takes up to [`BATCH`] queries
 //! in one system call, the answers go back with one `sendmmsg`. Queries that need an upstream are
 //! finished by their own task and sent alone.
+//!
+//! On a socket bound to the wildcard address each query's destination address is received with
+//! it (`IP_PKTINFO` / `IPV6_RECVPKTINFO`) and its answer is sent from that address, as CoreDNS's
+//! and Knot's are: a resolver discards an answer from any other address, and the route back to
+//! a pod may well prefer another address of the node (a cluster DNS ClusterIP held by the node,
+//! a NodePort address, a secondary address).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
+use nix::libc;
 use nix::sys::socket::{
-    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
+    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
+    sendmmsg, sendmsg, setsockopt, sockopt,
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -23,19 +31,36 @@ const BATCH: usize = 32;
 /// Room per datagram: queries are far smaller; a longer one is cut and answered FORMERR.
 const DATAGRAM: usize = 4096;
 
+/// One answer to send: bytes, client, and the address the query was sent to (`None`: the
+/// socket's own, on a socket bound to one address).
+type Reply = (Vec<u8>, SockaddrStorage, Option<IpAddr>);
+
+/// Asks the kernel to tell each datagram's destination address (before `bind`).
+pub(crate) fn receive_destination(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        // Also covers IPv4 on a dual-stack socket (as v4-mapped addresses).
+        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true)?;
+    } else {
+        setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?;
+    }
+    Ok(())
+}
+
 /// Serves `socket` until the task is dropped.
 pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
     let fd = socket.as_raw_fd();
+    let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
     let mut buffers = vec![[0u8; DATAGRAM]; BATCH];
     let mut cache = PacketCache::default();
-    let mut replies: Vec<(Vec<u8>, SockaddrStorage)> = Vec::with_capacity(BATCH);
+    let mut replies: Vec<Reply> = Vec::with_capacity(BATCH);
     loop {
         if socket.readable().await.is_err() {
             continue;
         }
         let received = socket.try_io(Interest::READABLE, || {
             // Headers hold raw pointers (not Send), so they never live across an await.
-            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+            let control = wildcard.then(|| nix::cmsg_space!(libc::in6_pktinfo));
+            let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control);
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
                 .iter_mut()
                 .map(|b| [IoSliceMut::new(&mut b[..])])
@@ -49,8 +74,11 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
             )
             .map_err(io::Error::from)?;
             Ok(results
-                .map(|m| (m.bytes, m.address))
-                .collect::<Vec<(usize, Option<SockaddrStorage>)>>())
+                .map(|m| {
+                    let local = m.cmsgs().ok().and_then(|mut c| c.find_map(destination));
+                    (m.bytes, m.address, local)
+                })
+                .collect::<Vec<(usize, Option<SockaddrStorage>, Option<IpAddr>)>>())
         });
         let received = match received {
             Ok(received) => received,
@@ -62,21 +90,20 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
         };
         let started = Instant::now();
         let snapshot = handler.snapshot();
-        for (index, (bytes, peer)) in received.into_iter().enumerate() {
+        for (index, (bytes, peer, local)) in received.into_iter().enumerate() {
             let Some(peer) = peer else { continue };
             let query = &buffers[index][..bytes.min(DATAGRAM)];
             match handler.start_cached(query, &mut cache, &snapshot, started) {
-                Step::Reply(reply) => replies.push((reply, peer)),
+                Step::Reply(reply) => replies.push((reply, peer, local)),
                 Step::Ignore => {}
                 Step::Pending(pending) => {
-                    let Some(peer) = std_addr(&peer) else {
-                        continue;
-                    };
                     let socket = socket.clone();
                     let handler = handler.clone();
                     tokio::spawn(async move {
                         let reply = handler.complete(pending).await;
-                        let _ = socket.send_to(&reply, peer).await;
+                        if let Err(error) = send_one(&socket, &reply, peer, local).await {
+                            debug!(%error, "dns: UDP send");
+                        }
                     });
                 }
             }
@@ -85,36 +112,120 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
     }
 }
 
-/// Sends every reply, with `sendmmsg` while the socket takes them and one by one otherwise.
-async fn send_all(socket: &UdpSocket, replies: &mut Vec<(Vec<u8>, SockaddrStorage)>) {
-    if replies.is_empty() {
-        return;
+/// The destination address of a received datagram, from its packet-info control message.
+fn destination(message: ControlMessageOwned) -> Option<IpAddr> {
+    match message {
+        ControlMessageOwned::Ipv4PacketInfo(info) => {
+            Some(IpAddr::V4(u32::from_be(info.ipi_addr.s_addr).into()))
+        }
+        ControlMessageOwned::Ipv6PacketInfo(info) => {
+            Some(IpAddr::V6(info.ipi6_addr.s6_addr.into()))
+        }
+        _ => None,
     }
-    let sent = {
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(replies.len(), None);
-        let slices: Vec<[IoSlice<'_>; 1]> =
-            replies.iter().map(|(r, _)| [IoSlice::new(r)]).collect();
-        let addresses: Vec<Option<SockaddrStorage>> =
-            replies.iter().map(|(_, a)| Some(*a)).collect();
-        let no_control: [ControlMessage<'_>; 0] = [];
-        sendmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            slices.iter(),
-            addresses,
-            no_control,
-            MsgFlags::MSG_DONTWAIT,
-        )
-        .map(|results| results.count())
-        .unwrap_or(0)
-    };
-    for (reply, peer) in replies.drain(..).skip(sent) {
-        if let Some(peer) = std_addr(&peer)
-            && let Err(error) = socket.send_to(&reply, peer).await
-        {
-            debug!(%error, %peer, "dns: UDP send");
+}
+
+/// The packet-info control message that makes a datagram leave from `local`.
+enum SourceInfo {
+    V4(libc::in_pktinfo),
+    V6(libc::in6_pktinfo),
+}
+
+impl SourceInfo {
+    /// `peer` decides the family: a dual-stack socket answers IPv4 clients as v4-mapped.
+    fn new(local: IpAddr, peer: &SockaddrStorage) -> Self {
+        match (local, peer.as_sockaddr_in6().is_some()) {
+            (IpAddr::V4(v4), false) => SourceInfo::V4(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from(v4).to_be(),
+                },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            }),
+            (IpAddr::V4(v4), true) => Self::v6(v4.to_ipv6_mapped().octets()),
+            (IpAddr::V6(v6), _) => Self::v6(v6.octets()),
         }
     }
+
+    fn v6(octets: [u8; 16]) -> Self {
+        SourceInfo::V6(libc::in6_pktinfo {
+            ipi6_addr: libc::in6_addr { s6_addr: octets },
+            ipi6_ifindex: 0,
+        })
+    }
+
+    fn message(&self) -> ControlMessage<'_> {
+        match self {
+            SourceInfo::V4(info) => ControlMessage::Ipv4PacketInfo(info),
+            SourceInfo::V6(info) => ControlMessage::Ipv6PacketInfo(info),
+        }
+    }
+}
+
+/// Sends one answer from `local` (if known), waiting for the socket to take it.
+async fn send_one(
+    socket: &UdpSocket,
+    reply: &[u8],
+    peer: SockaddrStorage,
+    local: Option<IpAddr>,
+) -> io::Result<()> {
+    let info = local.map(|local| SourceInfo::new(local, &peer));
+    loop {
+        socket.writable().await?;
+        let sent = socket.try_io(Interest::WRITABLE, || {
+            let control: Vec<ControlMessage<'_>> = info.iter().map(SourceInfo::message).collect();
+            sendmsg(
+                socket.as_raw_fd(),
+                &[IoSlice::new(reply)],
+                &control,
+                MsgFlags::MSG_DONTWAIT,
+                Some(&peer),
+            )
+            .map_err(io::Error::from)
+        });
+        match sent {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other.map(drop),
+        }
+    }
+}
+
+/// Sends every reply: `sendmmsg` per source address (the control message is shared by a
+/// batch) while the socket takes them, and one by one otherwise.
+async fn send_all(socket: &UdpSocket, replies: &mut Vec<Reply>) {
+    while let Some(&(_, _, local)) = replies.first() {
+        let batch: Vec<Reply>;
+        (batch, *replies) = replies.drain(..).partition(|(_, _, l)| *l == local);
+        let sent = send_batch(socket, &batch, local);
+        for (reply, peer, local) in batch.into_iter().skip(sent) {
+            if let Err(error) = send_one(socket, &reply, peer, local).await {
+                debug!(%error, peer = ?std_addr(&peer), "dns: UDP send");
+            }
+        }
+    }
+}
+
+/// One `sendmmsg` of replies sharing their source; returns how many the socket took.
+fn send_batch(socket: &UdpSocket, batch: &[Reply], local: Option<IpAddr>) -> usize {
+    let Some((_, first_peer, _)) = batch.first() else {
+        return 0;
+    };
+    let info = local.map(|local| SourceInfo::new(local, first_peer));
+    let control: Vec<ControlMessage<'_>> = info.iter().map(SourceInfo::message).collect();
+    let space = local.map(|_| nix::cmsg_space!(libc::in6_pktinfo));
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), space);
+    let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(r, _, _)| [IoSlice::new(r)]).collect();
+    let addresses: Vec<Option<SockaddrStorage>> = batch.iter().map(|(_, a, _)| Some(*a)).collect();
+    sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter(),
+        addresses,
+        control,
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map(|results| results.count())
+    .unwrap_or(0)
 }
 
 fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {

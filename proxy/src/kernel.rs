@@ -9,6 +9,7 @@
 //! Service that just got endpoints, are deleted after each sync, as kube-proxy does.
 
 pub mod diff;
+mod local_dns;
 pub mod rules;
 #[cfg(test)]
 mod tests;
@@ -77,6 +78,9 @@ pub struct KernelTable {
     applied: Option<HashMap<ServicePortKey, Applied>>,
     /// Ports referring to each endpoint address, for the hairpin sets.
     hairpin: HashMap<IpAddr, u32>,
+    /// Ports (UDP and TCP) of the cluster DNS Service referring to each of its ClusterIPs.
+    local_dns: HashMap<IpAddr, u32>,
+    dns_interface: local_dns::DnsInterface,
     stale_chains: Vec<(String, Instant)>,
     conntrack_missing: bool,
 }
@@ -102,6 +106,7 @@ impl KernelTable {
         let mut changes = if full {
             // The table is created afresh: no chain of the old one is left to delete.
             self.hairpin.clear();
+            self.local_dns.clear();
             self.stale_chains.clear();
             Changes::fresh()
         } else {
@@ -110,6 +115,7 @@ impl KernelTable {
         let empty = PortRules::default();
         let mut next = HashMap::with_capacity(ports.len());
         let (mut hairpin_old, mut hairpin_new) = (Vec::new(), Vec::new());
+        let (mut dns_old, mut dns_new) = (Vec::new(), Vec::new());
         let mut udp_changes = Vec::new();
         for &port in ports {
             let old = previous.remove(&port.key);
@@ -126,6 +132,8 @@ impl KernelTable {
                         changes.port(old_rules, &rules);
                         hairpin_old.push(old_rules.hairpin.clone());
                         hairpin_new.push(rules.hairpin.clone());
+                        dns_old.push(old_rules.local_dns.clone());
+                        dns_new.push(rules.local_dns.clone());
                         udp_changes.push((old_rules.udp.clone(), rules.udp.clone()));
                     }
                     rules
@@ -137,11 +145,14 @@ impl KernelTable {
         for (_, rules) in previous.values() {
             changes.port(rules, &empty);
             hairpin_old.push(rules.hairpin.clone());
+            dns_old.push(rules.local_dns.clone());
             udp_changes.push((rules.udp.clone(), None));
         }
         let changed_ports = hairpin_new.len() + previous.len();
-        let (added, removed) = self.count_hairpin(&hairpin_old, &hairpin_new);
+        let (added, removed) = count_references(&mut self.hairpin, &hairpin_old, &hairpin_new);
         changes.hairpin(added, removed);
+        let (added, removed) = count_references(&mut self.local_dns, &dns_old, &dns_new);
+        changes.local_dns(added, removed);
         if !full && changes.is_empty() {
             self.applied = Some(next);
             return Ok(SyncReport::default());
@@ -157,8 +168,12 @@ impl KernelTable {
         if let Err(error) = nft(&script).await {
             // The table is as it was; the next sync rebuilds it whole.
             self.hairpin.clear();
+            self.local_dns.clear();
             return Err(error);
         }
+        self.dns_interface
+            .reconcile(self.local_dns.keys().copied().collect())
+            .await;
         let now = Instant::now();
         let filled: BTreeSet<&str> = next
             .values()
@@ -180,39 +195,6 @@ impl KernelTable {
         };
         debug!(?report, "kernel data path synced");
         Ok(report)
-    }
-
-    /// Updates the hairpin reference counts; returns the addresses to add to and remove from
-    /// the sets.
-    fn count_hairpin(
-        &mut self,
-        old: &[BTreeSet<IpAddr>],
-        new: &[BTreeSet<IpAddr>],
-    ) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
-        let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
-        for ip in new.iter().flatten() {
-            let count = self.hairpin.entry(*ip).or_insert(0);
-            *count += 1;
-            if *count == 1 {
-                added.insert(*ip);
-            }
-        }
-        for ip in old.iter().flatten() {
-            if let Some(count) = self.hairpin.get_mut(ip) {
-                *count -= 1;
-                if *count == 0 {
-                    self.hairpin.remove(ip);
-                    removed.insert(*ip);
-                }
-            }
-        }
-        // An address dropped by one port and taken by another in the same sync stays.
-        let both: Vec<IpAddr> = added.intersection(&removed).copied().collect();
-        for ip in both {
-            added.remove(&ip);
-            removed.remove(&ip);
-        }
-        (added, removed)
     }
 
     /// Deletes chains that have been unreferenced for [`STALE_CHAIN_DELAY`].
@@ -285,6 +267,7 @@ impl KernelTable {
         if self.applied.take().is_none() {
             return;
         }
+        self.dns_interface.remove().await;
         let script = rules::emptying();
         match nft(&script).await {
             Ok(()) => info!(
@@ -293,6 +276,39 @@ impl KernelTable {
             Err(error) => warn!(%error, "kernel data path rules not removed"),
         }
     }
+}
+
+/// Updates reference counts of addresses over ports; returns the addresses to add to and
+/// remove from their set (hairpin, cluster DNS).
+fn count_references(
+    counts: &mut HashMap<IpAddr, u32>,
+    old: &[BTreeSet<IpAddr>],
+    new: &[BTreeSet<IpAddr>],
+) -> (BTreeSet<IpAddr>, BTreeSet<IpAddr>) {
+    let (mut added, mut removed) = (BTreeSet::new(), BTreeSet::new());
+    for ip in new.iter().flatten() {
+        let count = counts.entry(*ip).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            added.insert(*ip);
+        }
+    }
+    for ip in old.iter().flatten() {
+        if let Some(count) = counts.get_mut(ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(ip);
+                removed.insert(*ip);
+            }
+        }
+    }
+    // An address dropped by one port and taken by another in the same sync stays.
+    let both: Vec<IpAddr> = added.intersection(&removed).copied().collect();
+    for ip in both {
+        added.remove(&ip);
+        removed.remove(&ip);
+    }
+    (added, removed)
 }
 
 /// Deletes a table left by an earlier run in kernel mode (now running in user space).

@@ -103,6 +103,34 @@ fn answers_over_udp_and_tcp_and_large_answers_move_to_tcp() {
     assert!(metrics.contains("capstan_dns_request_duration_seconds_bucket"));
 }
 
+/// CoreDNS and Knot answer from the address each query was sent to; a resolver discards an
+/// answer from any other address of the node (issue 18 item 5). On loopback, an answer to a
+/// query for 127.x.y.z from a wildcard socket would otherwise leave from 127.0.0.1.
+#[test]
+fn a_wildcard_listener_answers_from_the_address_each_query_was_sent_to() {
+    let dir = shop("dns-wildcard", 1);
+    let upstream = Upstream::start();
+    let capstan = Capstan::start(&[
+        "--manifests",
+        path_str(&dir.0),
+        "--dns",
+        "0.0.0.0:0",
+        "--upstream",
+        &upstream.addr.to_string(),
+    ]);
+    let port = capstan.dns_addr().port();
+    for _ in 0..3 {
+        let asked = SocketAddr::new(unique_ip(), port);
+        // Answered from the snapshot (one sendmmsg batch), and forwarded (sent alone).
+        assert_eq!(
+            dig_short(asked, &["web.shop.svc.cluster.local"]),
+            ["10.96.7.7"],
+            "asked {asked}"
+        );
+        assert_eq!(dig_short(asked, &["www.example.test"]), ["192.0.2.1"]);
+    }
+}
+
 #[test]
 fn tcp_connections_carry_pipelined_queries() {
     let dir = shop("dns-pipeline", 1);

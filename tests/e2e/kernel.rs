@@ -346,6 +346,58 @@ async fn established_connections_outlive_a_crash_a_restart_and_a_clean_exit() {
     );
 }
 
+/// The kind walkthrough with CoreDNS scaled to zero: the kube-dns Service has no endpoints, yet
+/// pods on every node (and the node itself) resolve Service names through its ClusterIP, over
+/// UDP and TCP, because each node's Capstan answers that address itself, untracked (NodeLocal
+/// DNSCache's arrangement). The answer must come from the ClusterIP asked: dig drops others.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_resolve_through_the_kube_dns_address_with_coredns_removed() {
+    let Some(cluster) = cluster(2, 1) else {
+        return;
+    };
+    let n0 = &cluster.nodes[0];
+    let api = FakeApi::start_on(n0.gateway().into()).await;
+    let kube_dns = n0.vip(10);
+    api.apply_yaml(&format!(
+        "{}{}apiVersion: v1\nkind: Service\nmetadata: {{name: kube-dns, namespace: kube-system}}\n\
+         spec:\n  clusterIP: {kube_dns}\n  ports: [{{name: dns, port: 53, protocol: UDP}}, \
+         {{name: dns-tcp, port: 53, protocol: TCP}}, {{name: metrics, port: 9153}}]\n---\n",
+        service("kubernetes", n0.vip(1), "[{name: https, port: 443}]", ""),
+        service("web", n0.vip(2), "[{name: http, port: 80}]", ""),
+    ));
+    let dir = TempDir::new("kernel-dns");
+    let dns = ["--dns", "0.0.0.0:53", "--upstream", "127.0.0.1:9"];
+    let agents = [
+        start_node(&cluster, 0, &api, &dir, &dns),
+        start_node(&cluster, 1, &api, &dir, &dns),
+    ];
+    for agent in &agents {
+        wait_kernel(agent, 3);
+    }
+    let dig = |ns: &str, transport: &str, name: &str| -> String {
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "dig", &format!("@{kube_dns}")])
+            .args(["+time=2", "+tries=1", "+short", transport, name])
+            .output()
+            .expect("dig");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    for node in &cluster.nodes {
+        for ns in [&node.pods[0].ns, &node.ns] {
+            for transport in ["+notcp", "+tcp"] {
+                let answer = dig(ns, transport, "kubernetes.default.svc.cluster.local");
+                assert_eq!(answer, n0.vip(1).to_string(), "{ns} {transport}");
+                let answer = dig(ns, transport, "web.default.svc.cluster.local");
+                assert_eq!(answer, n0.vip(2).to_string(), "{ns} {transport}");
+            }
+        }
+    }
+    // The Service's other port is an ordinary Service without endpoints: refused.
+    let metrics = SocketAddr::from((kube_dns, 9153));
+    let error = ask(&cluster.nodes[1].pods[0].ns, metrics).expect_err("no endpoints");
+    assert_eq!(error.kind(), ErrorKind::ConnectionRefused, "{error}");
+}
+
 /// `nft list table inet capstan-services` in `ns`, if there is such a table.
 fn node_table(ns: &str) -> Option<String> {
     let output = std::process::Command::new("ip")

@@ -150,9 +150,9 @@ fn add_cluster_service(
         }
         return;
     }
-    // The Service name exists even with no address (NOERROR, no data).
-    table.node_mut(&name);
     if !service.is_headless() {
+        // The Service name exists even with no address (NOERROR, no data).
+        table.node_mut(&name);
         for &ip in &service.cluster_ips {
             add_address(table, &name, ip);
             table.add_reverse(ip, name.clone());
@@ -163,7 +163,9 @@ fn add_cluster_service(
         }
         return;
     }
-    // Headless: the Service's ready endpoints, each under its own hostname.
+    // Headless: the Service's ready endpoints, each under its own hostname. With none, the name
+    // does not exist (NXDOMAIN), as CoreDNS answers (plugin/kubernetes findServices returns
+    // errNoItems; DNS spec §2.4.1 defines the records only for ready endpoints).
     for slice in slices {
         let ports: Vec<(String, u16)> = service
             .ports

@@ -295,6 +295,18 @@ fn services_of_another_proxy_get_no_frontends_but_keep_dns_and_endpoints() {
     assert!(snap.proxy.frontends.contains_key(&tcp("10.0.0.2:80")));
 }
 
+/// kube-proxy's informers exclude `service.kubernetes.io/headless` (cmd/kube-proxy/app/server.go).
+#[test]
+fn services_labelled_headless_are_not_proxied_but_keep_dns() {
+    let labelled = Service {
+        headless_label: true,
+        ..service("labelled", "10.0.0.3")
+    };
+    let snap = build(vec![Object::Service(labelled)]);
+    assert!(!snap.proxy.frontends.contains_key(&tcp("10.0.0.3:80")));
+    assert!(snap.dns.reverse.contains_key(&ip("10.0.0.3")));
+}
+
 #[test]
 fn health_check_node_ports_count_distinct_ready_local_addresses() {
     let lb = |policy| Service {
@@ -528,6 +540,30 @@ fn a_headless_services_slices_feed_dns() {
     assert_eq!(
         node.a,
         ["10.1.0.7".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
+}
+
+/// CoreDNS answers NXDOMAIN for a headless Service without ready endpoints (plugin/kubernetes
+/// findServices → errNoItems), not NOERROR with no data.
+#[test]
+fn a_headless_service_without_ready_endpoints_has_no_name() {
+    let mut headless = service("db", "10.0.0.1");
+    headless.cluster_ips.clear();
+    let snap = build(vec![
+        Object::Service(headless),
+        Object::EndpointSlice(slice(
+            "db",
+            "db-1",
+            Some(80),
+            &[("10.1.0.1", NOT_READY, None)],
+        )),
+    ]);
+    assert!(!snap.dns.names.contains_key("db.default.svc.cluster.local"));
+    assert!(
+        !snap
+            .dns
+            .names
+            .contains_key("10-1-0-1.db.default.svc.cluster.local")
     );
 }
 

@@ -19,6 +19,8 @@ pub struct Changes {
     add_elements: BTreeMap<MapRef, Vec<String>>,
     hairpin_add: BTreeSet<IpAddr>,
     hairpin_delete: BTreeSet<IpAddr>,
+    local_dns_add: BTreeSet<IpAddr>,
+    local_dns_delete: BTreeSet<IpAddr>,
     /// Chains no longer used: emptied now, deleted by a later transaction.
     pub stale_chains: Vec<String>,
     delete_sets: Vec<String>,
@@ -83,6 +85,12 @@ impl Changes {
         self.hairpin_delete = removed;
     }
 
+    /// Cluster DNS addresses to add and remove (reference-counted over ports by the caller).
+    pub fn local_dns(&mut self, added: BTreeSet<IpAddr>, removed: BTreeSet<IpAddr>) {
+        self.local_dns_add = added;
+        self.local_dns_delete = removed;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.add_sets.is_empty()
             && self.fill_chains.is_empty()
@@ -90,6 +98,8 @@ impl Changes {
             && self.add_elements.is_empty()
             && self.hairpin_add.is_empty()
             && self.hairpin_delete.is_empty()
+            && self.local_dns_add.is_empty()
+            && self.local_dns_delete.is_empty()
             && self.stale_chains.is_empty()
             && self.delete_sets.is_empty()
     }
@@ -139,15 +149,24 @@ impl Changes {
                 elements.join(", ")
             );
         }
-        for (verb, ips) in [("add", &self.hairpin_add), ("delete", &self.hairpin_delete)] {
+        let address_sets = [
+            ("add", "hairpin", &self.hairpin_add),
+            ("delete", "hairpin", &self.hairpin_delete),
+            ("add", "cluster-dns", &self.local_dns_add),
+            ("delete", "cluster-dns", &self.local_dns_delete),
+        ];
+        for (verb, set, ips) in address_sets {
             for family in Family::ALL {
                 let pairs: Vec<String> = ips
                     .iter()
                     .filter(|ip| Family::of(**ip) == family)
-                    .map(|ip| format!("{ip} . {ip}"))
+                    .map(|ip| match set {
+                        "hairpin" => format!("{ip} . {ip}"),
+                        _ => ip.to_string(),
+                    })
                     .collect();
                 if !pairs.is_empty() {
-                    let set = format!("hairpin{}", family.suffix());
+                    let set = format!("{set}{}", family.suffix());
                     let _ = writeln!(
                         out,
                         "{verb} element {table} {set} {{ {} }}",

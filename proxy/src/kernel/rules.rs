@@ -16,8 +16,8 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use capstan_table::{
-    Endpoint, EndpointSet, Frontend, FrontendTarget, Protocol, ServicePortKey, ServicePortTable,
-    TrafficScope, WhenEmpty,
+    Endpoint, EndpointSet, Frontend, FrontendTarget, Protocol, ServiceKey, ServicePortKey,
+    ServicePortTable, TrafficScope, WhenEmpty,
 };
 
 use crate::source::Prefix;
@@ -65,7 +65,14 @@ pub struct KernelSettings {
     /// Local` Service's external addresses are sent to all its endpoints. Empty: no detection
     /// (kube-proxy's behaviour without a cluster CIDR).
     pub pod_cidrs: Vec<Prefix>,
+    /// The cluster DNS Service (`--cluster-dns-service`, kube-system/kube-dns): its ClusterIPs
+    /// on port 53 are delivered, untracked, to this node's DNS server instead of being
+    /// translated (NodeLocal DNSCache's arrangement), whether or not the Service has endpoints.
+    pub cluster_dns: Option<ServiceKey>,
 }
+
+/// The DNS port the cluster DNS Service's ClusterIPs are answered on locally.
+pub const DNS_PORT: u16 = 53;
 
 /// Everything one Service port puts in the table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,6 +87,9 @@ pub struct PortRules {
     pub hairpin: BTreeSet<IpAddr>,
     /// UDP only: the frontends and the endpoints traffic is translated to, for conntrack.
     pub udp: Option<UdpTranslation>,
+    /// ClusterIPs of the cluster DNS Service answered by this node's DNS server (the
+    /// `cluster-dns` sets), instead of translated.
+    pub local_dns: BTreeSet<IpAddr>,
 }
 
 /// What conntrack may hold for a UDP Service port.
@@ -195,11 +205,47 @@ pub fn skeleton() -> String {
             family.suffix(),
             addr = family.addr_type()
         );
+        let _ = writeln!(
+            out,
+            "  set cluster-dns{} {{ type {}; }}",
+            family.suffix(),
+            family.addr_type()
+        );
+    }
+    // Cluster DNS is delivered to the node's own DNS server untracked, before conntrack
+    // (priority raw = -300), as NodeLocal DNSCache does: no DNAT, no conntrack entry to race on.
+    let (mut raw_prerouting, mut raw_output) = (Vec::new(), Vec::new());
+    for family in Family::ALL {
+        let (ip, s) = (family.selector(), family.suffix());
+        let dns = "meta l4proto { tcp, udp } th";
+        raw_prerouting.push(format!(
+            "{ip} daddr @cluster-dns{s} {dns} dport {DNS_PORT} notrack"
+        ));
+        raw_output.push(format!(
+            "{ip} daddr @cluster-dns{s} {dns} dport {DNS_PORT} notrack"
+        ));
+        raw_output.push(format!(
+            "{ip} saddr @cluster-dns{s} {dns} sport {DNS_PORT} notrack"
+        ));
     }
     // Filters run on the destination before DNAT (priority dstnat - 10 = -110); reject is only
     // allowed in input, forward and output, so the endpoint check hangs off those. Numbers,
     // not names: nft 1.0 knows `dstnat` in an inet table only on prerouting.
     let base = [
+        (
+            "raw-prerouting",
+            "filter",
+            "prerouting",
+            "-300",
+            raw_prerouting.iter().map(String::as_str).collect(),
+        ),
+        (
+            "raw-output",
+            "filter",
+            "output",
+            "-300",
+            raw_output.iter().map(String::as_str).collect(),
+        ),
         (
             "filter-prerouting",
             "filter",
@@ -315,7 +361,9 @@ pub fn emptying() -> String {
             let map = MapRef { kind, family }.name();
             let _ = writeln!(out, "flush map inet {TABLE} {map}");
         }
-        let _ = writeln!(out, "flush set inet {TABLE} hairpin{}", family.suffix());
+        for set in ["hairpin", "cluster-dns"] {
+            let _ = writeln!(out, "flush set inet {TABLE} {set}{}", family.suffix());
+        }
     }
     out
 }
@@ -329,11 +377,26 @@ pub fn render_port(
 ) -> PortRules {
     let mut rules = PortRules::default();
     let mut udp = UdpTranslation::default();
+    let is_cluster_dns = settings.cluster_dns.as_ref() == Some(&port.key.service)
+        && matches!(port.key.protocol, Protocol::Tcp | Protocol::Udp);
+    let local_dns = |(frontend, scope): &(Frontend, TrafficScope)| {
+        is_cluster_dns
+            && *scope == TrafficScope::Internal
+            && frontend.addr.port() == DNS_PORT
+            && !frontend.addr.ip().is_unspecified()
+    };
+    rules.local_dns = port
+        .frontends
+        .iter()
+        .filter(|f| local_dns(f))
+        .map(|(f, _)| f.addr.ip())
+        .collect();
     for family in Family::ALL {
         let frontends: Vec<(Frontend, TrafficScope)> = port
             .frontends
             .iter()
             .filter(|(f, _)| Family::of(f.addr.ip()) == family)
+            .filter(|f| !local_dns(f))
             .copied()
             .collect();
         if frontends.is_empty() {

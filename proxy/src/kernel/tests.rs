@@ -69,6 +69,7 @@ fn port(
 fn pods() -> KernelSettings {
     KernelSettings {
         pod_cidrs: vec!["10.244.0.0/16".parse().expect("cidr")],
+        cluster_dns: None,
     }
 }
 
@@ -332,5 +333,70 @@ fn only_ports_the_kernel_can_balance_take_the_kernel_path() {
     assert!(
         !kernel_capable(&table),
         "standalone wildcard listeners stay in user space"
+    );
+}
+
+/// The cluster DNS Service's ClusterIP on port 53 is answered locally (NodeLocal DNSCache's
+/// arrangement): not dispatched, not rejected without endpoints, listed in `local_dns`; its
+/// other ports (CoreDNS's metrics on 9153) stay ordinary Service ports.
+#[test]
+fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_not() {
+    let settings = KernelSettings {
+        cluster_dns: Some(ServiceKey::new("default", "web")),
+        ..pods()
+    };
+    let none = set(&[], WhenEmpty::Reject);
+    let dns = port(
+        vec![frontend("10.96.0.10:53", TrafficScope::Internal)],
+        none.clone(),
+        none.clone(),
+    );
+    let rules = render_port(&dns, &HashMap::new(), &settings);
+    assert!(
+        rules.elements.is_empty() && rules.chains.is_empty(),
+        "{rules:?}"
+    );
+    assert_eq!(
+        rules
+            .local_dns
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.96.0.10"]
+    );
+    let metrics = port(
+        vec![frontend("10.96.0.10:9153", TrafficScope::Internal)],
+        none.clone(),
+        none,
+    );
+    let rules = render_port(&metrics, &HashMap::new(), &settings);
+    assert!(rules.local_dns.is_empty());
+    assert_eq!(
+        element(
+            &rules,
+            MapKind::NoEndpointServices,
+            "10.96.0.10 . tcp . 9153"
+        )
+        .as_deref(),
+        Some("goto reject-chain")
+    );
+    // Another Service on port 53 is an ordinary Service.
+    let rules = render_port(&dns, &HashMap::new(), &pods());
+    assert!(rules.local_dns.is_empty() && !rules.elements.is_empty());
+
+    let mut changes = Changes::default();
+    changes.local_dns(
+        ["10.96.0.10".parse().expect("ip")].into(),
+        Default::default(),
+    );
+    let mut script = String::new();
+    changes.render(&mut script);
+    assert_eq!(
+        script,
+        "add element inet capstan-services cluster-dns4 { 10.96.0.10 }\n"
+    );
+    let skeleton = rules::skeleton();
+    assert!(
+        skeleton.contains("ip daddr @cluster-dns4 meta l4proto { tcp, udp } th dport 53 notrack")
     );
 }
