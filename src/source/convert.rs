@@ -28,7 +28,7 @@ pub const BALANCE_ANNOTATION: &str = "capstan.dev/load-balancer";
 /// The label handing a Service to another proxy (kube-proxy's `--service-proxy-name` filter).
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// The label kube-proxy's informers exclude besides the proxy name (`v1.IsHeadlessService`).
-pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+pub(super) const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// The label linking an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
