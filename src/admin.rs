@@ -25,12 +25,23 @@ use tracing::debug;
 use crate::source::{ApiHealth, SourceStatus};
 use crate::telemetry::Metrics;
 
+/// The generation whose listeners are in force (the guard is dropped before returning).
+fn applied_generation(
+    listeners: &watch::Receiver<ListenerStatus>,
+) -> Option<capstan_table::Generation> {
+    listeners.borrow().applied
+}
+
 /// Why the nftables capture is not in force, if it is not.
 fn capture_failure(listeners: &watch::Receiver<ListenerStatus>) -> Option<String> {
-    listeners.borrow().values().find_map(|state| match state {
-        ListenerState::CaptureFailed(reason) => Some(reason.clone()),
-        _ => None,
-    })
+    listeners
+        .borrow()
+        .frontends
+        .values()
+        .find_map(|state| match state {
+            ListenerState::CaptureFailed(reason) => Some(reason.clone()),
+            _ => None,
+        })
 }
 
 /// What the admin endpoint reads.
@@ -81,14 +92,18 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
     }
     match request.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => match (state.snapshots.load(), capture_failure(&state.listeners)) {
+        "/readyz" => match (
+            state.snapshots.load(),
+            applied_generation(&state.listeners),
+            capture_failure(&state.listeners),
+        ) {
             // The table in force is the last one applied, which no longer matches the snapshot.
-            (Some(_), Some(reason)) => text(
+            (Some(_), Some(_), Some(reason)) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("not ready: traffic capture failing: {reason}\n"),
             ),
             // Still ready while the API server is away: the last snapshot keeps being served.
-            (Some(snapshot), None) => text(
+            (Some(snapshot), Some(_), None) => text(
                 StatusCode::OK,
                 &format!(
                     "ready: generation {}{}\n",
@@ -100,9 +115,14 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
                         .unwrap_or_default()
                 ),
             ),
-            (None, _) => text(
+            (None, _, _) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no snapshot yet\n",
+            ),
+            // Published, but the listeners, capture and kernel rules are not yet in force.
+            (Some(_), None, _) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: Service listeners not yet in force\n",
             ),
         },
         "/metrics" => Response::builder()
@@ -275,23 +295,24 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
         .frontends
         .iter()
         .map(|(frontend, scope)| {
-            let listener = match listeners.get(frontend) {
+            let listener = match listeners.frontends.get(frontend) {
                 Some(ListenerState::Listening | ListenerState::Redirected(_)) => {
                     "listening".to_owned()
                 }
                 Some(ListenerState::Kernel) => "kernel".to_owned(),
+                Some(ListenerState::Refusing) => "refusing: no endpoints".to_owned(),
                 Some(ListenerState::CaptureFailed(reason)) => format!("capture failed: {reason}"),
                 Some(ListenerState::BindFailed(reason)) => format!("bind failed: {reason}"),
                 Some(ListenerState::Unsupported(reason)) => format!("unsupported: {reason}"),
                 None => "pending".to_owned(),
             };
             // Which data path carries the frontend: nftables DNAT, or Capstan's own proxy.
-            let datapath = match listeners.get(frontend) {
+            let datapath = match listeners.frontends.get(frontend) {
                 Some(ListenerState::Kernel) => "kernel",
                 _ => "userspace",
             };
             let mut json = json!({"address": frontend.addr.to_string(), "scope": scope.as_str(), "listener": listener, "datapath": datapath});
-            if let Some(ListenerState::Redirected(redirect)) = listeners.get(frontend) {
+            if let Some(ListenerState::Redirected(redirect)) = listeners.frontends.get(frontend) {
                 json["redirect"] = json!({"port": redirect.port, "local_port": redirect.local_port});
             }
             json

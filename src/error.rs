@@ -27,6 +27,8 @@ pub enum Error {
     Dns(#[from] capstan_dns::DnsError),
     #[error(transparent)]
     Ingress(#[from] capstan_ingress::IngressError),
+    #[error(transparent)]
+    Proxy(#[from] capstan_proxy::ProxyError),
     #[error("watch {}: {source}", path.display())]
     Watch {
         path: PathBuf,

@@ -22,7 +22,9 @@ use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compi
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_ingress::{IngressConfig, IngressMetrics};
 use capstan_proxy::kernel::{Datapath, KernelSettings};
-use capstan_proxy::{CaptureMode, CaptureSettings, ListenerStatus, Workers, run_listeners};
+use capstan_proxy::{
+    CaptureMode, CaptureSettings, ListenerStatus, PortLock, Workers, run_listeners,
+};
 use capstan_table::{BalancePolicy, Generation, SnapshotHandle, Timeouts};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -46,7 +48,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let open_files = capstan_proxy::raise_open_files_limit();
     info!(limit = ?open_files, "open files");
     let snapshots = SnapshotHandle::default();
-    let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::new());
+    let (listener_status_tx, listener_status) = watch::channel(ListenerStatus::default());
     let dns_metrics = Arc::new(DnsMetrics::default());
     let ingress_metrics = Arc::new(IngressMetrics::default());
     let ingress_config = ingress_config(&args)?;
@@ -159,6 +161,9 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     }
     tokio::spawn(publisher.run(updates));
 
+    // One Capstan per port: the DNS and ingress sockets use SO_REUSEPORT, which alone would let
+    // a second agent share them silently. Held until the process ends.
+    let _port_locks = lock_ports(&args, &ingress_config)?;
     let workers = Arc::new(Workers::per_core().map_err(|source| Error::Io {
         what: "start proxy worker threads",
         source,
@@ -233,7 +238,7 @@ pub async fn check(args: &SourceArgs) -> Result<String, Error> {
     let metrics = Arc::new(Metrics::new(
         ProxyCollector {
             snapshots: SnapshotHandle::default(),
-            listeners: watch::channel(ListenerStatus::new()).1,
+            listeners: watch::channel(ListenerStatus::default()).1,
         },
         DnsCollector::default(),
         IngressCollector::default(),
@@ -408,6 +413,23 @@ fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error
         },
         cleanup_on_exit: args.cleanup_on_exit,
     })
+}
+
+/// The locks of the DNS and ingress addresses (see [`PortLock`]).
+fn lock_ports(args: &RunArgs, ingress: &IngressConfig) -> Result<Vec<PortLock>, Error> {
+    let wanted = [
+        ("udp", args.dns.addr()),
+        ("tcp", args.dns.addr()),
+        ("tcp", ingress.http),
+        ("tcp", ingress.https),
+    ];
+    let mut locks = Vec::new();
+    for (protocol, addr) in wanted {
+        if let Some(addr) = addr {
+            locks.extend(PortLock::acquire(protocol, addr)?);
+        }
+    }
+    Ok(locks)
 }
 
 /// `--cluster-dns-service`, when this node's DNS server can answer its ClusterIPs: listening on

@@ -170,15 +170,16 @@ pub(crate) type Labels = Vec<(&'static str, String)>;
 impl Collector for ProxyCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let listeners = self.listeners.borrow().clone();
-        let mut states: [(&str, i64); 6] = [
+        let mut states: [(&str, i64); 7] = [
             ("listening", 0),
             ("redirected", 0),
             ("capture_failed", 0),
             ("bind_failed", 0),
             ("unsupported", 0),
             ("kernel", 0),
+            ("refusing", 0),
         ];
-        for state in listeners.values() {
+        for state in listeners.frontends.values() {
             let index = match state {
                 ListenerState::Listening => 0,
                 ListenerState::Redirected(_) => 1,
@@ -186,6 +187,7 @@ impl Collector for ProxyCollector {
                 ListenerState::BindFailed(_) => 3,
                 ListenerState::Unsupported(_) => 4,
                 ListenerState::Kernel => 5,
+                ListenerState::Refusing => 6,
             };
             states[index].1 += 1;
         }

@@ -10,6 +10,15 @@ pub enum ProxyError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connect to {addr}: timed out")]
     ConnectTimeout { addr: SocketAddr },
+    /// Another process (a second Capstan) serves this address.
+    #[error(
+        "{protocol} {addr} is served by another process in this network namespace (another Capstan?): {source}"
+    )]
+    PortTaken {
+        protocol: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     /// The node's traffic capture (nftables) could not be programmed.
     #[error("traffic capture: {reason}")]
     Capture { reason: String },
@@ -21,7 +30,9 @@ impl ProxyError {
     /// Metric label: whose fault it was.
     pub fn blame(&self) -> &'static str {
         match self {
-            ProxyError::Bind { .. } | ProxyError::Capture { .. } => "internal",
+            ProxyError::Bind { .. } | ProxyError::PortTaken { .. } | ProxyError::Capture { .. } => {
+                "internal"
+            }
             ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => "upstream",
         }
     }

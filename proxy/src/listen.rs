@@ -22,7 +22,7 @@ use crate::capture::{
 use crate::connection::serve;
 use crate::kernel::{self, Datapath, KernelTable, kernel_capable};
 use crate::source::Links;
-use crate::{ProxyError, Workers};
+use crate::{PortLock, ProxyError, Workers};
 
 /// How often frontends that failed to bind are retried when no new snapshot arrives.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -30,8 +30,16 @@ const BACKLOG: i32 = 4096;
 /// Upper bound on accept sockets per frontend.
 const MAX_ACCEPT_SOCKETS: usize = 8;
 
-/// The state of each frontend's listener, for the admin endpoint.
-pub type ListenerStatus = BTreeMap<Frontend, ListenerState>;
+/// The listeners as last applied, for the admin endpoint and readiness.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerStatus {
+    /// The snapshot generation the listeners, capture and kernel rules were last set for;
+    /// `None` until the first snapshot's are in force (not ready: connections would be
+    /// refused by a port nobody listens on yet).
+    pub applied: Option<Generation>,
+    /// The state of each frontend's listener.
+    pub frontends: BTreeMap<Frontend, ListenerState>,
+}
 
 /// What happened to one frontend's listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +49,9 @@ pub enum ListenerState {
     Redirected(Redirect),
     /// Translated to endpoints by the kernel (nftables DNAT); Capstan holds no socket.
     Kernel,
+    /// No socket while the Service has no endpoints, so the kernel refuses connections
+    /// (kube-proxy's reject); opened again with the first endpoint.
+    Refusing,
     /// Listening, but the nftables redirect could not be programmed; retried periodically.
     CaptureFailed(String),
     /// Bind failed (e.g. the VIP is not a local address); retried periodically.
@@ -62,6 +73,8 @@ enum Accepting {
 struct Open {
     token: CancellationToken,
     redirect: Option<Redirect>,
+    /// The lock of the address bound (none for redirect ports, which the kernel picks).
+    _lock: Option<PortLock>,
 }
 
 /// What every frontend's listeners share.
@@ -131,10 +144,15 @@ pub async fn run_listeners(
                 .frontends
                 .keys()
                 .filter(|frontend| !in_kernel.contains(frontend))
+                .filter(|frontend| {
+                    let redirected =
+                        capture == CaptureMode::Nftables && !frontend.addr.ip().is_unspecified();
+                    redirected || !refused(snapshot, frontend)
+                })
                 .copied()
                 .collect(),
         };
-        let mut next = ListenerStatus::new();
+        let mut next = BTreeMap::new();
         active.retain(|frontend, open| {
             let keep = wanted.contains(frontend);
             if !keep {
@@ -150,6 +168,13 @@ pub async fn run_listeners(
             connections: &connections,
             links: &links,
         };
+        if let (Some(snapshot), CaptureMode::Bind | CaptureMode::Nftables) = (&snapshot, capture) {
+            for frontend in snapshot.proxy.frontends.keys() {
+                if !wanted.contains(frontend) && !in_kernel.contains(frontend) {
+                    next.insert(*frontend, ListenerState::Refusing);
+                }
+            }
+        }
         for frontend in wanted {
             if let Some(open) = active.get(&frontend) {
                 next.insert(frontend, open.state());
@@ -161,20 +186,22 @@ pub async fn run_listeners(
                 Protocol::Tcp if redirected => {
                     open_tcp_redirect(frontend, &shared, &mut redirect_ports)
                 }
-                Protocol::Tcp => {
+                Protocol::Tcp => lock(frontend).and_then(|lock| {
                     open_tcp(frontend, frontend.addr, &shared).map(|(token, _)| Open {
                         token,
                         redirect: None,
+                        _lock: lock,
                     })
-                }
+                }),
                 Protocol::Udp if redirected => open_udp_redirect(frontend, &shared),
-                Protocol::Udp => {
+                Protocol::Udp => lock(frontend).and_then(|lock| {
                     let token = shared.shutdown.child_token();
                     open_udp(frontend, frontend.addr, &shared, &token, None).map(|_| Open {
                         token,
                         redirect: None,
+                        _lock: lock,
                     })
-                }
+                }),
                 Protocol::Sctp => Err(ListenerState::Unsupported("SCTP is not proxied")),
             };
             match opened {
@@ -224,7 +251,10 @@ pub async fn run_listeners(
                 next.insert(*frontend, state.clone());
             }
         }
-        status.send_replace(next);
+        status.send_replace(ListenerStatus {
+            applied: snapshot.as_ref().map(|s| s.generation),
+            frontends: next,
+        });
         drop(kernel_ports);
 
         tokio::select! {
@@ -244,6 +274,18 @@ pub async fn run_listeners(
     for open in active.values() {
         open.token.cancel();
     }
+}
+
+/// Whether `frontend`'s Service port has no usable endpoint at all. kube-proxy rejects such
+/// connections (pkg/proxy/nftables/proxier.go, the `no-endpoint-services` map → `reject`): a
+/// frontend Capstan binds itself gets no socket then, so the kernel refuses at once (TCP RST,
+/// ICMP port unreachable) instead of a connection accepted and reset. The socket is opened
+/// again with the first endpoint.
+fn refused(snapshot: &Snapshot, frontend: &Frontend) -> bool {
+    snapshot.proxy.target(frontend).is_some_and(|target| {
+        let set = target.port.endpoints_for(target.scope);
+        set.endpoints.is_empty() && set.when_empty == WhenEmpty::Reject
+    })
 }
 
 /// Captured frontends whose traffic kube-proxy would drop: no eligible endpoint, and endpoints
@@ -266,6 +308,20 @@ impl Open {
         self.redirect
             .map_or(ListenerState::Listening, ListenerState::Redirected)
     }
+}
+
+/// The lock of a frontend Capstan binds itself: a second Capstan serving it is reported as a
+/// failed bind instead of sharing the port through `SO_REUSEPORT`.
+fn lock(frontend: Frontend) -> Result<Option<PortLock>, ListenerState> {
+    let protocol = match frontend.protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+        Protocol::Sctp => "sctp",
+    };
+    PortLock::acquire(protocol, frontend.addr).map_err(|error| {
+        warn!(%frontend, %error, "not listening");
+        ListenerState::BindFailed(error.to_string())
+    })
 }
 
 /// The wildcard address of `addr`'s family, and its loopback address, with port 0.
@@ -361,6 +417,7 @@ fn open_tcp_redirect(
             port,
             local_port: port,
         }),
+        _lock: None,
     })
 }
 
@@ -376,6 +433,7 @@ fn open_udp_redirect(frontend: Frontend, shared: &Shared<'_>) -> Result<Open, Li
         Ok((port, local_port)) => Ok(Open {
             token,
             redirect: Some(Redirect { port, local_port }),
+            _lock: None,
         }),
         Err(state) => {
             token.cancel();

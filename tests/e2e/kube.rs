@@ -204,7 +204,8 @@ async fn a_relist_after_410_gone_loses_nothing_and_drops_what_was_deleted() {
     api.apply_yaml(&slice("keep", "keep-1", &[backend.addr]));
     let dir = TempDir::new("kube-410");
     let capstan = start(&api, &dir, &[]);
-    capstan.wait_listening(gone);
+    // No endpoints: no socket, the kernel refuses (kube-proxy's reject).
+    capstan.wait_listener(gone, "refusing: no endpoints");
 
     // Changes no watch sees, then a compaction: resuming answers 410 and only a relist finds
     // the deletion and the addition.
@@ -327,7 +328,7 @@ async fn an_invalid_object_keeps_its_previous_version_and_other_proxies_services
 
     // With --proxy-name, only the Services labelled with that name are proxied.
     let capstan = start(&api, &dir, &["--proxy-name", "capstan"]);
-    capstan.wait_listening(mine);
+    capstan.wait_listener(mine, "refusing: no endpoints");
     let snapshot = capstan.snapshot();
     let proxied: Vec<&Value> = snapshot["services"]
         .as_array()

@@ -113,12 +113,29 @@ impl Capstan {
     /// Starts inside network namespace `ns` with the admin endpoint on `admin` (an address of
     /// the namespace the test reaches), and waits for the first snapshot.
     pub(crate) fn start_in_netns(ns: &str, admin: IpAddr, args: &[&str]) -> Self {
+        let capstan = Self::spawn_in_netns(ns, admin, args);
+        capstan.wait_ready();
+        capstan
+    }
+
+    /// Starts Capstan in `ns` without waiting for readiness.
+    pub(crate) fn spawn_in_netns(ns: &str, admin: IpAddr, args: &[&str]) -> Self {
         let mut command = Command::new("ip");
         // `ip netns exec` enters the namespace and execs the binary: the child is Capstan.
         command.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_capstan")]);
-        let capstan = Self::launch(command, &SocketAddr::new(admin, 0).to_string(), args);
-        capstan.wait_ready();
-        capstan
+        Self::launch(command, &SocketAddr::new(admin, 0).to_string(), args)
+    }
+
+    /// Polls `/readyz` every millisecond and returns as soon as it answers 200.
+    pub(crate) fn wait_ready_closely(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if http_get(self.admin, "/readyz").is_some_and(|(status, _)| status == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("capstan never became ready:\n{}", self.logs());
     }
 
     fn launch(mut command: Command, admin: &str, args: &[&str]) -> Self {
@@ -318,14 +335,19 @@ impl Capstan {
 
     /// Waits until `frontend` is listening.
     pub(crate) fn wait_listening(&self, frontend: SocketAddr) {
+        self.wait_listener(frontend, "listening");
+    }
+
+    /// Waits until `frontend`'s listener is in `state` (`listening`, `refusing: no endpoints`…).
+    pub(crate) fn wait_listener(&self, frontend: SocketAddr, state: &str) {
         let want = frontend.to_string();
-        self.wait_snapshot(&format!("{want} listening"), |s| {
+        self.wait_snapshot(&format!("{want} {state}"), |s| {
             s["services"].as_array().into_iter().flatten().any(|svc| {
                 svc["frontends"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .any(|f| f["address"] == want.as_str() && f["listener"] == "listening")
+                    .any(|f| f["address"] == want.as_str() && f["listener"] == state)
             })
         });
     }
