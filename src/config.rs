@@ -104,7 +104,8 @@ pub struct RunArgs {
     /// from the client's own address instead of the node's where the replies come back through
     /// this node: to endpoints on this node (`--node-name`) for any client, to others for clients
     /// in these ranges (the cluster's pod CIDRs, as kube-proxy's `--cluster-cidr`). A transparent
-    /// socket, and a policy route for the replies; needs NET_ADMIN.
+    /// socket, and a policy route for the replies; needs NET_ADMIN. Default in Kubernetes mode:
+    /// this Node's `spec.podCIDRs` (kube-proxy's `--detect-local-mode=NodeCIDR`).
     #[arg(
         long,
         value_name = "CIDR,...",
@@ -122,7 +123,8 @@ pub struct RunArgs {
     pub l4_datapath: Option<Datapath>,
     /// The pod ranges (kube-proxy's `--cluster-cidr`), for the kernel data path: ClusterIP
     /// traffic from outside them is masqueraded, pod traffic to `externalTrafficPolicy: Local`
-    /// external addresses goes to every endpoint. Default: the `--preserve-source-ip` ranges.
+    /// external addresses goes to every endpoint. Default: the `--preserve-source-ip` ranges, or
+    /// else this Node's `spec.podCIDRs` (kube-proxy's `--detect-local-mode=NodeCIDR`).
     #[arg(
         long,
         value_name = "CIDR,...",

@@ -22,6 +22,7 @@ use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compi
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
 use capstan_ingress::{IngressConfig, IngressMetrics};
 use capstan_proxy::kernel::{Datapath, KernelSettings};
+use capstan_proxy::source::Prefix;
 use capstan_proxy::{
     CaptureMode, CaptureSettings, ListenerStatus, PortLock, Workers, run_listeners,
 };
@@ -38,7 +39,7 @@ use crate::admin::AdminState;
 use crate::config::{RunArgs, SourceArgs};
 use crate::kube_proxy::SyncClock;
 use crate::publish::Publisher;
-use crate::source::{FileSources, KubeSource, SourceStatus};
+use crate::source::{FileSources, KubeSource, NodeFacts, SourceStatus};
 use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
 
 /// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
@@ -83,11 +84,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         ),
         None => None,
     };
-    let capture = capture_settings(&args, kube.is_some())?;
-    if let (Some(kube), Some(node), None) = (&kube, &args.node_name, &options.node_zone) {
-        options.node_zone = kube.node_zone(node).await;
-        info!(node = %node, zone = ?options.node_zone, "node topology");
+    let node = match (&kube, &args.node_name) {
+        (Some(kube), Some(node)) => {
+            let facts = kube.node_facts(node).await;
+            info!(node = %node, zone = ?facts.zone, pod_cidrs = ?facts.pod_cidrs, "this node");
+            facts
+        }
+        _ => NodeFacts::default(),
+    };
+    if options.node_zone.is_none() {
+        options.node_zone = node.zone.clone();
     }
+    let capture = capture_settings(&args, kube.is_some(), &node.pod_cidrs)?;
 
     let admin = TcpListener::bind(args.admin)
         .await
@@ -380,9 +388,15 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
     })
 }
 
-/// `--capture` (by default `nftables` with a Kubernetes source, `bind` otherwise) and
-/// `--preserve-source-ip`, which only the nftables capture can route replies for.
-fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error> {
+/// `--capture` (by default `nftables` with a Kubernetes source, `bind` otherwise), and the pod
+/// ranges: `--preserve-source-ip` (which only the nftables capture can route replies for) and
+/// `--cluster-cidr`, both defaulting to this Node's `spec.podCIDRs` (kube-proxy's
+/// `--detect-local-mode=NodeCIDR`) with the nftables capture.
+fn capture_settings(
+    args: &RunArgs,
+    kube: bool,
+    node_pod_cidrs: &[Prefix],
+) -> Result<CaptureSettings, Error> {
     let default = if kube {
         CaptureMode::Nftables
     } else {
@@ -396,17 +410,24 @@ fn capture_settings(args: &RunArgs, kube: bool) -> Result<CaptureSettings, Error
             reason: "needs --capture nftables, whose table routes the replies back".into(),
         });
     }
-    let datapath = args.l4_datapath.unwrap_or(Datapath::Kernel);
-    let pod_cidrs = if args.cluster_cidr.is_empty() {
-        args.preserve_source_ip.clone()
-    } else {
-        args.cluster_cidr.clone()
+    let first_given = |lists: &[&[Prefix]]| {
+        lists
+            .iter()
+            .find(|list| !list.is_empty())
+            .map_or_else(Vec::new, |list| list.to_vec())
     };
+    let node_pods: &[Prefix] = if mode == CaptureMode::Nftables {
+        node_pod_cidrs
+    } else {
+        &[]
+    };
+    let preserve_source = first_given(&[&args.preserve_source_ip, node_pods]);
+    let pod_cidrs = first_given(&[&args.cluster_cidr, &args.preserve_source_ip, node_pods]);
     Ok(CaptureSettings {
         mode,
-        preserve_source: args.preserve_source_ip.clone(),
+        preserve_source,
         node_name: args.node_name.clone(),
-        datapath,
+        datapath: args.l4_datapath.unwrap_or(Datapath::Kernel),
         kernel: KernelSettings {
             pod_cidrs,
             cluster_dns: cluster_dns_service(args),

@@ -25,7 +25,7 @@ pub use convert::{
     SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class,
     parse_balance, service, tls_secret,
 };
-pub use kube::{ApiHealth, KubeSource};
+pub use kube::{ApiHealth, KubeSource, NodeFacts};
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};
 pub use standalone::{
     Backend, NAMESPACE as STANDALONE_NAMESPACE, Parsed, StandaloneFile, parse as parse_standalone,

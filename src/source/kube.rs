@@ -35,10 +35,10 @@ use crate::Error;
 use crate::source::{SourceStatus, convert};
 use crate::telemetry::Metrics;
 
+pub use self::node::NodeFacts;
 use self::watch::{Kind, WatchContext};
 
 /// The Node label naming its zone.
-const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// How often the API server is probed while a watch reports nothing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -115,22 +115,22 @@ impl KubeSource {
         })
     }
 
-    /// The `topology.kubernetes.io/zone` label of Node `name`, or `None` (logged) when it has
-    /// none or cannot be read within a few seconds.
-    pub async fn node_zone(&self, name: &str) -> Option<String> {
+    /// What this Node says about itself: its zone label (topology hints) and `spec.podCIDRs`
+    /// (kube-proxy's `--detect-local-mode=NodeCIDR`). Unreadable: neither, with a warning.
+    pub async fn node_facts(&self, name: &str) -> NodeFacts {
         let nodes = Api::<core::Node>::all(self.client.clone());
         match tokio::time::timeout(PROBE_INTERVAL, nodes.get(name)).await {
-            Ok(Ok(node)) => node.metadata.labels?.remove(ZONE_LABEL),
+            Ok(Ok(node)) => NodeFacts::of(node),
             Ok(Err(error)) => {
-                warn!(node = name, %error, "cannot read this Node; topology hints are ignored");
-                None
+                warn!(node = name, %error, "cannot read this Node; topology hints are ignored and pod CIDRs unknown");
+                NodeFacts::default()
             }
             Err(_) => {
                 warn!(
                     node = name,
-                    "reading this Node timed out; topology hints are ignored"
+                    "reading this Node timed out; topology hints are ignored and pod CIDRs unknown"
                 );
-                None
+                NodeFacts::default()
             }
         }
     }

@@ -1,5 +1,6 @@
-//! This node's Node object, watched for kube-proxy's `nodeEligible`: a Node being deleted, or
-//! tainted `ToBeDeletedByClusterAutoscaler`, is not eligible as a load-balancer target.
+//! This node's Node object: read once for its zone and pod CIDRs ([`NodeFacts`]), and watched
+//! for kube-proxy's `nodeEligible`: a Node being deleted, or tainted
+//! `ToBeDeletedByClusterAutoscaler`, is not eligible as a load-balancer target.
 
 use std::sync::Arc;
 
@@ -11,7 +12,36 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use capstan_proxy::source::Prefix;
+
 use crate::kube_proxy::SyncClock;
+
+/// The well-known zone label (topology hints).
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// What the Node object says about this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    /// `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
+    /// `spec.podCIDRs` (or the older `spec.podCIDR`): the pods of this node, for kube-proxy's
+    /// `--detect-local-mode=NodeCIDR`. Unparsable entries are left out.
+    pub pod_cidrs: Vec<Prefix>,
+}
+
+impl NodeFacts {
+    pub(crate) fn of(node: core::Node) -> Self {
+        let spec = node.spec.unwrap_or_default();
+        let cidrs = match spec.pod_cidrs {
+            Some(cidrs) if !cidrs.is_empty() => cidrs,
+            _ => spec.pod_cidr.into_iter().collect(),
+        };
+        Self {
+            zone: node.metadata.labels.and_then(|mut l| l.remove(ZONE_LABEL)),
+            pod_cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        }
+    }
+}
 
 /// The cluster autoscaler's taint on a node it is about to remove.
 const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
@@ -69,6 +99,31 @@ mod tests {
 
     fn node(yaml: &str) -> core::Node {
         serde_saphyr::from_str(yaml).expect("node yaml")
+    }
+
+    #[test]
+    fn facts_come_from_the_zone_label_and_pod_cidrs() {
+        let facts = NodeFacts::of(node(
+            "metadata: {name: a, labels: {topology.kubernetes.io/zone: z1}}\n\
+             spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, 'fd00:244:1::/64']}\n",
+        ));
+        assert_eq!(facts.zone.as_deref(), Some("z1"));
+        assert_eq!(
+            facts.pod_cidrs,
+            [
+                "10.244.1.0/24".parse().expect("v4"),
+                "fd00:244:1::/64".parse().expect("v6")
+            ]
+        );
+        // Clusters from before dual-stack set only podCIDR.
+        let facts = NodeFacts::of(node(
+            "metadata: {name: a}\nspec: {podCIDR: 10.244.2.0/24}\n",
+        ));
+        assert_eq!(facts.pod_cidrs, ["10.244.2.0/24".parse().expect("v4")]);
+        assert_eq!(
+            NodeFacts::of(node("metadata: {name: a}\n")),
+            NodeFacts::default()
+        );
     }
 
     #[test]
