@@ -38,8 +38,6 @@ use crate::telemetry::Metrics;
 pub use self::node::NodeFacts;
 use self::watch::{Kind, WatchContext};
 
-/// The Node label naming its zone.
-
 /// How often the API server is probed while a watch reports nothing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
