@@ -150,6 +150,42 @@ pub struct RunArgs {
     /// them also cut established connections in the namespace tests.
     #[arg(long, env = "CAPSTAN_CLEANUP_ON_EXIT")]
     pub cleanup_on_exit: bool,
+    /// kube-proxy's `--conntrack-max-per-core`: with `--capture nftables`, `nf_conntrack_max` is
+    /// set to this × CPUs (at least `--conntrack-min`); 0 leaves it alone.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_CONNTRACK_MAX_PER_CORE",
+        default_value_t = 32768
+    )]
+    pub conntrack_max_per_core: u64,
+    /// kube-proxy's `--conntrack-min`.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_CONNTRACK_MIN",
+        default_value_t = 131_072
+    )]
+    pub conntrack_min: u64,
+    /// kube-proxy's `--conntrack-tcp-timeout-established` (`nf_conntrack_tcp_timeout_established`);
+    /// 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_CONNTRACK_TCP_TIMEOUT_ESTABLISHED", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_established: Duration,
+    /// kube-proxy's `--conntrack-tcp-timeout-close-wait` (`nf_conntrack_tcp_timeout_close_wait`);
+    /// 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_CONNTRACK_TCP_TIMEOUT_CLOSE_WAIT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Duration,
+    /// kube-proxy's `--conntrack-tcp-be-liberal` (`nf_conntrack_tcp_be_liberal`: out-of-window
+    /// packets are not marked INVALID).
+    #[arg(long, env = "CAPSTAN_CONNTRACK_TCP_BE_LIBERAL")]
+    pub conntrack_tcp_be_liberal: bool,
+    /// kube-proxy's `--conntrack-udp-timeout` (`nf_conntrack_udp_timeout`); 0 leaves it alone.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_CONNTRACK_UDP_TIMEOUT", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub conntrack_udp_timeout: Duration,
+    /// kube-proxy's `--conntrack-udp-timeout-stream` (`nf_conntrack_udp_timeout_stream`); 0
+    /// leaves it alone.
+    #[arg(long, value_name = "DURATION", env = "CAPSTAN_CONNTRACK_UDP_TIMEOUT_STREAM", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub conntrack_udp_timeout_stream: Duration,
     /// Load-balancing policy for Services that do not choose one: random, round-robin,
     /// least-connections.
     #[arg(

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+mod conntrack_sysctl;
 mod error;
 pub mod kube_proxy;
 pub mod publish;
@@ -37,6 +38,7 @@ pub use error::{Error, Errors};
 
 use crate::admin::AdminState;
 use crate::config::{RunArgs, SourceArgs};
+use crate::conntrack_sysctl::ConntrackSettings;
 use crate::kube_proxy::SyncClock;
 use crate::publish::Publisher;
 use crate::source::{FileSources, KubeSource, NodeFacts, SourceStatus};
@@ -96,6 +98,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         options.node_zone = node.zone.clone();
     }
     let capture = capture_settings(&args, kube.is_some(), &node.pod_cidrs)?;
+    if capture.mode == CaptureMode::Nftables {
+        // kube-proxy's conntrack settings: this agent owns the node's Service NAT now.
+        conntrack_settings(&args).apply();
+    }
 
     let admin = TcpListener::bind(args.admin)
         .await
@@ -434,6 +440,18 @@ fn capture_settings(
         },
         cleanup_on_exit: args.cleanup_on_exit,
     })
+}
+
+fn conntrack_settings(args: &RunArgs) -> ConntrackSettings {
+    ConntrackSettings {
+        max_per_core: args.conntrack_max_per_core,
+        min: args.conntrack_min,
+        tcp_timeout_established: args.conntrack_tcp_timeout_established,
+        tcp_timeout_close_wait: args.conntrack_tcp_timeout_close_wait,
+        tcp_be_liberal: args.conntrack_tcp_be_liberal,
+        udp_timeout: args.conntrack_udp_timeout,
+        udp_timeout_stream: args.conntrack_udp_timeout_stream,
+    }
 }
 
 /// The locks of the DNS and ingress addresses (see [`PortLock`]).

@@ -174,6 +174,21 @@ async fn services_in_the_kernel_keep_kube_proxy_semantics_across_two_nodes() {
     for agent in &agents {
         wait_kernel(agent, 6);
     }
+    // kube-proxy's conntrack settings (--conntrack-tcp-timeout-close-wait 1h, established 24h;
+    // the kernel's defaults are 60 s and 5 days). Per network namespace, so each node has them.
+    for node in &cluster.nodes {
+        for (sysctl, want) in [
+            ("nf_conntrack_tcp_timeout_close_wait", "3600"),
+            ("nf_conntrack_tcp_timeout_established", "86400"),
+        ] {
+            let output = std::process::Command::new("ip")
+                .args(["netns", "exec", &node.ns, "cat"])
+                .arg(format!("/proc/sys/net/netfilter/{sysctl}"))
+                .output()
+                .expect("read sysctl");
+            assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), want, "{sysctl}");
+        }
+    }
     let tcp = |n: u8| SocketAddr::from((vip(n), 80));
 
     // Pod → ClusterIP on each node reaches endpoints on both nodes, which see the pod's address.
