@@ -465,7 +465,9 @@ fn lock_ports(args: &RunArgs, ingress: &IngressConfig) -> Result<Vec<PortLock>, 
     let mut locks = Vec::new();
     for (protocol, addr) in wanted {
         if let Some(addr) = addr {
-            locks.extend(PortLock::acquire(protocol, addr)?);
+            locks.extend(
+                PortLock::acquire(protocol, addr).map_err(capstan_proxy::ProxyError::from)?,
+            );
         }
     }
     Ok(locks)

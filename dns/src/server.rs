@@ -302,7 +302,7 @@ fn bind_once(listen: SocketAddr, count: usize) -> io::Result<Bound> {
         }
         if addr.ip().is_unspecified() {
             // Answers leave from the address each query was sent to (see `udp_batch`).
-            crate::udp_batch::receive_destination(&socket, addr.is_ipv6())?;
+            capstan_sockets::pktinfo::receive_destination(&socket, addr.is_ipv6())?;
         }
         socket.bind(&addr.into())?;
         if addr.port() == 0 {

@@ -9,15 +9,14 @@
 //! a NodePort address, a secondary address).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::libc;
+use capstan_sockets::pktinfo::{self, SourceInfo, std_addr};
 use nix::sys::socket::{
-    ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg,
-    sendmmsg, sendmsg, setsockopt, sockopt,
+    ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg,
 };
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -35,17 +34,6 @@ const DATAGRAM: usize = 4096;
 /// socket's own, on a socket bound to one address).
 type Reply = (Vec<u8>, SockaddrStorage, Option<IpAddr>);
 
-/// Asks the kernel to tell each datagram's destination address (before `bind`).
-pub(crate) fn receive_destination(socket: &impl AsFd, ipv6: bool) -> io::Result<()> {
-    if ipv6 {
-        // Also covers IPv4 on a dual-stack socket (as v4-mapped addresses).
-        setsockopt(socket, sockopt::Ipv6RecvPacketInfo, &true)?;
-    } else {
-        setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?;
-    }
-    Ok(())
-}
-
 /// Serves `socket` until the task is dropped.
 pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
     let fd = socket.as_raw_fd();
@@ -59,7 +47,7 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
         }
         let received = socket.try_io(Interest::READABLE, || {
             // Headers hold raw pointers (not Send), so they never live across an await.
-            let control = wildcard.then(|| nix::cmsg_space!(libc::in6_pktinfo));
+            let control = wildcard.then(pktinfo::control_space);
             let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control);
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = buffers
                 .iter_mut()
@@ -75,7 +63,10 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
             .map_err(io::Error::from)?;
             Ok(results
                 .map(|m| {
-                    let local = m.cmsgs().ok().and_then(|mut c| c.find_map(destination));
+                    let local = m
+                        .cmsgs()
+                        .ok()
+                        .and_then(|mut c| c.find_map(pktinfo::destination));
                     (m.bytes, m.address, local)
                 })
                 .collect::<Vec<(usize, Option<SockaddrStorage>, Option<IpAddr>)>>())
@@ -112,56 +103,6 @@ pub(crate) async fn serve_udp(socket: Arc<UdpSocket>, handler: Arc<Handler>) {
     }
 }
 
-/// The destination address of a received datagram, from its packet-info control message.
-fn destination(message: ControlMessageOwned) -> Option<IpAddr> {
-    match message {
-        ControlMessageOwned::Ipv4PacketInfo(info) => {
-            Some(IpAddr::V4(u32::from_be(info.ipi_addr.s_addr).into()))
-        }
-        ControlMessageOwned::Ipv6PacketInfo(info) => {
-            Some(IpAddr::V6(info.ipi6_addr.s6_addr.into()))
-        }
-        _ => None,
-    }
-}
-
-/// The packet-info control message that makes a datagram leave from `local`.
-enum SourceInfo {
-    V4(libc::in_pktinfo),
-    V6(libc::in6_pktinfo),
-}
-
-impl SourceInfo {
-    /// `peer` decides the family: a dual-stack socket answers IPv4 clients as v4-mapped.
-    fn new(local: IpAddr, peer: &SockaddrStorage) -> Self {
-        match (local, peer.as_sockaddr_in6().is_some()) {
-            (IpAddr::V4(v4), false) => SourceInfo::V4(libc::in_pktinfo {
-                ipi_ifindex: 0,
-                ipi_spec_dst: libc::in_addr {
-                    s_addr: u32::from(v4).to_be(),
-                },
-                ipi_addr: libc::in_addr { s_addr: 0 },
-            }),
-            (IpAddr::V4(v4), true) => Self::v6(v4.to_ipv6_mapped().octets()),
-            (IpAddr::V6(v6), _) => Self::v6(v6.octets()),
-        }
-    }
-
-    fn v6(octets: [u8; 16]) -> Self {
-        SourceInfo::V6(libc::in6_pktinfo {
-            ipi6_addr: libc::in6_addr { s6_addr: octets },
-            ipi6_ifindex: 0,
-        })
-    }
-
-    fn message(&self) -> ControlMessage<'_> {
-        match self {
-            SourceInfo::V4(info) => ControlMessage::Ipv4PacketInfo(info),
-            SourceInfo::V6(info) => ControlMessage::Ipv6PacketInfo(info),
-        }
-    }
-}
-
 /// Sends one answer from `local` (if known), waiting for the socket to take it.
 async fn send_one(
     socket: &UdpSocket,
@@ -169,25 +110,10 @@ async fn send_one(
     peer: SockaddrStorage,
     local: Option<IpAddr>,
 ) -> io::Result<()> {
-    let info = local.map(|local| SourceInfo::new(local, &peer));
-    loop {
-        socket.writable().await?;
-        let sent = socket.try_io(Interest::WRITABLE, || {
-            let control: Vec<ControlMessage<'_>> = info.iter().map(SourceInfo::message).collect();
-            sendmsg(
-                socket.as_raw_fd(),
-                &[IoSlice::new(reply)],
-                &control,
-                MsgFlags::MSG_DONTWAIT,
-                Some(&peer),
-            )
-            .map_err(io::Error::from)
-        });
-        match sent {
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            other => return other.map(drop),
-        }
-    }
+    let peer = std_addr(&peer).ok_or_else(|| io::Error::other("no peer address"))?;
+    pktinfo::send_from(socket, reply, peer, local)
+        .await
+        .map(drop)
 }
 
 /// Sends every reply: `sendmmsg` per source address (the control message is shared by a
@@ -210,9 +136,10 @@ fn send_batch(socket: &UdpSocket, batch: &[Reply], local: Option<IpAddr>) -> usi
     let Some((_, first_peer, _)) = batch.first() else {
         return 0;
     };
-    let info = local.map(|local| SourceInfo::new(local, first_peer));
+    let peer_v6 = first_peer.as_sockaddr_in6().is_some();
+    let info = local.map(|local| SourceInfo::new(local, peer_v6));
     let control: Vec<ControlMessage<'_>> = info.iter().map(SourceInfo::message).collect();
-    let space = local.map(|_| nix::cmsg_space!(libc::in6_pktinfo));
+    let space = local.map(|_| pktinfo::control_space());
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(batch.len(), space);
     let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|(r, _, _)| [IoSlice::new(r)]).collect();
     let addresses: Vec<Option<SockaddrStorage>> = batch.iter().map(|(_, a, _)| Some(*a)).collect();
@@ -226,12 +153,4 @@ fn send_batch(socket: &UdpSocket, batch: &[Reply], local: Option<IpAddr>) -> usi
     )
     .map(|results| results.count())
     .unwrap_or(0)
-}
-
-fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
-    }
-    addr.as_sockaddr_in6()
-        .map(|v6| SocketAddr::V6((*v6).into()))
 }

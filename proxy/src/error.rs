@@ -10,15 +10,8 @@ pub enum ProxyError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connect to {addr}: timed out")]
     ConnectTimeout { addr: SocketAddr },
-    /// Another process (a second Capstan) serves this address.
-    #[error(
-        "{protocol} {addr} is served by another process in this network namespace (another Capstan?): {source}"
-    )]
-    PortTaken {
-        protocol: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Socket(#[from] capstan_sockets::SocketError),
     /// The node's traffic capture (nftables) could not be programmed.
     #[error("traffic capture: {reason}")]
     Capture { reason: String },
@@ -30,7 +23,7 @@ impl ProxyError {
     /// Metric label: whose fault it was.
     pub fn blame(&self) -> &'static str {
         match self {
-            ProxyError::Bind { .. } | ProxyError::PortTaken { .. } | ProxyError::Capture { .. } => {
+            ProxyError::Bind { .. } | ProxyError::Socket(_) | ProxyError::Capture { .. } => {
                 "internal"
             }
             ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. } => "upstream",

@@ -18,15 +18,14 @@ mod connection;
 mod error;
 pub mod kernel;
 mod listen;
-mod port_lock;
 mod relay;
 pub mod source;
 mod udp;
 mod workers;
 
+pub use capstan_sockets::PortLock;
 pub use capture::{Capture, CaptureMode, CaptureSettings, Redirect};
 pub use clock::now_ms;
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};
-pub use port_lock::PortLock;
 pub use workers::{Workers, raise_open_files_limit};

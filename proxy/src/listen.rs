@@ -22,7 +22,8 @@ use crate::capture::{
 use crate::connection::serve;
 use crate::kernel::{self, Datapath, KernelTable, kernel_capable};
 use crate::source::Links;
-use crate::{PortLock, ProxyError, Workers};
+use crate::{ProxyError, Workers};
+use capstan_sockets::PortLock;
 
 /// How often frontends that failed to bind are retried when no new snapshot arrives.
 const BIND_RETRY: Duration = Duration::from_secs(5);
@@ -477,6 +478,10 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, ProxyError> {
         socket.set_reuse_address(true)?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
+        }
+        if addr.ip().is_unspecified() {
+            // Replies leave from the address each datagram was sent to (see `udp`).
+            capstan_sockets::pktinfo::receive_destination(&socket, addr.is_ipv6())?;
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;

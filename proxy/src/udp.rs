@@ -1,16 +1,20 @@
 //! UDP frontends: one receive loop per frontend socket. Each client address is a flow with its
-//! own connected socket to the endpoint chosen for it; replies go back from the frontend address.
+//! own connected socket to the endpoint chosen for it; replies go back from the frontend address
+//! (on a wildcard socket, from the address the client's first datagram was sent to: a NodePort
+//! asked on one node address answers from it, and a redirected flow answers from the address
+//! conntrack expects).
 //! Flows expire after `udp_idle` without a datagram either way, and a flow whose endpoint is no
 //! longer eligible (removed, or failed) is re-balanced on its next datagram: the userspace form of
 //! kube-proxy's stale-conntrack flush.
 
 mod flows;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use capstan_sockets::pktinfo;
 use capstan_table::{Endpoint, Frontend, PortCounters, ServicePortTable, SnapshotHandle};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -61,8 +65,8 @@ pub(crate) async fn serve(
     let mut sweep = tokio::time::interval(SWEEP);
     let last_reply = |flow: &Flow| flow.replied.load(Ordering::Relaxed);
     loop {
-        let (n, client) = tokio::select! {
-            received = socket.recv_from(&mut buffer) => match received {
+        let (n, client, local) = tokio::select! {
+            received = pktinfo::recv_with_destination(&socket, &mut buffer) => match received {
                 Ok(received) => received,
                 Err(error) => {
                     debug!(%frontend, %error, "udp receive failed");
@@ -114,7 +118,7 @@ pub(crate) async fn serve(
         };
         let opened = open_flow(
             &socket,
-            client,
+            (client, local),
             endpoint,
             Arc::clone(port),
             links.as_deref(),
@@ -138,9 +142,10 @@ pub(crate) async fn serve(
     }
 }
 
+/// Opens a flow for `client` (and the local address it sent to, on a wildcard socket).
 async fn open_flow(
     frontend: &Arc<UdpSocket>,
-    client: SocketAddr,
+    (client, local): (SocketAddr, Option<IpAddr>),
     endpoint: Arc<Endpoint>,
     port: Arc<ServicePortTable>,
     links: Option<&Links>,
@@ -157,7 +162,7 @@ async fn open_flow(
     let replies = tokio::spawn(relay_replies(
         Arc::clone(&upstream),
         Arc::clone(frontend),
-        client,
+        (client, local),
         Arc::clone(&endpoint),
         Arc::clone(&replied),
         port,
@@ -175,7 +180,7 @@ async fn open_flow(
 async fn relay_replies(
     upstream: Arc<UdpSocket>,
     frontend: Arc<UdpSocket>,
-    client: SocketAddr,
+    (client, local): (SocketAddr, Option<IpAddr>),
     endpoint: Arc<Endpoint>,
     replied: Arc<AtomicU64>,
     port: Arc<ServicePortTable>,
@@ -190,7 +195,7 @@ async fn relay_replies(
                     .bytes_to_client
                     .fetch_add(n as u64, Ordering::Relaxed);
                 endpoint.stats.record_success();
-                let _ = frontend.send_to(&buffer[..n], client).await;
+                let _ = pktinfo::send_from(&frontend, &buffer[..n], client, local).await;
             }
             Err(error) => {
                 endpoint.stats.record_failure(now_ms(), &port.timeouts);

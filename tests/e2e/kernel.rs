@@ -186,7 +186,11 @@ async fn services_in_the_kernel_keep_kube_proxy_semantics_across_two_nodes() {
                 .arg(format!("/proc/sys/net/netfilter/{sysctl}"))
                 .output()
                 .expect("read sysctl");
-            assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), want, "{sysctl}");
+            assert_eq!(
+                String::from_utf8_lossy(&output.stdout).trim(),
+                want,
+                "{sysctl}"
+            );
         }
     }
     let tcp = |n: u8| SocketAddr::from((vip(n), 80));

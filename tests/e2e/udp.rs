@@ -155,3 +155,23 @@ async fn udp_without_endpoints_is_refused_with_port_unreachable() {
         "{error}"
     );
 }
+
+/// A UDP frontend on the wildcard address (a NodePort) answers each client from the address it
+/// asked: on loopback the route back would pick 127.0.0.1 for every 127/8 address asked, and a
+/// resolver or connected client drops such an answer (issue 18 item 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_udp_frontend_answers_from_the_address_asked() {
+    let a = UdpBackend::start("a").await;
+    let port = udp_frontend().port();
+    let listen = SocketAddr::from(([0, 0, 0, 0], port));
+    let dir = TempDir::new("udp-wildcard");
+    let config = dir.write("capstan.yaml", &udp_config(listen, &[a.addr]));
+    let capstan = Capstan::start(&["--config", path_str(&config)]);
+    capstan.wait_listening(listen);
+    for _ in 0..3 {
+        let asked = SocketAddr::new(unique_ip(), port);
+        let client = client().await;
+        // `ask` checks that the reply comes from `asked`.
+        assert_eq!(ask(&client, asked, "hi").await.as_deref(), Some("a"), "{asked}");
+    }
+}

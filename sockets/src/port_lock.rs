@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
 
-use crate::ProxyError;
+use crate::SocketError;
 
 /// Held while a port is served; dropping it frees the port for another process.
 #[derive(Debug)]
@@ -19,12 +19,12 @@ pub struct PortLock {
 impl PortLock {
     /// Takes the lock of `protocol` (`tcp`, `udp`, `dns`, …) on `addr`. Port 0 (the kernel picks
     /// a free port) needs none: `Ok(None)`.
-    pub fn acquire(protocol: &str, addr: SocketAddr) -> Result<Option<PortLock>, ProxyError> {
+    pub fn acquire(protocol: &str, addr: SocketAddr) -> Result<Option<PortLock>, SocketError> {
         if addr.port() == 0 {
             return Ok(None);
         }
         let name = format!("capstan/{protocol}/{addr}");
-        let taken = |source: std::io::Error| ProxyError::PortTaken {
+        let taken = |source: std::io::Error| SocketError::PortTaken {
             protocol: protocol.to_owned(),
             addr,
             source,

@@ -1,0 +1,15 @@
+//! Socket mechanics the data planes share, below any notion of Services or names.
+//!
+//! Owns: answering UDP from the address a datagram was sent to ([`pktinfo`]: `IP_PKTINFO` /
+//! `IPV6_RECVPKTINFO` on wildcard sockets), and one process per port ([`PortLock`]: sockets
+//! bound with `SO_REUSEPORT` would otherwise be shared silently with a second agent).
+//!
+//! Must not import: any workspace crate. `proxy` and `dns` import it (they may not import each
+//! other).
+
+mod error;
+pub mod pktinfo;
+mod port_lock;
+
+pub use error::SocketError;
+pub use port_lock::PortLock;
