@@ -9,7 +9,6 @@
 //! Service that just got endpoints, are deleted after each sync, as kube-proxy does.
 
 pub mod diff;
-mod keys;
 mod local_dns;
 pub mod rules;
 #[cfg(test)]
@@ -82,8 +81,6 @@ pub struct KernelTable {
     /// Ports (UDP and TCP) of the cluster DNS Service referring to each of its ClusterIPs.
     local_dns: HashMap<IpAddr, u32>,
     dns_interface: local_dns::DnsInterface,
-    /// Key blocks of the `endpoints` maps, by chain.
-    keys: keys::KeyBlocks,
     stale_chains: Vec<(String, Instant)>,
     conntrack_missing: bool,
 }
@@ -111,7 +108,6 @@ impl KernelTable {
             self.hairpin.clear();
             self.local_dns.clear();
             self.stale_chains.clear();
-            self.keys = keys::KeyBlocks::default();
             Changes::fresh()
         } else {
             Changes::default()
@@ -126,15 +122,12 @@ impl KernelTable {
             let rules = match &old {
                 Some((table, rules)) if Arc::ptr_eq(table, port) => rules.clone(),
                 _ => {
-                    let old_rules = old.as_ref().map_or(&empty, |(_, r)| &**r);
-                    self.keys.begin();
                     let rules = Arc::new(rules::render_port(
                         port,
                         &snapshot.proxy.frontends,
                         &self.settings,
-                        &mut self.keys,
                     ));
-                    self.keys.release_unasked(old_rules.chains.keys());
+                    let old_rules = old.as_ref().map_or(&empty, |(_, r)| &**r);
                     if *old_rules != *rules {
                         changes.port(old_rules, &rules);
                         hairpin_old.push(old_rules.hairpin.clone());
@@ -150,9 +143,6 @@ impl KernelTable {
         }
         // What is left was removed from the snapshot or moved to user space.
         for (_, rules) in previous.values() {
-            for chain in rules.chains.keys() {
-                self.keys.release(chain);
-            }
             changes.port(rules, &empty);
             hairpin_old.push(rules.hairpin.clone());
             dns_old.push(rules.local_dns.clone());

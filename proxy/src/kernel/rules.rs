@@ -48,11 +48,6 @@ pub enum MapKind {
     NoEndpointServices,
     NoEndpointNodePorts,
     FirewallIps,
-    /// Every port's endpoint choices: `numgen random mod N offset K` keys `K..K+N` (a block per
-    /// chain, see [`ChoiceKeys`]) to `address . port`.
-    Endpoints,
-    /// The same for ClientIP affinity: keys to `goto endpoint-…` verdicts.
-    AffinityEndpoints,
 }
 
 /// One map of one family: `service-ips4`, `no-endpoint-nodeports6`, …
@@ -78,15 +73,6 @@ pub struct KernelSettings {
 
 /// The DNS port the cluster DNS Service's ClusterIPs are answered on locally.
 pub const DNS_PORT: u16 = 53;
-
-/// Where chains' endpoint choices live in the `endpoints` maps: a chain choosing among N
-/// endpoints uses `numgen random mod N offset K` and the keys `K..K+N`. One named map per family
-/// instead of an anonymous map per chain: the kernel creates a set per anonymous map, which at
-/// ten thousand Services made the first sync take 40 s instead of about one.
-pub trait ChoiceKeys {
-    /// The first of `len` consecutive keys for `chain` (the same block while `len` stays).
-    fn block(&mut self, chain: &str, len: u32) -> u32;
-}
 
 /// Everything one Service port puts in the table.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -158,14 +144,12 @@ impl Family {
 // === impl MapKind ===
 
 impl MapKind {
-    pub const ALL: [MapKind; 7] = [
+    pub const ALL: [MapKind; 5] = [
         MapKind::ServiceIps,
         MapKind::NodePorts,
         MapKind::NoEndpointServices,
         MapKind::NoEndpointNodePorts,
         MapKind::FirewallIps,
-        MapKind::Endpoints,
-        MapKind::AffinityEndpoints,
     ];
 
     fn name(self) -> &'static str {
@@ -175,8 +159,6 @@ impl MapKind {
             MapKind::NoEndpointServices => "no-endpoint-services",
             MapKind::NoEndpointNodePorts => "no-endpoint-nodeports",
             MapKind::FirewallIps => "firewall-ips",
-            MapKind::Endpoints => "endpoints",
-            MapKind::AffinityEndpoints => "affinity-endpoints",
         }
     }
 
@@ -194,19 +176,11 @@ impl MapRef {
         format!("{}{}", self.kind.name(), self.family.suffix())
     }
 
-    /// What goes between the braces of the map's declaration.
-    fn declaration(self) -> String {
-        let choice = "typeof numgen random mod 1";
-        match self.kind {
-            MapKind::Endpoints => {
-                format!("{choice} : {} daddr . th dport;", self.family.selector())
-            }
-            MapKind::AffinityEndpoints => format!("{choice} : verdict;"),
-            kind if kind.by_address() => format!(
-                "type {} . inet_proto . inet_service : verdict;",
-                self.family.addr_type()
-            ),
-            _ => "type inet_proto . inet_service : verdict;".to_owned(),
+    fn key_type(self) -> String {
+        if self.kind.by_address() {
+            format!("{} . inet_proto . inet_service", self.family.addr_type())
+        } else {
+            "inet_proto . inet_service".to_owned()
         }
     }
 }
@@ -218,7 +192,12 @@ pub fn skeleton() -> String {
     for family in Family::ALL {
         for kind in MapKind::ALL {
             let map = MapRef { kind, family };
-            let _ = writeln!(out, "  map {} {{ {} }}", map.name(), map.declaration());
+            let _ = writeln!(
+                out,
+                "  map {} {{ type {} : verdict; }}",
+                map.name(),
+                map.key_type()
+            );
         }
         let _ = writeln!(
             out,
@@ -395,7 +374,6 @@ pub fn render_port(
     port: &ServicePortTable,
     targets: &HashMap<Frontend, FrontendTarget>,
     settings: &KernelSettings,
-    keys: &mut dyn ChoiceKeys,
 ) -> PortRules {
     let mut rules = PortRules::default();
     let mut udp = UdpTranslation::default();
@@ -435,7 +413,7 @@ pub fn render_port(
                 .collect(),
             base: chain_base(&port.key, family),
         };
-        render.render(&frontends, targets, &mut rules, keys);
+        render.render(&frontends, targets, &mut rules);
         if port.key.protocol == Protocol::Udp {
             udp.frontends.extend(frontends.iter().map(|(f, _)| f.addr));
             let sets = [&port.internal, &port.external];
@@ -500,7 +478,6 @@ impl FamilyRender<'_> {
         frontends: &[(Frontend, TrafficScope)],
         targets: &HashMap<Frontend, FrontendTarget>,
         rules: &mut PortRules,
-        keys: &mut dyn ChoiceKeys,
     ) {
         let (internal, internal_empty) = eligible(&self.port.internal, self.family);
         let (external, external_empty) = eligible(&self.port.external, self.family);
@@ -512,7 +489,7 @@ impl FamilyRender<'_> {
         let internal_chain = format!("service-{}", self.base);
         if !internal.is_empty() {
             let mut chain = self.masquerade_outside_pods(frontends);
-            chain.extend(self.balance(&internal, &internal_chain, rules, keys));
+            chain.extend(self.balance(&internal, rules));
             rules.chains.insert(internal_chain.clone(), chain);
         }
         let external_set_chain = if external.is_empty() {
@@ -526,7 +503,7 @@ impl FamilyRender<'_> {
                 "cluster"
             };
             let name = format!("{role}-{}", self.base);
-            let chain = self.balance(&external, &name, rules, keys);
+            let chain = self.balance(&external, rules);
             rules.chains.insert(name.clone(), chain);
             Some(name)
         };
@@ -654,46 +631,34 @@ impl FamilyRender<'_> {
         chain
     }
 
-    /// The rules of `chain` choosing one of `endpoints` (not empty) and translating to it. With
-    /// ClientIP affinity, kube-proxy's shape: a chain and a timeout set per endpoint, the set
-    /// checked first. Without, one `numgen` lookup in the `endpoints` map.
-    fn balance(
-        &self,
-        endpoints: &[&Endpoint],
-        chain: &str,
-        rules: &mut PortRules,
-        keys: &mut dyn ChoiceKeys,
-    ) -> Vec<String> {
+    /// The rules choosing one of `endpoints` (not empty) and translating to it. With ClientIP
+    /// affinity, kube-proxy's shape: a chain and a timeout set per endpoint, the set checked
+    /// first. Without, one `numgen` map.
+    fn balance(&self, endpoints: &[&Endpoint], rules: &mut PortRules) -> Vec<String> {
         let ip = self.family.selector();
         let protocol = protocol_name(self.port.key.protocol);
         rules.hairpin.extend(endpoints.iter().map(|e| e.addr.ip()));
-        if let ([only], None) = (endpoints, self.port.affinity) {
-            return vec![format!(
-                "meta l4proto {protocol} dnat {ip} to {}",
-                only.addr
-            )];
-        }
-        let len = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
-        let first = keys.block(chain, len);
-        let choice = format!("numgen random mod {len} offset {first}");
-        let map = |kind| MapRef {
-            kind,
-            family: self.family,
-        };
         let Some(timeout) = self.port.affinity else {
-            for (key, endpoint) in (first..).zip(endpoints) {
-                let value = format!("{} . {}", endpoint.addr.ip(), endpoint.addr.port());
-                rules
-                    .elements
-                    .insert((map(MapKind::Endpoints), key.to_string()), value);
+            if let [only] = endpoints {
+                return vec![format!(
+                    "meta l4proto {protocol} dnat {ip} to {}",
+                    only.addr
+                )];
             }
+            let choices: Vec<String> = endpoints
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{i} : {} . {}", e.addr.ip(), e.addr.port()))
+                .collect();
             return vec![format!(
-                "meta l4proto {protocol} dnat {ip} to {choice} map @{}",
-                map(MapKind::Endpoints).name()
+                "meta l4proto {protocol} dnat {ip} to numgen random mod {} map {{ {} }}",
+                endpoints.len(),
+                choices.join(", ")
             )];
         };
-        let mut out = Vec::new();
-        for (key, endpoint) in (first..).zip(endpoints) {
+        let mut chain = Vec::new();
+        let mut choices = Vec::new();
+        for (i, endpoint) in endpoints.iter().enumerate() {
             let base = endpoint_base(&self.port.key, endpoint.addr);
             let (endpoint_chain, set) = (
                 format!("endpoint-{base}"),
@@ -714,17 +679,15 @@ impl FamilyRender<'_> {
                     format!("meta l4proto {protocol} dnat {ip} to {}", endpoint.addr),
                 ],
             );
-            out.push(format!("{ip} saddr @{set} goto {endpoint_chain}"));
-            rules.elements.insert(
-                (map(MapKind::AffinityEndpoints), key.to_string()),
-                format!("goto {endpoint_chain}"),
-            );
+            chain.push(format!("{ip} saddr @{set} goto {endpoint_chain}"));
+            choices.push(format!("{i} : goto {endpoint_chain}"));
         }
-        out.push(format!(
-            "{choice} vmap @{}",
-            map(MapKind::AffinityEndpoints).name()
+        chain.push(format!(
+            "numgen random mod {} vmap {{ {} }}",
+            endpoints.len(),
+            choices.join(", ")
         ));
-        out
+        chain
     }
 }
 

@@ -9,7 +9,6 @@ use capstan_table::{
 };
 
 use super::diff::Changes;
-use super::keys::KeyBlocks;
 use super::rules::{KernelSettings, MapKind, MapRef, PortRules, render_port};
 use super::*;
 
@@ -102,7 +101,7 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
         both.clone(),
         both,
     );
-    let rules = render_port(&port, &HashMap::new(), &pods(), &mut KeyBlocks::default());
+    let rules = render_port(&port, &HashMap::new(), &pods());
     let service = element(&rules, MapKind::ServiceIps, "10.96.0.10 . tcp . 80").expect("VIP");
     assert!(service.starts_with("goto service-") && service.ends_with("-default/web/tcp/http"));
     let node_port = element(&rules, MapKind::NodePorts, "tcp . 30080").expect("NodePort");
@@ -111,12 +110,8 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
         chain(&rules, "service-"),
         [
             "ip daddr 10.96.0.10 th dport 80 ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade",
-            "meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints4",
+            "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.5 . 8080 }",
         ]
-    );
-    assert_eq!(
-        element(&rules, MapKind::Endpoints, "1").as_deref(),
-        Some("10.244.2.5 . 8080")
     );
     // External traffic under a Cluster policy is always masqueraded (it may cross nodes).
     let external = chain(&rules, "external-");
@@ -135,7 +130,7 @@ fn no_endpoints_rejects_and_no_local_endpoints_drops_what_is_not_short_circuited
         set(&[], WhenEmpty::Reject),
         set(&[], WhenEmpty::Reject),
     );
-    let rules = render_port(&none, &HashMap::new(), &pods(), &mut KeyBlocks::default());
+    let rules = render_port(&none, &HashMap::new(), &pods());
     assert!(rules.chains.is_empty(), "{:?}", rules.chains);
     let reject = Some("goto reject-chain".to_owned());
     assert_eq!(
@@ -158,7 +153,7 @@ fn no_endpoints_rejects_and_no_local_endpoints_drops_what_is_not_short_circuited
         set(&[], WhenEmpty::Drop),
     );
     local.external_local = true;
-    let rules = render_port(&local, &HashMap::new(), &pods(), &mut KeyBlocks::default());
+    let rules = render_port(&local, &HashMap::new(), &pods());
     let drop = Some("drop".to_owned());
     assert_eq!(
         element(&rules, MapKind::NoEndpointNodePorts, "tcp . 30082"),
@@ -181,12 +176,7 @@ fn client_ip_affinity_takes_kube_proxy_endpoint_chains_and_timeout_sets() {
         both,
     );
     sticky.affinity = Some(Duration::from_secs(10800));
-    let rules = render_port(
-        &sticky,
-        &HashMap::new(),
-        &KernelSettings::default(),
-        &mut KeyBlocks::default(),
-    );
+    let rules = render_port(&sticky, &HashMap::new(), &KernelSettings::default());
     assert_eq!(rules.sets.len(), 2);
     assert!(
         rules
@@ -200,12 +190,7 @@ fn client_ip_affinity_takes_kube_proxy_endpoint_chains_and_timeout_sets() {
     assert!(
         service[0].starts_with("ip saddr @affinity-") && service[0].contains(" goto endpoint-")
     );
-    assert_eq!(
-        service[2],
-        "numgen random mod 2 offset 0 vmap @affinity-endpoints4"
-    );
-    let choice = element(&rules, MapKind::AffinityEndpoints, "0").expect("key 0");
-    assert!(choice.starts_with("goto endpoint-"), "{choice}");
+    assert!(service[2].starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"));
     let endpoint = chain(&rules, "endpoint-");
     assert!(endpoint[0].starts_with("update @affinity-") && endpoint[0].ends_with("{ ip saddr }"));
     assert!(endpoint[1].starts_with("meta l4proto tcp dnat ip to 10.244."));
@@ -234,12 +219,7 @@ fn load_balancer_source_ranges_filter_load_balancer_ips_of_their_family_only() {
             ),
         },
     )]);
-    let rules = render_port(
-        &port,
-        &targets,
-        &KernelSettings::default(),
-        &mut KeyBlocks::default(),
-    );
+    let rules = render_port(&port, &targets, &KernelSettings::default());
     let firewall = chain(&rules, "firewall-");
     assert_eq!(firewall, ["ip6 saddr != { 2001:db8:1::/48 } drop"]);
     let map = MapRef {
@@ -258,64 +238,47 @@ fn load_balancer_source_ranges_filter_load_balancer_ips_of_their_family_only() {
 }
 
 #[test]
-fn an_endpoint_change_is_one_element_update_and_a_count_change_one_chain() {
+fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
     let vip = frontend("10.96.0.10:80", TrafficScope::Internal);
     let before = set(&["10.244.1.5:8080", "10.244.2.5:8080"], WhenEmpty::Reject);
     let after = set(&["10.244.1.5:8080", "10.244.3.5:8080"], WhenEmpty::Reject);
     let settings = KernelSettings::default();
-    let mut keys = KeyBlocks::default();
-    let render = |set: &EndpointSet, keys: &mut KeyBlocks| {
-        keys.begin();
-        render_port(
-            &port(vec![vip], set.clone(), set.clone()),
-            &HashMap::new(),
-            &settings,
-            keys,
-        )
-    };
-    let old = render(&before, &mut keys);
-    assert_eq!(
-        chain(&old, "service-"),
-        ["meta l4proto tcp dnat ip to numgen random mod 2 offset 0 map @endpoints4"]
+    let old = render_port(
+        &port(vec![vip], before.clone(), before),
+        &HashMap::new(),
+        &settings,
     );
-    let new = render(&after, &mut keys);
+    let new = render_port(
+        &port(vec![vip], after.clone(), after),
+        &HashMap::new(),
+        &settings,
+    );
     let mut changes = Changes::default();
     changes.port(&old, &new);
     let mut script = String::new();
     changes.render(&mut script);
-    assert_eq!(
-        script,
-        "delete element inet capstan-services endpoints4 { 1 }\n\
-         add element inet capstan-services endpoints4 { 1 : 10.244.3.5 . 8080 }\n"
-    );
+    let lines: Vec<&str> = script.lines().collect();
+    assert_eq!(lines.len(), 3, "{script}");
+    assert!(lines[0].starts_with("add chain inet capstan-services service-"));
+    assert!(lines[1].starts_with("flush chain inet capstan-services service-"));
+    assert!(lines[2].contains("10.244.3.5 . 8080"));
 
-    // A third endpoint: the chain moves to a block of three keys.
-    let three = set(
-        &["10.244.1.5:8080", "10.244.3.5:8080", "10.244.4.5:8080"],
-        WhenEmpty::Reject,
-    );
-    let grown = render(&three, &mut keys);
-    assert_eq!(
-        chain(&grown, "service-"),
-        ["meta l4proto tcp dnat ip to numgen random mod 3 offset 2 map @endpoints4"]
-    );
-    let new = grown;
-
-    // The port removed: its elements go, and its chain is emptied (deleted a second later).
+    // The port removed: its element goes, and its chain is emptied (deleted a second later).
     let mut changes = Changes::default();
     changes.port(&new, &PortRules::default());
     let mut script = String::new();
     changes.render(&mut script);
-    let lines: Vec<&str> = script.lines().collect();
     assert_eq!(
-        lines[..2],
-        [
-            "delete element inet capstan-services service-ips4 { 10.96.0.10 . tcp . 80 }",
-            "delete element inet capstan-services endpoints4 { 2, 3, 4 }",
-        ]
+        script.lines().next(),
+        Some("delete element inet capstan-services service-ips4 { 10.96.0.10 . tcp . 80 }")
     );
     assert_eq!(changes.stale_chains.len(), 1);
-    assert!(lines[2].starts_with("flush chain"));
+    assert!(
+        script
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("flush chain"))
+    );
 
     // Unchanged rules change nothing.
     let mut changes = Changes::default();
@@ -337,18 +300,8 @@ fn chain_names_are_kube_proxy_shaped_stable_and_within_nftables_limits() {
         set(&["10.244.1.5:53"], WhenEmpty::Reject),
     );
     table.key = key;
-    let first = render_port(
-        &table,
-        &HashMap::new(),
-        &KernelSettings::default(),
-        &mut KeyBlocks::default(),
-    );
-    let again = render_port(
-        &table,
-        &HashMap::new(),
-        &KernelSettings::default(),
-        &mut KeyBlocks::default(),
-    );
+    let first = render_port(&table, &HashMap::new(), &KernelSettings::default());
+    let again = render_port(&table, &HashMap::new(), &KernelSettings::default());
     assert_eq!(first, again);
     for name in first.chains.keys() {
         assert!(name.len() <= 255, "{name}");
@@ -398,7 +351,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         none.clone(),
         none.clone(),
     );
-    let rules = render_port(&dns, &HashMap::new(), &settings, &mut KeyBlocks::default());
+    let rules = render_port(&dns, &HashMap::new(), &settings);
     assert!(
         rules.elements.is_empty() && rules.chains.is_empty(),
         "{rules:?}"
@@ -416,12 +369,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         none.clone(),
         none,
     );
-    let rules = render_port(
-        &metrics,
-        &HashMap::new(),
-        &settings,
-        &mut KeyBlocks::default(),
-    );
+    let rules = render_port(&metrics, &HashMap::new(), &settings);
     assert!(rules.local_dns.is_empty());
     assert_eq!(
         element(
@@ -433,7 +381,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         Some("goto reject-chain")
     );
     // Another Service on port 53 is an ordinary Service.
-    let rules = render_port(&dns, &HashMap::new(), &pods(), &mut KeyBlocks::default());
+    let rules = render_port(&dns, &HashMap::new(), &pods());
     assert!(rules.local_dns.is_empty() && !rules.elements.is_empty());
 
     let mut changes = Changes::default();
