@@ -40,7 +40,7 @@ async fn kernel_scale_ten_thousand_services() {
     let dir = TempDir::new("kernel-scale");
     let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
     let started = Instant::now();
-    let capstan = Capstan::start_in_netns(
+    let capstan = Capstan::spawn_in_netns(
         &node.ns,
         node.uplink.into(),
         &[

@@ -172,6 +172,10 @@ async fn a_wildcard_udp_frontend_answers_from_the_address_asked() {
         let asked = SocketAddr::new(unique_ip(), port);
         let client = client().await;
         // `ask` checks that the reply comes from `asked`.
-        assert_eq!(ask(&client, asked, "hi").await.as_deref(), Some("a"), "{asked}");
+        assert_eq!(
+            ask(&client, asked, "hi").await.as_deref(),
+            Some("a"),
+            "{asked}"
+        );
     }
 }

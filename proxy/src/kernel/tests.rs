@@ -110,7 +110,9 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
         chain(&rules, "service-"),
         [
             "ip daddr 10.96.0.10 th dport 80 ip saddr != { 10.244.0.0/16 } jump mark-for-masquerade",
-            "meta l4proto tcp dnat ip to numgen random mod 2 map { 0 : 10.244.1.5 . 8080, 1 : 10.244.2.5 . 8080 }",
+            // kube-proxy iptables-mode's cascade: 1/2, then the rest.
+            "numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.244.1.5:8080",
+            "meta l4proto tcp dnat ip to 10.244.2.5:8080",
         ]
     );
     // External traffic under a Cluster policy is always masqueraded (it may cross nodes).
@@ -185,12 +187,14 @@ fn client_ip_affinity_takes_kube_proxy_endpoint_chains_and_timeout_sets() {
             .all(|d| d == "type ipv4_addr; flags dynamic,timeout; timeout 10800s;")
     );
     let service = chain(&rules, "service-");
-    // No pod CIDRs: no masquerade rule; then one affinity check per endpoint, then numgen.
-    assert_eq!(service.len(), 3, "{service:?}");
+    // No pod CIDRs: no masquerade rule; then one affinity check per endpoint, then the
+    // random cascade to the endpoint chains.
+    assert_eq!(service.len(), 4, "{service:?}");
     assert!(
         service[0].starts_with("ip saddr @affinity-") && service[0].contains(" goto endpoint-")
     );
-    assert!(service[2].starts_with("numgen random mod 2 vmap { 0 : goto endpoint-"));
+    assert!(service[2].starts_with("numgen random mod 2 == 0 goto endpoint-"));
+    assert!(service[3].starts_with("goto endpoint-"));
     let endpoint = chain(&rules, "endpoint-");
     assert!(endpoint[0].starts_with("update @affinity-") && endpoint[0].ends_with("{ ip saddr }"));
     assert!(endpoint[1].starts_with("meta l4proto tcp dnat ip to 10.244."));
@@ -258,10 +262,13 @@ fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
     let mut script = String::new();
     changes.render(&mut script);
     let lines: Vec<&str> = script.lines().collect();
-    assert_eq!(lines.len(), 3, "{script}");
+    assert_eq!(lines.len(), 4, "{script}");
     assert!(lines[0].starts_with("add chain inet capstan-services service-"));
     assert!(lines[1].starts_with("flush chain inet capstan-services service-"));
-    assert!(lines[2].contains("10.244.3.5 . 8080"));
+    assert!(
+        lines[2].ends_with("numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.244.1.5:8080")
+    );
+    assert!(lines[3].ends_with("meta l4proto tcp dnat ip to 10.244.3.5:8080"));
 
     // The port removed: its element goes, and its chain is emptied (deleted a second later).
     let mut changes = Changes::default();
@@ -399,4 +406,39 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
     assert!(
         skeleton.contains("ip daddr @cluster-dns4 meta l4proto { tcp, udp } th dport 53 notrack")
     );
+}
+
+/// The cascade is uniform: rule `j` of `N` fires with probability 1/(N-j) among the packets
+/// that reach it, so every endpoint gets 1/N (kube-proxy's iptables-mode probabilities).
+#[test]
+fn the_random_cascade_gives_every_endpoint_an_equal_share() {
+    let addrs: Vec<String> = (1..=7).map(|i| format!("10.244.1.{i}:80")).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let all = set(&refs, WhenEmpty::Reject);
+    let vip = frontend("10.96.0.10:80", TrafficScope::Internal);
+    let rules = render_port(
+        &port(vec![vip], all.clone(), all),
+        &HashMap::new(),
+        &KernelSettings::default(),
+    );
+    let chain = chain(&rules, "service-");
+    assert_eq!(chain.len(), 7);
+    let mut reaching = 1.0_f64;
+    for rule in chain {
+        let fires = match rule.strip_prefix("numgen random mod ") {
+            Some(rest) => {
+                let modulus: f64 = rest
+                    .split(' ')
+                    .next()
+                    .and_then(|m| m.parse().ok())
+                    .expect("modulus");
+                1.0 / modulus
+            }
+            None => 1.0,
+        };
+        let share = reaching * fires;
+        assert!((share - 1.0 / 7.0).abs() < 1e-12, "{rule}: {share}");
+        reaching -= share;
+    }
+    assert!(reaching.abs() < 1e-12);
 }
