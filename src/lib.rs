@@ -141,6 +141,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     let clock = Arc::new(SyncClock::default());
     start_kube_proxy_endpoints(&args, &snapshots, &generations, &clock, &metrics, &shutdown)
         .await?;
+    let (arrivals_tx, arrivals) = watch::channel(None);
+    tokio::spawn(observe_syncs(
+        listener_status.clone(),
+        arrivals,
+        metrics.clone(),
+    ));
     let publisher = Publisher {
         catalog: Catalog::default(),
         sources: files
@@ -153,6 +159,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         generations: generations_tx,
         metrics: metrics.clone(),
         clock: clock.clone(),
+        arrivals: arrivals_tx,
     };
     for update in initial {
         let _ = updates_tx.send(update).await;
@@ -245,6 +252,41 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     }
     info!("stopped");
     Ok(())
+}
+
+/// Feeds kube-proxy's sync metrics from the listener loop's reports: every sync's duration and
+/// time, and for each published change, the time until the rules serving it are in force.
+async fn observe_syncs(
+    mut status: watch::Receiver<ListenerStatus>,
+    arrivals: watch::Receiver<Option<(Generation, std::time::Instant)>>,
+    metrics: Arc<Metrics>,
+) {
+    let (mut seen_syncs, mut observed) = (0, None);
+    while status.changed().await.is_ok() {
+        let (syncs, last_sync, applied) = {
+            let status = status.borrow_and_update();
+            (status.syncs, status.last_sync, status.applied)
+        };
+        let kube_proxy = &metrics.kube_proxy;
+        if syncs > seen_syncs {
+            seen_syncs = syncs;
+            kube_proxy.sync_seconds.observe(last_sync.as_secs_f64());
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            kube_proxy.last_sync.set(now);
+        }
+        let arrival = *arrivals.borrow();
+        if let (Some(applied), Some((generation, arrived))) = (applied, arrival)
+            && applied >= generation
+            && observed != Some(generation)
+        {
+            observed = Some(generation);
+            kube_proxy
+                .programming_seconds
+                .observe(arrived.elapsed().as_secs_f64());
+        }
+    }
 }
 
 /// Loads and compiles the sources once: `capstan check`. Returns a human summary.

@@ -24,6 +24,9 @@ pub struct Publisher {
     pub generations: watch::Sender<Generation>,
     pub metrics: Arc<Metrics>,
     pub clock: Arc<SyncClock>,
+    /// The last published generation and when its first change arrived (for kube-proxy's
+    /// `network_programming_duration_seconds`, observed once the rules for it are in force).
+    pub arrivals: watch::Sender<Option<(Generation, Instant)>>,
 }
 
 // === impl Publisher ===
@@ -50,19 +53,20 @@ impl Publisher {
                 continue;
             }
             if changed || !published {
-                self.publish();
+                let generation = self.publish();
                 if published {
                     self.metrics
                         .sync_seconds
                         .observe(arrived.elapsed().as_secs_f64());
+                    self.arrivals.send_replace(Some((generation, arrived)));
                 }
                 published = true;
             }
         }
     }
 
-    /// Compiles the catalog and stores the result with one atomic store.
-    pub fn publish(&mut self) {
+    /// Compiles the catalog and stores the result with one atomic store; returns its generation.
+    pub fn publish(&mut self) -> Generation {
         let previous = self.snapshots.load();
         let generation = previous
             .as_ref()
@@ -97,5 +101,6 @@ impl Publisher {
             .set(i64::try_from(generation.0).unwrap_or(i64::MAX));
         self.clock.published();
         self.generations.send_replace(generation);
+        generation
     }
 }

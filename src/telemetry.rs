@@ -40,6 +40,22 @@ pub struct Metrics {
     pub kube_events: Family<KubeEventLabels, Counter>,
     /// 1 while the Kubernetes API server answers, 0 while it does not.
     pub kube_api_up: Gauge,
+    /// kube-proxy's own metric names (`kubeproxy_*`), so its dashboards and alerts keep working.
+    pub kube_proxy: KubeProxyMetrics,
+    kube_proxy_registry: Registry,
+}
+
+/// kube-proxy's sync metrics (pkg/proxy/metrics/metrics.go), under its names.
+#[derive(Debug)]
+pub struct KubeProxyMetrics {
+    /// `kubeproxy_sync_proxy_rules_duration_seconds`: each sync of the listeners, capture and
+    /// kernel rules with a snapshot.
+    pub sync_seconds: Histogram,
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: when the last one finished.
+    pub last_sync: Gauge<f64, AtomicU64>,
+    /// `kubeproxy_network_programming_duration_seconds`: from a change reaching Capstan to the
+    /// rules serving it being in force.
+    pub programming_seconds: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +152,28 @@ impl Metrics {
             "1 while the Kubernetes API server answers; while 0 the last snapshot is served",
             kube_api_up.clone(),
         );
+        let mut kube_proxy_registry = Registry::with_prefix("kubeproxy");
+        let kube_proxy = KubeProxyMetrics {
+            // kube-proxy's buckets: exponential from 1 ms, doubling, 15 of them.
+            sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            last_sync: Gauge::default(),
+            programming_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
+        };
+        kube_proxy_registry.register(
+            "sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            kube_proxy.sync_seconds.clone(),
+        );
+        kube_proxy_registry.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            kube_proxy.last_sync.clone(),
+        );
+        kube_proxy_registry.register(
+            "network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            kube_proxy.programming_seconds.clone(),
+        );
         registry.register_collector(Box::new(collector));
         registry.register_collector(Box::new(dns));
         registry.register_collector(Box::new(ingress));
@@ -150,13 +188,18 @@ impl Metrics {
             invalid_objects,
             kube_events,
             kube_api_up,
+            kube_proxy,
+            kube_proxy_registry,
         }
     }
 
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err()
+            || prometheus_client::encoding::text::encode(&mut out, &self.kube_proxy_registry)
+                .is_err()
+        {
             out.clear();
         }
         out

@@ -40,6 +40,10 @@ pub struct ListenerStatus {
     pub applied: Option<Generation>,
     /// The state of each frontend's listener.
     pub frontends: BTreeMap<Frontend, ListenerState>,
+    /// Syncs done (listeners, capture and kernel rules set for a snapshot), and how long the
+    /// last one took: kube-proxy's `sync_proxy_rules` figures.
+    pub syncs: u64,
+    pub last_sync: Duration,
 }
 
 /// What happened to one frontend's listener.
@@ -120,10 +124,12 @@ pub async fn run_listeners(
     // The shared TCP redirect port of each family (IPv4, IPv6), opened when first needed.
     let mut redirect_ports: [Option<u16>; 2] = [None, None];
     let mut retry = tokio::time::interval(BIND_RETRY);
+    let mut syncs = 0;
     loop {
         if let Some(links) = &links {
             links.refresh();
         }
+        let sync_started = std::time::Instant::now();
         let snapshot = snapshots.load();
         let kernel_ports: Vec<&Arc<capstan_table::ServicePortTable>> = match &snapshot {
             Some(snapshot) if kernel_mode => snapshot
@@ -252,9 +258,14 @@ pub async fn run_listeners(
                 next.insert(*frontend, state.clone());
             }
         }
+        if snapshot.is_some() {
+            syncs += 1;
+        }
         status.send_replace(ListenerStatus {
             applied: snapshot.as_ref().map(|s| s.generation),
             frontends: next,
+            syncs,
+            last_sync: sync_started.elapsed(),
         });
         drop(kernel_ports);
 

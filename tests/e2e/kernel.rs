@@ -282,6 +282,20 @@ async fn services_in_the_kernel_keep_kube_proxy_semantics_across_two_nodes() {
         moved.is_some(),
         "the removed endpoint still gets connections"
     );
+    // kube-proxy's sync metrics under its names, so its dashboards keep working: every sync,
+    // and the change above timed from its arrival to its rules being in force.
+    let metrics = agents[0].metrics();
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_network_programming_duration_seconds_count",
+    ] {
+        let count = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        assert!(count.is_some_and(|c| c >= 1.0), "{name} in\n{metrics}");
+    }
+    assert!(metrics.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
