@@ -63,7 +63,7 @@ fn ask_within(ns: &str, addr: SocketAddr, connect: Duration) -> std::io::Result<
 }
 
 /// Starts Capstan on node `i` of `cluster` against `api`, in its default Kubernetes mode.
-fn start_node(
+pub(crate) fn start_node(
     cluster: &Cluster,
     i: usize,
     api: &FakeApi,

@@ -2,6 +2,7 @@
 
 mod balance;
 mod capture;
+mod datapath_bench;
 mod deploy;
 mod dns;
 mod dns_spec;
