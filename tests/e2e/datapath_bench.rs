@@ -5,7 +5,7 @@
 //! second (connect, read one line, close). Ignored by default (it prints figures and asserts no
 //! timing): `benches/datapath.sh` runs it on a release build, as root.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use crate::kernel::start_node;
 use crate::support::TempDir;
 use crate::support::cluster::Cluster;
 use crate::support::kube_api::FakeApi;
-use crate::support::netns::{self, in_netns, tcp_backend};
+use crate::support::netns::{self, in_netns};
 
 /// Seconds per measurement (`DATAPATH_SECONDS`, default 5).
 fn seconds() -> u64 {
@@ -68,8 +68,12 @@ fn bulk(ns: &str, target: SocketAddr) -> (f64, f64) {
     (bits / 1e9, cpu / (bytes / 1e9).max(1e-9))
 }
 
-/// New connections per second from `ns` to `target` (each reads the backend's line), with two
-/// client threads.
+/// New connections per second from `ns` to `target`, with two client threads: each connection
+/// reads the backend's line and the client closes first, as HTTP clients do. (If the server
+/// closes first it keeps TIME_WAIT, and a client reusing a port within it through DNAT meets a
+/// challenge ACK, a reset and a SYN resent ~10 ms later: the client's initial sequence number
+/// and timestamp offset are derived from the VIP's tuple, not the endpoint's. kube-proxy's DNAT
+/// behaves the same; direct connections do not, so it would measure port reuse, not the path.)
 fn connection_rate(ns: &str, target: SocketAddr) -> f64 {
     let done = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds());
@@ -84,8 +88,8 @@ fn connection_rate(ns: &str, target: SocketAddr) -> f64 {
                         else {
                             continue;
                         };
-                        let mut line = Vec::new();
-                        if stream.read_to_end(&mut line).is_ok() && !line.is_empty() {
+                        let mut line = [0u8; 64];
+                        if stream.read(&mut line).is_ok_and(|n| n > 0) {
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -97,6 +101,28 @@ fn connection_rate(ns: &str, target: SocketAddr) -> f64 {
         let _ = thread.join();
     }
     done.load(Ordering::Relaxed) as f64 / seconds() as f64
+}
+
+/// A TCP backend in `ns` that writes a line and closes only after the client has (so the
+/// client, not the backend, keeps TIME_WAIT).
+fn greet_then_wait_backend(ns: &str, addr: SocketAddr) {
+    let listener = in_netns(ns, move || std::net::TcpListener::bind(addr).expect("bind"));
+    let (greeted, to_close) = std::sync::mpsc::channel::<TcpStream>();
+    // One thread accepts and greets, another waits for each client's close in turn (clients
+    // close right after the greeting), so no thread is spawned per connection.
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            if stream.write_all(b"s\n").is_ok() && greeted.send(stream).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for mut stream in to_close {
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+        }
+    });
 }
 
 struct Iperf(Child);
@@ -119,6 +145,14 @@ async fn datapath_direct_kernel_and_userspace() {
     let cluster = Cluster::new(1, 2);
     let node = &cluster.nodes[0];
     let (client, server) = (&node.pods[0], &node.pods[1]);
+    // Room for tens of thousands of connections a second from one client: the whole port
+    // range, and its own TIME_WAIT ports reused (it closes first).
+    for setting in [
+        "net.ipv4.ip_local_port_range=1024 65535",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        netns::run(&["ip", "netns", "exec", &client.ns, "sysctl", "-qw", setting]);
+    }
     let _iperf = Iperf(
         Command::new("ip")
             .args(["netns", "exec", &server.ns, "iperf3", "-s", "-p", "5201"])
@@ -126,7 +160,7 @@ async fn datapath_direct_kernel_and_userspace() {
             .spawn()
             .expect("iperf3 server"),
     );
-    tcp_backend(&server.ns, SocketAddr::from((server.ip, 8080)), "s");
+    greet_then_wait_backend(&server.ns, SocketAddr::from((server.ip, 8080)));
     let api = FakeApi::start_on(node.gateway().into()).await;
     api.apply_yaml(&format!(
         "{}{}",
