@@ -16,7 +16,7 @@ use crate::support::netns::{self, in_netns, udp_ask, udp_client, udp_peer_backen
 use crate::support::{Capstan, TempDir, eventually, path_str};
 
 /// A TCP backend in `ns`: answers each connection with `NAME PEER-IP` and closes it.
-fn named_peer_backend(ns: &str, addr: SocketAddr, name: &str) {
+pub(crate) fn named_peer_backend(ns: &str, addr: SocketAddr, name: &str) {
     let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind backend"));
     let name = name.to_owned();
     std::thread::spawn(move || {
@@ -29,7 +29,7 @@ fn named_peer_backend(ns: &str, addr: SocketAddr, name: &str) {
 }
 
 /// A TCP backend in `ns` that echoes each line back, for as long as the connection lasts.
-fn echo_backend(ns: &str, addr: SocketAddr) {
+pub(crate) fn echo_backend(ns: &str, addr: SocketAddr) {
     let listener = in_netns(ns, move || TcpListener::bind(addr).expect("bind echo"));
     std::thread::spawn(move || {
         for stream in listener.incoming().map_while(Result::ok) {
@@ -46,7 +46,7 @@ fn echo_backend(ns: &str, addr: SocketAddr) {
 }
 
 /// From `ns`: the backend's `(name, peer)` answer to a connection to `addr`.
-fn ask(ns: &str, addr: SocketAddr) -> std::io::Result<(String, String)> {
+pub(crate) fn ask(ns: &str, addr: SocketAddr) -> std::io::Result<(String, String)> {
     ask_within(ns, addr, Duration::from_secs(2))
 }
 
@@ -99,7 +99,7 @@ fn spawn_node(
 
 /// Waits until every frontend of `capstan`'s snapshot with endpoints is on the kernel path
 /// and `want` Services are known.
-fn wait_kernel(capstan: &Capstan, want: usize) {
+pub(crate) fn wait_kernel(capstan: &Capstan, want: usize) {
     capstan.wait_snapshot("Services on the kernel path", |s| {
         let services = s["services"].as_array().cloned().unwrap_or_default();
         services.len() >= want
@@ -113,7 +113,7 @@ fn wait_kernel(capstan: &Capstan, want: usize) {
     });
 }
 
-fn cluster(nodes: usize, pods: usize) -> Option<Cluster> {
+pub(crate) fn cluster(nodes: usize, pods: usize) -> Option<Cluster> {
     if !netns::available() {
         eprintln!("skipped: network namespace tests need root, ip and nft");
         return None;

@@ -12,6 +12,7 @@ mod http_support;
 mod ingress;
 mod ingress_spec;
 mod kernel;
+mod kernel_rollout;
 mod kernel_scale;
 mod kube;
 mod kube_proxy;
