@@ -6,7 +6,7 @@
 //! ClientIP affinity, and established connections outliving the agent.
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::capture::{READY, service, slice};
@@ -60,6 +60,29 @@ fn ask_within(ns: &str, addr: SocketAddr, connect: Duration) -> std::io::Result<
         let (name, peer) = answer.trim_end().split_once(' ').unwrap_or_default();
         Ok((name.to_owned(), peer.to_owned()))
     })
+}
+
+/// Publishes Service `name` with one port, `vip` → `endpoint` (a ready endpoint on node-0).
+pub(crate) fn single_endpoint_service(
+    api: &FakeApi,
+    name: &str,
+    (vip, port): (Ipv4Addr, u16),
+    (endpoint, target): (Ipv4Addr, u16),
+) {
+    api.apply_yaml(&format!(
+        "{}{}",
+        service(
+            name,
+            vip,
+            &format!("[{{name: {name}, port: {port}, targetPort: {target}}}]"),
+            ""
+        ),
+        slice(
+            name,
+            &format!("[{{name: {name}, port: {target}}}]"),
+            &[(endpoint, "node-0", READY)]
+        )
+    ));
 }
 
 /// Starts Capstan on node `i` of `cluster` against `api`, in its default Kubernetes mode.
@@ -307,20 +330,7 @@ async fn established_connections_outlive_a_crash_a_restart_and_a_clean_exit() {
     let (client, server) = (&node.pods[0], &node.pods[1]);
     echo_backend(&server.ns, SocketAddr::from((server.ip, 7000)));
     let api = FakeApi::start_on(node.gateway().into()).await;
-    api.apply_yaml(&format!(
-        "{}{}",
-        service(
-            "echo",
-            node.vip(1),
-            "[{name: echo, port: 7, targetPort: 7000}]",
-            ""
-        ),
-        slice(
-            "echo",
-            "[{name: echo, port: 7000}]",
-            &[(server.ip, "node-0", READY)]
-        )
-    ));
+    single_endpoint_service(&api, "echo", (node.vip(1), 7), (server.ip, 7000));
     let dir = TempDir::new("kernel-restart");
     let mut agent = start_node(&cluster, 0, &api, &dir, &[]);
     wait_kernel(&agent, 1);

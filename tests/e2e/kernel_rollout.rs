@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::capture::{READY, service, slice};
-use crate::kernel::{ask, cluster, named_peer_backend, start_node, wait_kernel};
+use crate::kernel::{
+    ask, cluster, named_peer_backend, single_endpoint_service, start_node, wait_kernel,
+};
 use crate::support::TempDir;
 use crate::support::kube_api::FakeApi;
 use crate::support::netns::in_netns;
@@ -103,20 +105,7 @@ async fn an_agent_restart_under_load_breaks_no_established_connection() {
     let (client, server) = (&node.pods[0], &node.pods[1]);
     crate::kernel::echo_backend(&server.ns, SocketAddr::from((server.ip, 7000)));
     let api = FakeApi::start_on(node.gateway().into()).await;
-    api.apply_yaml(&format!(
-        "{}{}",
-        service(
-            "echo",
-            node.vip(1),
-            "[{name: echo, port: 7, targetPort: 7000}]",
-            ""
-        ),
-        slice(
-            "echo",
-            "[{name: echo, port: 7000}]",
-            &[(server.ip, "node-0", READY)]
-        )
-    ));
+    single_endpoint_service(&api, "echo", (node.vip(1), 7), (server.ip, 7000));
     let dir = TempDir::new("kernel-restart-load");
     let mut agent = start_node(&cluster, 0, &api, &dir, &[]);
     wait_kernel(&agent, 1);
