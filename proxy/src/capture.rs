@@ -78,6 +78,9 @@ pub struct Redirect {
 pub struct Capture {
     pub redirects: BTreeMap<Frontend, Redirect>,
     pub drops: BTreeSet<Frontend>,
+    /// Frontends whose Service has no usable endpoint: not redirected, refused in filter
+    /// chains (TCP reset, ICMP port unreachable), as kube-proxy's `no-endpoint-services` map.
+    pub rejects: BTreeSet<Frontend>,
     /// Mark replies to Capstan's transparent upstream sockets for the local route back to them.
     pub preserve_source: bool,
 }
@@ -113,16 +116,8 @@ pub fn ruleset(capture: &Capture) -> String {
         set.push(redirect.port);
         set.push(redirect.local_port);
     }
-    let mut drops: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for frontend in capture.drops.iter().filter(|f| redirects.contains_key(f)) {
-        let Some((proto, family)) = map_of(frontend) else {
-            continue;
-        };
-        drops
-            .entry(format!("{proto}{family}"))
-            .or_default()
-            .push(format!("{} . {}", frontend.addr.ip(), frontend.addr.port()));
-    }
+    let drops = elements_by_set(capture.drops.iter().filter(|f| redirects.contains_key(f)));
+    let rejects = elements_by_set(capture.rejects.iter());
     let mut out = String::new();
     // Create-then-delete makes the delete valid whether or not the table exists; the whole
     // script is one transaction, so packets see the old table or the new one, never neither.
@@ -141,14 +136,16 @@ pub fn ruleset(capture: &Capture) -> String {
         let _ = writeln!(out, " }}");
     }
     for (name, address_type) in MAPS.iter().filter(|(name, _)| !name.ends_with("_local")) {
-        let _ = write!(
-            out,
-            "  set drop_{name} {{ type {address_type} . inet_service;"
-        );
-        if let Some(elements) = drops.get(*name) {
-            let _ = write!(out, " elements = {{ {} }};", elements.join(", "));
+        for (kind, elements) in [("drop", &drops), ("reject", &rejects)] {
+            let _ = write!(
+                out,
+                "  set {kind}_{name} {{ type {address_type} . inet_service;"
+            );
+            if let Some(elements) = elements.get(*name) {
+                let _ = write!(out, " elements = {{ {} }};", elements.join(", "));
+            }
+            let _ = writeln!(out, " }}");
         }
-        let _ = writeln!(out, " }}");
     }
     for (proto, list) in &mut ports {
         list.sort_unstable();
@@ -170,22 +167,7 @@ pub fn ruleset(capture: &Capture) -> String {
             }
         }
     };
-    // Drops come before the redirects: a filter chain just ahead of NAT, as kube-proxy's.
-    for (chain, hook) in [("drop_prerouting", "prerouting"), ("drop_output", "output")] {
-        let _ = writeln!(
-            out,
-            "  chain {chain} {{\n    type filter hook {hook} priority -110; policy accept;"
-        );
-        for (family, nfproto, daddr) in FAMILIES {
-            for proto in ["tcp", "udp"] {
-                let _ = writeln!(
-                    out,
-                    "    meta nfproto {nfproto} {daddr} daddr . {proto} dport @drop_{proto}{family} drop"
-                );
-            }
-        }
-        let _ = writeln!(out, "  }}");
-    }
+    filter_chains(&mut out);
     let _ = writeln!(
         out,
         "  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;"
@@ -223,6 +205,56 @@ pub fn ruleset(capture: &Capture) -> String {
     let _ = writeln!(out, "  }}");
     let _ = writeln!(out, "}}");
     out
+}
+
+/// `address . port` elements of the frontends, by the set suffix (`tcp4`, …) they belong in.
+fn elements_by_set<'a>(
+    frontends: impl Iterator<Item = &'a Frontend>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for frontend in frontends {
+        if let Some((proto, family)) = map_of(frontend) {
+            sets.entry(format!("{proto}{family}"))
+                .or_default()
+                .push(format!("{} . {}", frontend.addr.ip(), frontend.addr.port()));
+        }
+    }
+    sets
+}
+
+/// The filter chains just ahead of NAT (priority -110, as kube-proxy's): drops in prerouting and
+/// output, and refusals where `reject` is allowed (forward for VIPs routed through the node,
+/// input for VIPs that are local addresses, output for the node's own traffic).
+fn filter_chains(out: &mut String) {
+    let chains = [
+        ("drop_prerouting", "prerouting", false),
+        ("drop_output", "output", true),
+        ("reject_forward", "forward", true),
+        ("reject_input", "input", true),
+    ];
+    for (chain, hook, rejects) in chains {
+        let _ = writeln!(
+            out,
+            "  chain {chain} {{\n    type filter hook {hook} priority -110; policy accept;"
+        );
+        for (family, nfproto, daddr) in FAMILIES {
+            for proto in ["tcp", "udp"] {
+                let select = format!("meta nfproto {nfproto} {daddr} daddr . {proto} dport");
+                if hook == "prerouting" || hook == "output" {
+                    let _ = writeln!(out, "    {select} @drop_{proto}{family} drop");
+                }
+                if rejects {
+                    let with = if proto == "tcp" {
+                        " with tcp reset"
+                    } else {
+                        ""
+                    };
+                    let _ = writeln!(out, "    {select} @reject_{proto}{family} reject{with}");
+                }
+            }
+        }
+        let _ = writeln!(out, "  }}");
+    }
 }
 
 /// The protocol and family naming the maps and sets of `frontend` (`tcp` and `4` for
@@ -295,6 +327,7 @@ impl Nftables {
         info!(
             captured = capture.redirects.len(),
             dropped = capture.drops.len(),
+            refused = capture.rejects.len(),
             "nftables capture applied"
         );
         let previous = self.applied.replace(capture.clone()).unwrap_or_default();
@@ -495,6 +528,10 @@ mod tests {
         let script = ruleset(&Capture {
             redirects,
             drops,
+            rejects: BTreeSet::from([
+                frontend("10.96.0.11:80", Protocol::Tcp),
+                frontend("10.96.0.11:53", Protocol::Udp),
+            ]),
             preserve_source: false,
         });
         let line = |name: &str| {
@@ -513,6 +550,14 @@ mod tests {
         assert!(line("set udp_ports").contains("elements = { 40001, 40002 }"));
         assert!(line("set drop_udp4").contains("elements = { 10.96.0.10 . 53 }"));
         assert!(!line("set drop_tcp4").contains("elements"));
+        // No endpoints: refused by the table (kube-proxy's reject), TCP with a reset.
+        assert!(line("set reject_tcp4").contains("elements = { 10.96.0.11 . 80 }"));
+        assert!(line("set reject_udp4").contains("elements = { 10.96.0.11 . 53 }"));
+        assert!(script.contains(
+            "type filter hook forward priority -110; policy accept;\n    \
+             meta nfproto ipv4 ip daddr . tcp dport @reject_tcp4 reject with tcp reset\n    \
+             meta nfproto ipv4 ip daddr . udp dport @reject_udp4 reject\n"
+        ));
         // Unspecified addresses (NodePorts bound directly) and SCTP are never captured.
         assert!(!script.contains("30080") && !script.contains("40005"));
         assert!(!script.contains("40006"));

@@ -151,11 +151,7 @@ pub async fn run_listeners(
                 .frontends
                 .keys()
                 .filter(|frontend| !in_kernel.contains(frontend))
-                .filter(|frontend| {
-                    let redirected =
-                        capture == CaptureMode::Nftables && !frontend.addr.ip().is_unspecified();
-                    redirected || !refused(snapshot, frontend)
-                })
+                .filter(|frontend| !refused(snapshot, frontend))
                 .copied()
                 .collect(),
         };
@@ -229,9 +225,19 @@ pub async fn run_listeners(
                 .filter_map(|(frontend, open)| Some((*frontend, open.redirect?)))
                 .collect();
             let drops = dropping(snapshot, &redirects);
+            // Refused frontends are not redirected: the table refuses them itself.
+            let rejects = snapshot
+                .proxy
+                .frontends
+                .keys()
+                .filter(|f| !f.addr.ip().is_unspecified() && !in_kernel.contains(f))
+                .filter(|f| refused(snapshot, f))
+                .copied()
+                .collect();
             let wanted = Capture {
                 redirects,
                 drops,
+                rejects,
                 preserve_source,
             };
             if let Err(error) = nftables.apply(&wanted).await {
@@ -291,8 +297,8 @@ pub async fn run_listeners(
 /// Whether `frontend`'s Service port has no usable endpoint at all. kube-proxy rejects such
 /// connections (pkg/proxy/nftables/proxier.go, the `no-endpoint-services` map → `reject`): a
 /// frontend Capstan binds itself gets no socket then, so the kernel refuses at once (TCP RST,
-/// ICMP port unreachable) instead of a connection accepted and reset. The socket is opened
-/// again with the first endpoint.
+/// ICMP port unreachable) instead of a connection accepted and reset, and a captured one is not
+/// redirected but rejected by the capture table. Both change back with the first endpoint.
 fn refused(snapshot: &Snapshot, frontend: &Frontend) -> bool {
     snapshot.proxy.target(frontend).is_some_and(|target| {
         let set = target.port.endpoints_for(target.scope);
