@@ -310,6 +310,8 @@ pub struct Nftables {
     routing: bool,
     /// Whether the missing `conntrack` tool was already reported.
     conntrack_missing: bool,
+    /// Whether [`Nftables::clear`] has removed every trace (until the next apply).
+    cleared: bool,
 }
 
 impl Nftables {
@@ -324,6 +326,7 @@ impl Nftables {
             self.routing = true;
         }
         nft(&ruleset(capture)).await?;
+        self.cleared = false;
         info!(
             captured = capture.redirects.len(),
             dropped = capture.drops.len(),
@@ -348,6 +351,26 @@ impl Nftables {
         match nft(&format!("delete table inet {TABLE}\n")).await {
             Ok(()) => info!("nftables capture removed"),
             Err(error) => warn!(%error, "nftables table not removed"),
+        }
+    }
+
+    /// Removes the table and the policy route, including a table an earlier run left: on the
+    /// kernel path with nothing for user space, so no packet pays for the capture's lookups.
+    pub async fn clear(&mut self) {
+        if self.cleared {
+            return;
+        }
+        if std::mem::take(&mut self.routing) {
+            remove_routing().await;
+        }
+        self.applied = None;
+        match nft(&format!(
+            "add table inet {TABLE}\ndelete table inet {TABLE}\n"
+        ))
+        .await
+        {
+            Ok(()) => self.cleared = true,
+            Err(error) => warn!(%error, "nftables capture table not removed; retrying"),
         }
     }
 

@@ -240,7 +240,11 @@ pub async fn run_listeners(
                 rejects,
                 preserve_source,
             };
-            if let Err(error) = nftables.apply(&wanted).await {
+            let user_space_empty =
+                wanted.redirects.is_empty() && wanted.drops.is_empty() && wanted.rejects.is_empty();
+            if kernel_mode && user_space_empty {
+                nftables.clear().await;
+            } else if let Err(error) = nftables.apply(&wanted).await {
                 warn!(%error, "nftables capture not applied; retrying");
                 for frontend in wanted.redirects.keys() {
                     next.insert(*frontend, ListenerState::CaptureFailed(error.to_string()));

@@ -273,7 +273,11 @@ fn pods_reach_cluster_ips_and_node_ports_with_kube_proxy_semantics() {
             .expect("redirect port")
     };
     let port = redirect_port(vip(1));
-    assert!([2, 3, 4, 6, 7].iter().all(|n| redirect_port(vip(*n)) == port));
+    assert!(
+        [2, 3, 4, 6, 7]
+            .iter()
+            .all(|n| redirect_port(vip(*n)) == port)
+    );
     let direct = SocketAddr::from((node.ip, u16::try_from(port).expect("port")));
     assert!(
         greet_from(client, direct).is_err(),

@@ -216,6 +216,21 @@ async fn services_in_the_kernel_keep_kube_proxy_semantics_across_two_nodes() {
             );
         }
     }
+    // Every Service is on the kernel path: the user-space capture table and its policy route
+    // are not installed, so no packet pays for their lookups.
+    for node in &cluster.nodes {
+        let capture = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", &node.ns, "nft", "list", "table", "inet", "capstan",
+            ])
+            .output()
+            .expect("nft");
+        assert!(
+            !capture.status.success(),
+            "{}",
+            String::from_utf8_lossy(&capture.stdout)
+        );
+    }
     let tcp = |n: u8| SocketAddr::from((vip(n), 80));
 
     // Pod → ClusterIP on each node reaches endpoints on both nodes, which see the pod's address.
