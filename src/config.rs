@@ -9,8 +9,8 @@ use capstan_proxy::kernel::Datapath;
 use capstan_proxy::source::Prefix;
 use clap::{Args, Parser, Subcommand};
 
-/// Capstan: one node agent for Service load balancing (kube-proxy), and later cluster DNS and
-/// ingress, fed by Kubernetes manifests and `capstan.yaml` files.
+/// Capstan: one node agent for Service load balancing (kube-proxy), cluster DNS (CoreDNS) and
+/// ingress, fed by the Kubernetes API, Kubernetes manifests and `capstan.yaml` files.
 #[derive(Debug, Parser)]
 #[command(name = "capstan", version)]
 pub struct Cli {
