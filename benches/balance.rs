@@ -39,6 +39,8 @@ fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
         policy,
         affinity,
         timeouts: Timeouts::default(),
+        health: None,
+        outlier: Default::default(),
         endpoints,
         internal: set.clone(),
         external: set,

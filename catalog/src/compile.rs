@@ -378,6 +378,8 @@ fn compile_port(
         policy: service.balance.unwrap_or(options.balance),
         affinity: service.session_affinity,
         timeouts,
+        health: service.policy.health.clone().map(Arc::new),
+        outlier: service.policy.outlier,
         endpoints,
         internal,
         external,

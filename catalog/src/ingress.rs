@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
+use capstan_table::{BackendPort, PathType, RoutePolicy, ServiceKey, TlsCertificate};
 
 use crate::{CatalogError, Origin};
 
 /// An Ingress: host/path rules to Service backends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Ingress {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
@@ -19,6 +19,8 @@ pub struct Ingress {
     pub tls: Vec<IngressTls>,
     /// `capstan.yaml` routes are always Capstan's, whatever the IngressClasses say.
     pub origin: Origin,
+    /// Retries, rate limits and request limits of every route of this Ingress.
+    pub policy: Arc<RoutePolicy>,
 }
 
 /// One `spec.tls[]` entry.
@@ -40,7 +42,7 @@ pub struct TlsSecret {
 }
 
 /// One `spec.rules[]` entry.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IngressRule {
     /// `None` matches every host; `*.example.com` one label of `example.com`.
     pub host: Option<String>,
@@ -48,11 +50,13 @@ pub struct IngressRule {
 }
 
 /// One `http.paths[]` entry. ImplementationSpecific is read as Prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct IngressPath {
     pub path: String,
     pub path_type: PathType,
     pub backend: IngressBackend,
+    /// This path's own policy (`capstan.yaml` routes); `None`: the Ingress's.
+    pub policy: Option<Arc<RoutePolicy>>,
 }
 
 /// A Service port in the Ingress's namespace.

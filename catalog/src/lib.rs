@@ -1,6 +1,7 @@
 //! Desired state and the pure compile step.
 //!
-//! Owns: the validated, defaulted catalog entries ([`Service`], [`EndpointSlice`]), the [`Update`]s
+//! Owns: the validated, defaulted catalog entries ([`Service`], [`EndpointSlice`]), the traffic
+//! policy vocabulary ([`route_policy`], [`service_policy`]), the [`Update`]s
 //! sources send, [`Catalog::apply`], and [`compile`], which turns a catalog (plus the previous
 //! snapshot, for carried-over state) into one immutable [`capstan_table::Snapshot`].
 //!
@@ -12,6 +13,7 @@ mod compile;
 mod error;
 mod ingress;
 mod model;
+mod policy;
 
 pub use catalog::{Catalog, Object, ObjectId, Revision, SourceId, Update};
 pub use compile::{CompileOptions, DnsOptions, IngressOptions, NodeTopology, categorize, compile};
@@ -22,4 +24,8 @@ pub use ingress::{
 pub use model::{
     EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
     TrafficDistribution, TrafficPolicy,
+};
+pub use policy::{
+    ANNOTATION_PREFIX, ROUTE_KEYS, SERVICE_KEYS, ServicePolicy, capstan_annotations, duration,
+    route_policy, service_policy,
 };

@@ -45,6 +45,8 @@ pub struct Service {
     pub traffic_distribution: Option<TrafficDistribution>,
     /// `spec.healthCheckNodePort` (LoadBalancer with `externalTrafficPolicy: Local`).
     pub health_check_node_port: Option<u16>,
+    /// Active health checks and outlier ejection (`capstan.dev/*` annotations).
+    pub policy: crate::ServicePolicy,
 }
 
 /// `spec.trafficDistribution`.
@@ -163,6 +165,7 @@ impl Service {
             headless_label: false,
             traffic_distribution: None,
             health_check_node_port: None,
+            policy: crate::ServicePolicy::default(),
         }
     }
 

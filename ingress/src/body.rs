@@ -1,5 +1,5 @@
-//! Streaming bodies in both directions, never buffered: the request body as it goes upstream
-//! (counted per route), and the response body as it goes to the client, which carries the
+//! Streaming bodies in both directions: the request body as it goes upstream (counted per route;
+//! buffered whole only when a retry or a size limit needs it), and the response body as it goes to the client, which carries the
 //! request's [`Completion`] so counters, the endpoint's in-flight count and the access log are
 //! settled exactly when the response ends or is abandoned.
 
@@ -22,6 +22,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 pub(crate) enum RequestBody {
     Empty,
+    /// Buffered whole (so the request can be retried, or its size was checked).
+    Full(Option<Bytes>),
     Stream {
         inner: Incoming,
         stats: Arc<RouteStats>,
@@ -60,6 +62,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Stream { inner, stats } => {
                 let polled = Pin::new(inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -77,6 +80,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Full(bytes) => bytes.is_none(),
             RequestBody::Stream { inner, .. } => inner.is_end_stream(),
         }
     }
@@ -84,9 +88,34 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             RequestBody::Stream { inner, .. } => inner.size_hint(),
         }
     }
+}
+
+/// Reads a request body whole, up to `limit` bytes; `Ok(None)` when it is longer. Counts the
+/// bytes on the route.
+pub(crate) async fn buffer(
+    mut body: Incoming,
+    limit: u64,
+    stats: &RouteStats,
+) -> Result<Option<Bytes>, hyper::Error> {
+    let mut buffered = bytes::BytesMut::new();
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        if let Ok(data) = frame?.into_data() {
+            stats
+                .bytes_from_client
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            if (buffered.len() + data.len()) as u64 > limit {
+                return Ok(None);
+            }
+            buffered.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buffered.freeze()))
 }
 
 // === impl UpstreamBody ===

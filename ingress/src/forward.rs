@@ -1,16 +1,15 @@
 //! One request through the ingress: host check → snapshot load → https redirect → route →
-//! endpoint choice → upstream request over a pooled connection (one retry on another endpoint
-//! when a connect fails and the request is safe to repeat) → streamed response. WebSocket
-//! upgrades are relayed byte for byte once both sides have switched.
+//! admission (allow-list, size, rate limits) → body buffered when a retry or a limit needs it →
+//! attempts at endpoints under the route's retry policy ([`attempt`]) → streamed response.
+//! WebSocket upgrades are relayed byte for byte once both sides have switched.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 
-use capstan_proxy::{balance, now_ms};
 use capstan_table::{Route, UpstreamProtocol};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -21,16 +20,17 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
+mod attempt;
+
 use crate::IngressConfig;
-use crate::body::{RequestBody, ResponseBody, UpstreamBody};
+use crate::admission::{self, Refused};
+use crate::body::{self, RequestBody, ResponseBody};
 use crate::completion::{AccessLog, Completion, LogEntry};
-use crate::headers::{self, BadRequest, Forwarding, is_idempotent};
+use crate::headers::{self, BadRequest, Forwarding};
 use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
 use crate::routing::{Routed, normalize_host, route_host};
 
-/// Endpoints tried per request at most (the first, and one retry after a failed connect).
-const MAX_ATTEMPTS: usize = 2;
 /// ACME HTTP-01 challenges must reach their solver over plain HTTP (ingress-nginx exempts them
 /// from the https redirect too).
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
@@ -115,6 +115,41 @@ impl Forwarder {
         }
     }
 
+    /// The body to send upstream: buffered whole when the route may retry it (declared length
+    /// within `retry-body-limit`) or must check its size (`max-body-size` with no declared
+    /// length), streamed otherwise.
+    async fn request_body(
+        &self,
+        route: &Route,
+        body: Incoming,
+        declared: Option<u64>,
+        upgrade: bool,
+    ) -> Result<attempt::Body, Refused> {
+        if body.is_end_stream() {
+            return Ok(attempt::Body::Replayable(None));
+        }
+        let policy = &route.policy;
+        let retry_limit = (policy.retry.retries > 0 && !upgrade)
+            .then_some(policy.retry.body_limit)
+            .filter(|&limit| declared.is_some_and(|length| length <= limit));
+        let size_limit = policy.max_body_bytes.filter(|_| declared.is_none());
+        let Some(limit) = retry_limit.or(size_limit) else {
+            return Ok(attempt::Body::Streamed(Some(RequestBody::Stream {
+                inner: body,
+                stats: route.stats.clone(),
+            })));
+        };
+        let read = body::buffer(body, limit, &route.stats);
+        match tokio::time::timeout(self.shared.config.request_timeout, read).await {
+            Ok(Ok(Some(bytes))) => Ok(attempt::Body::Replayable(Some(bytes))),
+            Ok(Ok(None)) => {
+                route.state.body_too_large.fetch_add(1, Ordering::Relaxed);
+                Err(Refused::TooLarge)
+            }
+            Ok(Err(_)) | Err(_) => Err(Refused::BodyUnreadable),
+        }
+    }
+
     pub(crate) async fn handle(
         &self,
         conn: &ConnInfo,
@@ -184,134 +219,34 @@ impl Forwarder {
             );
         }
 
+        let now_us = capstan_proxy::now_us();
+        let declared = request.body().size_hint().exact();
+        if let Err(refused) = admission::admit(&route, conn.peer.ip(), declared, now_us) {
+            return refuse(done, refused);
+        }
+
         let upgrade = headers::is_upgrade(&request);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // Bodiless requests to HTTP/1.1 upstreams take the inline client, which writes the
         // upstream head straight from the client's headers; the others get them rewritten.
         let inline = route.protocol == UpstreamProtocol::Http1 && !upgrade && body.is_end_stream();
-        let mut inline_head = BytesMut::new();
-        if inline {
-            headers::encode_upstream_head(
-                &parts.method,
-                path_and_query,
-                &parts.headers,
-                &conn.forwarding,
-                &host,
-                &mut inline_head,
-            );
-        } else {
-            headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-            headers::set_forwarded(&mut parts.headers, &conn.forwarding, &host);
-            if !parts.headers.contains_key(header::HOST)
-                && let Ok(value) = HeaderValue::from_str(&host)
-            {
-                parts.headers.insert(header::HOST, value);
-            }
-        }
-        let (client, version) = match route.protocol {
-            UpstreamProtocol::Http1 => (&self.http1, Version::HTTP_11),
-            UpstreamProtocol::H2c => (&self.h2c, Version::HTTP_2),
+        let inline = upstream_headers(&mut parts, conn, &host, inline, upgrade);
+        let body = match self.request_body(&route, body, declared, upgrade).await {
+            Ok(body) => body,
+            Err(refused) => return refuse(done, refused),
         };
-        // A retry needs another endpoint, and a request that can be sent twice.
-        let retryable =
-            eligible.len() > 1 && !upgrade && is_idempotent(&parts.method) && body.is_end_stream();
-        let mut body = Some(if body.is_end_stream() {
-            RequestBody::Empty
-        } else {
-            RequestBody::Stream {
-                inner: body,
-                stats: route.stats.clone(),
-            }
-        });
-
-        let mut rng = fastrand::Rng::new();
-        let mut tried: Vec<SocketAddr> = Vec::new();
-        let response = loop {
-            let now = now_ms();
-            let Some(endpoint) = balance::choose_with(
-                shared.config.balance,
-                &upstream,
-                eligible,
-                conn.peer.ip(),
-                &tried,
-                now,
-                &mut rng,
-            ) else {
-                route.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                return reply(done, StatusCode::BAD_GATEWAY, "upstream connect failed\n");
-            };
-            done.hold(endpoint.clone());
-            let sent = Instant::now();
-            let attempt = if inline {
-                let request = http1::Bodiless {
-                    method: &parts.method,
-                    head: &inline_head,
-                };
-                let exchange = http1::send(endpoint.addr, request, self.inline);
-                match tokio::time::timeout(shared.config.request_timeout, exchange).await {
-                    Ok(Ok(response)) => Ok(response.map(UpstreamBody::Inline)),
-                    Ok(Err(http1::SendError::Connect(error))) => {
-                        Err(Failed::Connect(error.to_string()))
-                    }
-                    Ok(Err(http1::SendError::Exchange(error))) => {
-                        Err(Failed::Request(error.to_string()))
-                    }
-                    Err(_elapsed) => Err(Failed::Timeout),
-                }
-            } else {
-                let Ok(uri) = Uri::try_from(format!("http://{}{path_and_query}", endpoint.addr))
-                else {
-                    return reply(done, StatusCode::BAD_REQUEST, "invalid request target\n");
-                };
-                let mut upstream_request = Request::new(body.take().unwrap_or(RequestBody::Empty));
-                *upstream_request.method_mut() = parts.method.clone();
-                *upstream_request.uri_mut() = uri;
-                *upstream_request.version_mut() = version;
-                *upstream_request.headers_mut() = if retryable && tried.len() + 1 < MAX_ATTEMPTS {
-                    parts.headers.clone()
-                } else {
-                    std::mem::take(&mut parts.headers)
-                };
-                let exchange = client.request(upstream_request);
-                match tokio::time::timeout(shared.config.request_timeout, exchange).await {
-                    Ok(Ok(response)) => Ok(response.map(UpstreamBody::Hyper)),
-                    Ok(Err(error)) if error.is_connect() => Err(Failed::Connect(error.to_string())),
-                    Ok(Err(error)) => Err(Failed::Request(error.to_string())),
-                    Err(_elapsed) => Err(Failed::Timeout),
-                }
-            };
-            match attempt {
-                Ok(response) => {
-                    endpoint.stats.record_success();
-                    endpoint.stats.record_latency(sent.elapsed());
-                    break response;
-                }
-                Err(Failed::Connect(error)) => {
-                    endpoint.stats.record_failure(now_ms(), &upstream.timeouts);
-                    debug!(endpoint = %endpoint.addr, %error, "upstream connect failed");
-                    tried.push(endpoint.addr);
-                    if retryable && tried.len() < MAX_ATTEMPTS && tried.len() < eligible.len() {
-                        shared.metrics.retries.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    route.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    return reply(done, StatusCode::BAD_GATEWAY, "upstream connect failed\n");
-                }
-                Err(Failed::Request(error)) => {
-                    debug!(endpoint = %endpoint.addr, %error, "upstream request failed");
-                    route.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                    return reply(done, StatusCode::BAD_GATEWAY, "upstream request failed\n");
-                }
-                Err(Failed::Timeout) => {
-                    route
-                        .stats
-                        .upstream_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
-                    return reply(done, StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n");
-                }
-            }
+        let request = attempt::Prepared {
+            route: &route,
+            upstream: &upstream,
+            parts,
+            inline,
+            body,
+            client: conn.peer.ip(),
+        };
+        let response = match self.send(request, &mut done).await {
+            Ok(response) => response,
+            Err(failed) => return failed.reply(done),
         };
 
         let mut response = response;
@@ -327,14 +262,6 @@ impl Forwarder {
         done.status = parts.status.as_u16();
         Response::from_parts(parts, ResponseBody::upstream(body, done))
     }
-}
-
-/// Why one attempt at an endpoint failed.
-enum Failed {
-    /// No connection: the request never left, so another endpoint may be tried.
-    Connect(String),
-    Request(String),
-    Timeout,
 }
 
 /// Relays an upgraded connection (WebSocket) in both directions until either side closes. It
@@ -356,6 +283,63 @@ async fn tunnel(
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     metrics.upgraded.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Rewrites the request's headers for the upstream; for the inline client (`inline`), encodes
+/// the whole upstream head instead and returns it.
+fn upstream_headers(
+    parts: &mut http::request::Parts,
+    conn: &ConnInfo,
+    host: &str,
+    inline: bool,
+    upgrade: bool,
+) -> Option<BytesMut> {
+    if inline {
+        let mut head = BytesMut::new();
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        headers::encode_upstream_head(
+            &parts.method,
+            path_and_query,
+            &parts.headers,
+            &conn.forwarding,
+            host,
+            &mut head,
+        );
+        return Some(head);
+    }
+    headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(&mut parts.headers, &conn.forwarding, host);
+    if !parts.headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        parts.headers.insert(header::HOST, value);
+    }
+    None
+}
+
+/// The answer to a request its route's policy turned away.
+fn refuse(done: Completion, refused: Refused) -> Response<ResponseBody> {
+    match refused {
+        Refused::Forbidden => reply(done, StatusCode::FORBIDDEN, "forbidden\n"),
+        Refused::TooLarge => reply(
+            done,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large\n",
+        ),
+        Refused::BodyUnreadable => reply(
+            done,
+            StatusCode::BAD_REQUEST,
+            "request body could not be read\n",
+        ),
+        Refused::RateLimited(wait) => {
+            let mut response = reply(done, StatusCode::TOO_MANY_REQUESTS, "rate limited\n");
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                admission::retry_after_seconds(wait).into(),
+            );
+            response
+        }
+    }
 }
 
 /// A short answer of Capstan's own.

@@ -11,6 +11,7 @@
 //! Must not import: `catalog`, the sources, or anything Kubernetes; only `table` and `proxy`
 //! (balance, listeners, clock). Each request loads the snapshot once and never locks.
 
+mod admission;
 mod body;
 mod completion;
 mod error;
@@ -19,6 +20,7 @@ mod headers;
 pub mod http1;
 mod idle;
 mod metrics;
+mod outlier;
 mod routing;
 mod server;
 mod tls;

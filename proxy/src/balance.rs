@@ -14,9 +14,10 @@ const AFFINITY_REFRESH_MS: u64 = 1_000;
 
 /// Chooses an endpoint of `eligible` for a connection from `client`.
 ///
-/// Endpoints in `tried` (this connection's failed attempts) are skipped. Ejected endpoints are
-/// skipped unless every remaining one is ejected (see `Candidates::new`). `sessionAffinity: ClientIP` returns the client's previous endpoint
-/// while it is eligible and the entry has not expired.
+/// Endpoints in `tried` (this connection's failed attempts) are skipped. Ejected and unhealthy
+/// endpoints are skipped unless every remaining one is (see `Candidates::new`).
+/// `sessionAffinity: ClientIP` returns the client's previous endpoint while it is eligible and
+/// the entry has not expired.
 pub fn choose(
     port: &ServicePortTable,
     eligible: &[Arc<Endpoint>],
@@ -66,8 +67,8 @@ pub fn choose_with(
             let next = port.state.round_robin.fetch_add(1, Ordering::Relaxed);
             candidates.get(next % candidates.len())
         }
-        BalancePolicy::LeastConnections => power_of_two(&candidates, rng, in_flight),
-        BalancePolicy::PeakEwma => power_of_two(&candidates, rng, peak_ewma_cost),
+        BalancePolicy::LeastConnections => power_of_two(&candidates, rng, now_ms, in_flight, false),
+        BalancePolicy::PeakEwma => power_of_two(&candidates, rng, now_ms, peak_ewma_cost, true),
     };
     if let Some((table, timeout_ms)) = &affinity {
         if table.len() >= AFFINITY_SWEEP_AT {
@@ -78,11 +79,21 @@ pub fn choose_with(
     Some(Arc::clone(chosen))
 }
 
-/// Two distinct random candidates; the one with the lower `cost` wins (ties: the first).
+/// One choice in this many between two endpoints takes the one whose latency was sampled longest
+/// ago, whatever the costs say. Decay alone cannot save an endpoint on a busy keep-alive
+/// connection: 600 requests may take 100 ms, far less than the decay's τ. The probe bounds a
+/// slow endpoint's share to about `1 / (PROBE_ONE_IN × endpoints)` while making sure every
+/// endpoint keeps being measured.
+const PROBE_ONE_IN: u32 = 16;
+
+/// Two distinct random candidates; the one with the lower `cost` wins (ties: the first). With
+/// `probe`, one choice in [`PROBE_ONE_IN`] takes the one whose latency was sampled longest ago.
 fn power_of_two<'a>(
     candidates: &Candidates<'a>,
     rng: &mut fastrand::Rng,
-    cost: fn(&Endpoint, &Endpoint) -> (u64, u64),
+    now_ms: u64,
+    cost: fn(&Endpoint, &Endpoint, u64) -> (u64, u64),
+    probe: bool,
 ) -> &'a Arc<Endpoint> {
     if candidates.len() == 1 {
         return candidates.get(0);
@@ -92,28 +103,33 @@ fn power_of_two<'a>(
     if b >= a {
         b += 1;
     }
-    let (cost_a, cost_b) = cost(candidates.get(a), candidates.get(b));
-    if cost_b < cost_a {
-        candidates.get(b)
-    } else {
-        candidates.get(a)
+    let (a, b) = (candidates.get(a), candidates.get(b));
+    if probe && rng.u32(..PROBE_ONE_IN) == 0 {
+        let observed = |e: &Endpoint| e.stats.latency_observed_ms.load(Ordering::Relaxed);
+        return if observed(b) < observed(a) { b } else { a };
     }
+    let (cost_a, cost_b) = cost(a, b, now_ms);
+    if cost_b < cost_a { b } else { a }
 }
 
-fn in_flight(a: &Endpoint, b: &Endpoint) -> (u64, u64) {
+fn in_flight(a: &Endpoint, b: &Endpoint, _now_ms: u64) -> (u64, u64) {
     let load = |e: &Endpoint| e.stats.in_flight.load(Ordering::Relaxed);
     (load(a), load(b))
 }
 
-/// `(in-flight + 1) × latency EWMA`. While either endpoint has no latency sample yet, only
-/// in-flight requests count, so a new endpoint is neither flooded nor starved.
-fn peak_ewma_cost(a: &Endpoint, b: &Endpoint) -> (u64, u64) {
-    let ewma = |e: &Endpoint| e.stats.latency_ewma_us.load(Ordering::Relaxed);
-    let (ewma_a, ewma_b) = (ewma(a), ewma(b));
-    let (load_a, load_b) = in_flight(a, b);
-    if ewma_a == 0 || ewma_b == 0 {
-        return (load_a, load_b);
+/// `(in-flight + 1) × latency estimate`, the estimate decayed with the time since its last
+/// sample. An endpoint without a sample yet (new) is given its rival's estimate: a neutral start,
+/// so only in-flight requests decide and it is neither flooded nor starved.
+fn peak_ewma_cost(a: &Endpoint, b: &Endpoint, now_ms: u64) -> (u64, u64) {
+    let ewma = |e: &Endpoint| e.stats.decayed_latency_us(now_ms);
+    let (mut ewma_a, mut ewma_b) = (ewma(a), ewma(b));
+    if ewma_a == 0 {
+        ewma_a = ewma_b.max(1);
     }
+    if ewma_b == 0 {
+        ewma_b = ewma_a;
+    }
+    let (load_a, load_b) = in_flight(a, b, now_ms);
     (
         (load_a + 1).saturating_mul(ewma_a),
         (load_b + 1).saturating_mul(ewma_b),
@@ -128,10 +144,11 @@ enum Candidates<'a> {
 }
 
 impl<'a> Candidates<'a> {
-    /// Untried endpoints that are not ejected; if every untried one is ejected, all untried ones
-    /// (ejection is ignored rather than refusing: Envoy's panic threshold).
+    /// Untried endpoints that are neither ejected nor marked down by active health checks; if
+    /// every untried one is, all untried ones (ignored rather than refusing: Envoy's panic
+    /// threshold).
     fn new(eligible: &'a [Arc<Endpoint>], tried: &[SocketAddr], now_ms: u64) -> Self {
-        let ejected = |e: &Arc<Endpoint>| e.stats.is_ejected(now_ms);
+        let ejected = |e: &Arc<Endpoint>| !e.stats.is_available(now_ms);
         if tried.is_empty() && !eligible.iter().any(ejected) {
             return Candidates::All(eligible);
         }

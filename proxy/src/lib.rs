@@ -25,7 +25,7 @@ mod workers;
 
 pub use capstan_sockets::PortLock;
 pub use capture::{Capture, CaptureMode, CaptureSettings, Redirect};
-pub use clock::now_ms;
+pub use clock::{now_ms, now_us};
 pub use error::ProxyError;
 pub use listen::{ListenerState, ListenerStatus, bind_all, run_listeners};
 pub use workers::{Workers, raise_open_files_limit};

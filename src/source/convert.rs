@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use capstan_catalog::{
-    EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,
-    TrafficDistribution, TrafficPolicy,
+    ANNOTATION_PREFIX, EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint,
+    SlicePort, TargetPort, TrafficDistribution, TrafficPolicy, capstan_annotations, service_policy,
 };
 use capstan_table::{BalancePolicy, EndpointConditions, Protocol, ServiceKey};
 use k8s_openapi::api::core::v1 as core;
@@ -171,6 +171,11 @@ pub fn service(object: &core::Service) -> Result<Service, Error> {
             .labels
             .as_ref()
             .is_some_and(|l| l.contains_key(HEADLESS_LABEL)),
+        policy: service_policy(
+            &capstan_annotations(object.metadata.annotations.iter().flatten()),
+            &[BALANCE_ANNOTATION.trim_start_matches(ANNOTATION_PREFIX)],
+        )
+        .map_err(|reason| err(format!("annotations {ANNOTATION_PREFIX}*: {reason}")))?,
     };
     service.validate()?;
     Ok(service)

@@ -83,6 +83,17 @@ struct ServiceSchema {
     session_affinity_timeout: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    /// Health checks and outlier ejection: the Service annotations' keys without `capstan.dev/`.
+    #[serde(default)]
+    policy: PolicyMap,
+}
+
+/// A `policy:` map: the `capstan.dev/*` annotation keys without their prefix, and their values.
+pub(super) type PolicyMap = BTreeMap<String, String>;
+
+/// `(key, value)` pairs of a `policy:` map, as the catalog's policy parsers take them.
+pub(super) fn policy_pairs(map: &PolicyMap) -> Vec<(&str, &str)> {
+    map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 #[derive(Deserialize)]
@@ -338,6 +349,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Error> {
             connect_timeout: optional_duration(&schema.connect_timeout)?.or(default_connect),
             idle_timeout: optional_duration(&schema.idle_timeout)?.or(default_idle),
             origin: Origin::Standalone,
+            policy: capstan_catalog::service_policy(&policy_pairs(&schema.policy), &[])
+                .map_err(|reason| fail(first_line, format!("service {name}: policy: {reason}")))?,
             ..Service::new(ServiceKey::new(NAMESPACE, name), ServiceKind::ClusterIp)
         };
         service

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::histogram::{HTTP_BUCKETS, Histogram};
-use crate::{ServiceKey, ServicePortTable, TlsCertificate};
+use crate::{RoutePolicy, RouteState, ServiceKey, ServicePortTable, TlsCertificate};
 
 /// Every Ingress route of one snapshot.
 #[derive(Debug, Default)]
@@ -67,9 +67,13 @@ pub struct Route {
     pub upstream: Option<Arc<ServicePortTable>>,
     /// How to speak to the endpoints, from the Service port's `appProtocol`.
     pub protocol: UpstreamProtocol,
+    /// Retries, rate limits and request limits (the declaring Ingress's annotations).
+    pub policy: Arc<RoutePolicy>,
     /// Counters carried over by `compile` from the previous snapshot's route with the same
     /// ingress, host and path.
     pub stats: Arc<RouteStats>,
+    /// Rate limiter and retry budget state, carried over like `stats`.
+    pub state: Arc<RouteState>,
 }
 
 /// The HTTP version spoken to a backend.

@@ -1,7 +1,8 @@
 //! The vocabulary of Capstan and the compiled, immutable tables the data planes read.
 //!
 //! Owns: [`ServiceKey`], [`ServicePortKey`], [`Protocol`], [`Endpoint`] and its carried-over
-//! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), the
+//! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), HTTP traffic policy
+//! ([`RoutePolicy`], [`ActiveHealthCheck`], [`OutlierPolicy`]) with its carried state, the
 //! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]) with their TLS
 //! certificates ([`TlsCertificate`]), the [`Snapshot`] that bundles every
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
@@ -17,18 +18,25 @@ mod endpoint;
 mod histogram;
 mod ingress;
 mod key;
+mod policy;
 mod proxy;
 mod snapshot;
 mod tls;
 
 pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
-pub use endpoint::{Endpoint, EndpointConditions, EndpointStats, TopologyHints, millis};
+pub use endpoint::{
+    Endpoint, EndpointConditions, EndpointStats, LATENCY_DECAY_MS, TopologyHints, millis,
+};
 pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
 pub use ingress::{
     Backend, BackendPort, HostRoutes, IngressTable, PathType, Route, RouteConflict, RouteStats,
     STATUS_CLASSES, UpstreamProtocol, status_class,
 };
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
+pub use policy::{
+    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, CLIENT_LIMITERS_SWEEP_AT, Gcra, OutlierPolicy,
+    RateLimit, RetryBudget, RetryOn, RetryPolicy, RoutePolicy, RouteState,
+};
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, HealthCheck, PortCounters,
     ProxyTable, ServicePortState, ServicePortTable, Timeouts, WhenEmpty,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::{Endpoint, Frontend, ServicePortKey, TrafficScope};
+use crate::{ActiveHealthCheck, Endpoint, Frontend, OutlierPolicy, ServicePortKey, TrafficScope};
 
 /// Everything the L4 proxy needs, for one generation.
 #[derive(Debug, Default)]
@@ -48,6 +48,10 @@ pub struct ServicePortTable {
     /// `sessionAffinity: ClientIP` timeout; `None` when affinity is off.
     pub affinity: Option<Duration>,
     pub timeouts: Timeouts,
+    /// Active HTTP health checks of the endpoints (the Service's annotations); `None`: off.
+    pub health: Option<Arc<ActiveHealthCheck>>,
+    /// Ejection on consecutive 5xx and gateway errors, by the ingress plane.
+    pub outlier: OutlierPolicy,
     /// Every endpoint known for this port, with its conditions (for dumps and metrics).
     pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Endpoints eligible for traffic arriving on a ClusterIP.

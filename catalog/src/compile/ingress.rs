@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use capstan_table::{
     Backend, BackendPort, IngressTable, Problem, Protocol, ProxyTable, Route, RouteConflict,
-    RouteStats, ServiceKey, ServicePortKey, UpstreamProtocol,
+    RoutePolicy, RouteState, RouteStats, ServiceKey, ServicePortKey, UpstreamProtocol,
 };
 
 use crate::{Ingress, IngressBackend, IngressClass, Origin, Service, SourceId, TlsSecret};
@@ -29,6 +29,9 @@ impl Default for IngressOptions {
         }
     }
 }
+
+/// A previous route's counters and live state, kept by the route with the same identity.
+type Carried<'a> = (&'a Arc<RouteStats>, &'a Arc<RouteState>);
 
 /// What the Ingress table is compiled from.
 pub(crate) struct IngressInputs<'a> {
@@ -70,10 +73,10 @@ pub(crate) fn compile_ingress(
     });
     ingresses.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-    let carried: HashMap<(&str, &str, &str), &Arc<RouteStats>> = previous
+    let carried: HashMap<(&str, &str, &str), Carried<'_>> = previous
         .into_iter()
         .flat_map(IngressTable::routes)
-        .map(|r| ((&*r.ingress, &*r.host, &*r.path), &r.stats))
+        .map(|r| ((&*r.ingress, &*r.host, &*r.path), (&r.stats, &r.state)))
         .collect();
 
     let mut table = IngressTable {
@@ -87,12 +90,15 @@ pub(crate) fn compile_ingress(
     for ingress in ingresses {
         let id: Arc<str> = format!("{}/{}", ingress.namespace, ingress.name).into();
         let mut messages = Vec::new();
-        let mut resolve = |backend: &IngressBackend, host: &str, path: &str| {
+        let mut resolve = |backend: &IngressBackend,
+                           host: &str,
+                           path: &str,
+                           policy: &Option<Arc<RoutePolicy>>| {
             let (upstream, protocol, missing) = upstream(backend, services, proxy);
             messages.extend(missing);
-            let stats = carried
+            let (stats, state) = carried
                 .get(&(&*id, host, path))
-                .map_or_else(Arc::default, |s| Arc::clone(s));
+                .map_or_else(Default::default, |(s, t)| (Arc::clone(s), Arc::clone(t)));
             Arc::new(Route {
                 ingress: id.clone(),
                 host: host.into(),
@@ -103,12 +109,14 @@ pub(crate) fn compile_ingress(
                 },
                 upstream,
                 protocol,
+                policy: policy.clone().unwrap_or_else(|| ingress.policy.clone()),
                 stats,
+                state,
             })
         };
         let mut conflicts = Vec::new();
         if let Some(backend) = &ingress.default_backend {
-            let route = resolve(backend, "*", "");
+            let route = resolve(backend, "*", "", &None);
             match &table.default_backend {
                 Some(existing) => conflicts.push(format!(
                     "defaultBackend ignored: {} set it first",
@@ -120,7 +128,7 @@ pub(crate) fn compile_ingress(
         for rule in &ingress.rules {
             let host = rule.host.as_deref().unwrap_or("*");
             for path in &rule.paths {
-                let route = resolve(&path.backend, host, &path.path);
+                let route = resolve(&path.backend, host, &path.path, &path.policy);
                 let added =
                     table
                         .host_mut(rule.host.as_deref())

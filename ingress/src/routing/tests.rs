@@ -21,7 +21,9 @@ fn to(service: &str) -> Arc<Route> {
         },
         upstream: None,
         protocol: UpstreamProtocol::Http1,
+        policy: Arc::default(),
         stats: Arc::default(),
+        state: Arc::default(),
     })
 }
 

@@ -57,6 +57,8 @@ fn port(
         policy: BalancePolicy::Random,
         affinity: None,
         timeouts: Timeouts::default(),
+        health: None,
+        outlier: Default::default(),
         endpoints: internal.endpoints.clone(),
         internal,
         external,

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use capstan_catalog::{
-    Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, Origin, TlsSecret,
+    ANNOTATION_PREFIX, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls,
+    Origin, TlsSecret, capstan_annotations, route_policy,
 };
 use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
 use k8s_openapi::api::core::v1 as core;
@@ -78,6 +79,7 @@ pub fn ingress(object: &networking::Ingress) -> Result<Ingress, Error> {
                 path: path.path.clone().unwrap_or_else(|| "/".into()),
                 path_type,
                 backend: backend(&path.backend)?,
+                policy: None,
             });
         }
         rules.push(IngressRule {
@@ -119,6 +121,13 @@ pub fn ingress(object: &networking::Ingress) -> Result<Ingress, Error> {
         rules,
         tls,
         origin: Origin::Kubernetes,
+        policy: Arc::new(
+            route_policy(
+                &capstan_annotations(object.metadata.annotations.iter().flatten()),
+                &[],
+            )
+            .map_err(|reason| err(format!("annotations {ANNOTATION_PREFIX}*: {reason}")))?,
+        ),
     };
     ingress.validate()?;
     Ok(ingress)

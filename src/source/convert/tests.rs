@@ -4,6 +4,7 @@ use capstan_catalog::{ServiceKind, TargetPort, TrafficPolicy};
 use capstan_table::{BalancePolicy, Protocol};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::api::networking::v1 as networking;
 
 use super::*;
 
@@ -222,4 +223,46 @@ fn endpoint_slice_errors_and_fqdn() {
         let error = endpoint_slice(&eps(yaml)).expect_err(yaml).to_string();
         assert!(error.contains(want), "{yaml}: {error}");
     }
+}
+
+#[test]
+fn capstan_annotations_become_policy_and_bad_ones_refuse_the_object() {
+    let s = service(&svc(
+        "metadata:\n  name: web\n  annotations:\n    capstan.dev/load-balancer: round-robin\n\
+         \x20   capstan.dev/health-check-path: /ready\n    capstan.dev/outlier-consecutive-gateway-errors: '3'\n\
+         \x20   other.example/ignored: x\n\
+         spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n",
+    ))
+    .expect("valid");
+    assert_eq!(&*s.policy.health.expect("health").path, "/ready");
+    assert_eq!(s.policy.outlier.consecutive_gateway_errors, Some(3));
+    let bad = service(&svc(
+        "metadata:\n  name: web\n  annotations: {capstan.dev/health-check-interval: soon, capstan.dev/health-check-path: /}\n\
+         spec: {clusterIP: 10.0.0.1, ports: [{port: 80}]}\n",
+    ))
+    .expect_err("bad interval");
+    assert!(
+        bad.to_string()
+            .contains("annotations capstan.dev/*: health-check-interval: \"soon\""),
+        "{bad}"
+    );
+
+    let ing = |annotations: &str| -> networking::Ingress {
+        serde_saphyr::from_str(&format!(
+            "metadata: {{name: shop, namespace: web, annotations: {{{annotations}}}}}\n\
+             spec: {{defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+        ))
+        .expect("valid yaml")
+    };
+    let converted = ingress(&ing(
+        "capstan.dev/retries: '1', capstan.dev/retry-on: '503'",
+    ))
+    .expect("valid");
+    assert_eq!(converted.policy.retry.retries, 1);
+    assert_eq!(converted.policy.retry.on.statuses, [503]);
+    let typo = ingress(&ing("capstan.dev/retires: '1'")).expect_err("typo");
+    assert!(
+        typo.to_string().contains("unknown policy key \"retires\""),
+        "{typo}"
+    );
 }

@@ -4,9 +4,10 @@
 //! PEM files' certificate and key.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use capstan_catalog::{
-    Ingress, IngressBackend, IngressPath, IngressRule, IngressTls, Origin, TlsSecret,
+    Ingress, IngressBackend, IngressPath, IngressRule, IngressTls, Origin, TlsSecret, route_policy,
 };
 use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
 use serde::Deserialize;
@@ -30,6 +31,10 @@ pub(super) struct RouteSchema {
     /// A TCP service of this file.
     service: Spanned<String>,
     tls: Option<TlsSchema>,
+    /// Retries, rate limits and request limits: the Ingress annotations' keys without
+    /// `capstan.dev/`.
+    #[serde(default)]
+    policy: super::PolicyMap,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +91,10 @@ pub(super) fn convert(
                 service: ServiceKey::new(NAMESPACE, service),
                 port: BackendPort::Number(0),
             },
+            policy: Some(Arc::new(
+                route_policy(&super::policy_pairs(&route.policy), &[])
+                    .map_err(|reason| fail(format!("route to {service:?}: policy: {reason}")))?,
+            )),
         };
         match rules.iter_mut().find(|r| r.host == host) {
             Some(rule) => rule.paths.push(path),
@@ -138,6 +147,7 @@ pub(super) fn convert(
         rules,
         tls,
         origin: Origin::Standalone,
+        policy: Arc::default(),
     };
     ingress.validate().map_err(|e| (None, e.to_string()))?;
     Ok((Some(ingress), secrets))

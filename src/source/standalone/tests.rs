@@ -222,3 +222,41 @@ fn bad_routes_are_errors_with_their_line() {
     let (_, reason) = err(&format!("{base}  - {{service: web, weight: 3}}\n"));
     assert!(reason.contains("weight"), "{reason}");
 }
+
+#[test]
+fn policy_maps_use_the_annotation_keys() {
+    let parsed = ok(
+        "services:\n  web:\n    listen: 127.0.0.1:8080\n    backends: [10.0.0.1:80]\n    policy:\n      health-check-path: /healthz\n      health-check-interval: 2s\n      outlier-consecutive-5xx: 5\n\
+         routes:\n  - host: a.example\n    service: web\n    policy:\n      retries: 3\n      retry-on: gateway-error\n      rate-limit: 100/s\n  - host: b.example\n    service: web\n",
+    );
+    let (web, _) = &parsed.services[0];
+    let health = web.policy.health.as_ref().expect("health check");
+    assert_eq!(health.interval, Duration::from_secs(2));
+    assert_eq!(web.policy.outlier.consecutive_5xx, Some(5));
+    let ingress = parsed.ingress.as_ref().expect("routes");
+    let policy = |host: &str| {
+        let rule = ingress
+            .rules
+            .iter()
+            .find(|r| r.host.as_deref() == Some(host));
+        rule.expect("rule").paths[0].policy.clone().expect("policy")
+    };
+    assert_eq!(policy("a.example").retry.retries, 3);
+    assert_eq!(policy("a.example").retry.on.statuses, [502, 503, 504]);
+    assert_eq!(policy("a.example").rate_limit.expect("limit").requests, 100);
+    assert_eq!(*policy("b.example"), capstan_table::RoutePolicy::default());
+
+    let (_, reason) =
+        err("services:\n  web:\n    listen: 127.0.0.1:8080\n    policy: {retries: 2}\n");
+    assert!(
+        reason.contains("service web: policy: unknown policy key \"retries\""),
+        "{reason}"
+    );
+    let (_, reason) = err(
+        "services:\n  web:\n    listen: 127.0.0.1:8080\nroutes:\n  - service: web\n    policy: {rate-limit: fast}\n",
+    );
+    assert!(
+        reason.contains("policy: rate-limit: \"fast\" is not a rate"),
+        "{reason}"
+    );
+}

@@ -1,0 +1,359 @@
+//! Traffic policy keys → [`RoutePolicy`] and [`ServicePolicy`]: one vocabulary for Ingress and
+//! Service annotations (`capstan.dev/<key>`) and `capstan.yaml` `policy:` maps (`<key>`). Every
+//! value is checked; the first bad one is refused with the key and what was expected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_table::{ActiveHealthCheck, OutlierPolicy, RateLimit, RetryOn, RoutePolicy};
+
+/// The prefix of Capstan's annotations.
+pub const ANNOTATION_PREFIX: &str = "capstan.dev/";
+
+/// Per-Service policy: health checks and outlier ejection of its endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicePolicy {
+    pub health: Option<ActiveHealthCheck>,
+    pub outlier: OutlierPolicy,
+}
+
+/// Keys of a route's (an Ingress's) policy.
+pub const ROUTE_KEYS: &[&str] = &[
+    "retries",
+    "retry-on",
+    "retry-per-try-timeout",
+    "retry-backoff",
+    "retry-backoff-max",
+    "retry-budget",
+    "retry-budget-min-per-second",
+    "retry-body-limit",
+    "retry-non-idempotent",
+    "rate-limit",
+    "rate-limit-burst",
+    "client-rate-limit",
+    "client-rate-limit-burst",
+    "max-body-size",
+    "allow-source-ranges",
+];
+
+/// Keys of a Service's policy (besides `load-balancer`).
+pub const SERVICE_KEYS: &[&str] = &[
+    "health-check-path",
+    "health-check-interval",
+    "health-check-timeout",
+    "health-check-healthy-threshold",
+    "health-check-unhealthy-threshold",
+    "health-check-statuses",
+    "outlier-consecutive-5xx",
+    "outlier-consecutive-gateway-errors",
+    "outlier-max-ejection-percent",
+];
+
+type Keys<'a> = &'a [(&'a str, &'a str)];
+
+/// A route policy from `(key, value)` pairs (keys without the prefix). Unknown keys are refused
+/// (a typo must not silently turn a policy off); `known` lists keys another part of the object
+/// reads.
+pub fn route_policy(pairs: Keys<'_>, known: &[&str]) -> Result<RoutePolicy, String> {
+    check_keys(pairs, ROUTE_KEYS, known)?;
+    let mut policy = RoutePolicy::default();
+    let retry = &mut policy.retry;
+    if let Some(v) = get(pairs, "retries") {
+        retry.retries = number(v, "retries", 0..=10)?;
+    }
+    if let Some(v) = get(pairs, "retry-on") {
+        retry.on = retry_on(v)?;
+    }
+    retry.per_try_timeout = get(pairs, "retry-per-try-timeout")
+        .map(|v| duration(v, "retry-per-try-timeout"))
+        .transpose()?;
+    if let Some(v) = get(pairs, "retry-backoff") {
+        retry.backoff_base = duration(v, "retry-backoff")?;
+    }
+    if let Some(v) = get(pairs, "retry-backoff-max") {
+        retry.backoff_max = duration(v, "retry-backoff-max")?;
+    }
+    if retry.backoff_max < retry.backoff_base {
+        return Err("retry-backoff-max must not be below retry-backoff".into());
+    }
+    if let Some(v) = get(pairs, "retry-budget") {
+        retry.budget_ratio = ratio(v, "retry-budget")?;
+    }
+    if let Some(v) = get(pairs, "retry-budget-min-per-second") {
+        retry.budget_min_per_second = number(v, "retry-budget-min-per-second", 0..=10_000)?;
+    }
+    if let Some(v) = get(pairs, "retry-body-limit") {
+        retry.body_limit = size(v, "retry-body-limit")?;
+    }
+    if let Some(v) = get(pairs, "retry-non-idempotent") {
+        retry.non_idempotent = boolean(v, "retry-non-idempotent")?;
+    }
+    policy.rate_limit = rate_limit(pairs, "rate-limit")?;
+    policy.client_rate_limit = rate_limit(pairs, "client-rate-limit")?;
+    policy.max_body_bytes = get(pairs, "max-body-size")
+        .map(|v| size(v, "max-body-size"))
+        .transpose()?;
+    if let Some(v) = get(pairs, "allow-source-ranges") {
+        let ranges = v
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                r.parse::<ipnet::IpNet>()
+                    .or_else(|_| r.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| format!("allow-source-ranges: {r:?} is not a CIDR"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        policy.allow_sources = Some(ranges.into());
+    }
+    Ok(policy)
+}
+
+/// A Service policy from `(key, value)` pairs (keys without the prefix).
+pub fn service_policy(pairs: Keys<'_>, known: &[&str]) -> Result<ServicePolicy, String> {
+    check_keys(pairs, SERVICE_KEYS, known)?;
+    let mut policy = ServicePolicy::default();
+    if let Some(path) = get(pairs, "health-check-path") {
+        if !path.starts_with('/') {
+            return Err(format!("health-check-path {path:?} must start with /"));
+        }
+        let interval = match get(pairs, "health-check-interval") {
+            Some(v) => duration(v, "health-check-interval")?,
+            None => Duration::from_secs(5),
+        };
+        let timeout = match get(pairs, "health-check-timeout") {
+            Some(v) => duration(v, "health-check-timeout")?,
+            None => Duration::from_secs(1).min(interval),
+        };
+        let threshold = |key: &str, default: u32| {
+            get(pairs, key).map_or(Ok(default), |v| number(v, key, 1..=100))
+        };
+        let statuses = match get(pairs, "health-check-statuses") {
+            Some(v) => status_ranges(v)?,
+            None => vec![(200, 399)],
+        };
+        policy.health = Some(ActiveHealthCheck {
+            path: Arc::from(path),
+            interval,
+            timeout,
+            healthy_threshold: threshold("health-check-healthy-threshold", 2)?,
+            unhealthy_threshold: threshold("health-check-unhealthy-threshold", 3)?,
+            statuses,
+        });
+    } else if let Some((key, _)) = pairs.iter().find(|(k, _)| k.starts_with("health-check-")) {
+        return Err(format!("{key} needs health-check-path"));
+    }
+    let outlier = &mut policy.outlier;
+    outlier.consecutive_5xx = get(pairs, "outlier-consecutive-5xx")
+        .map(|v| number(v, "outlier-consecutive-5xx", 1..=1_000))
+        .transpose()?;
+    outlier.consecutive_gateway_errors = get(pairs, "outlier-consecutive-gateway-errors")
+        .map(|v| number(v, "outlier-consecutive-gateway-errors", 1..=1_000))
+        .transpose()?;
+    if let Some(v) = get(pairs, "outlier-max-ejection-percent") {
+        outlier.max_ejection_percent = number(v, "outlier-max-ejection-percent", 0..=100)?;
+    }
+    Ok(policy)
+}
+
+/// The `capstan.dev/*` annotations of an object, prefix removed.
+pub fn capstan_annotations<'a>(
+    annotations: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Vec<(&'a str, &'a str)> {
+    annotations
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(ANNOTATION_PREFIX)?, v.as_str())))
+        .collect()
+}
+
+fn check_keys(pairs: Keys<'_>, keys: &[&str], known: &[&str]) -> Result<(), String> {
+    match pairs
+        .iter()
+        .find(|(k, _)| !keys.contains(k) && !known.contains(k))
+    {
+        Some((key, _)) => Err(format!(
+            "unknown policy key {key:?} (known: {})",
+            keys.iter()
+                .chain(known)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        None => Ok(()),
+    }
+}
+
+fn get<'a>(pairs: Keys<'a>, key: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| v.trim())
+}
+
+fn number<T>(value: &str, key: &str, range: std::ops::RangeInclusive<T>) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    value
+        .parse::<T>()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{key}: {value:?} is not a whole number in {}..={}",
+                range.start(),
+                range.end()
+            )
+        })
+}
+
+fn boolean(value: &str, key: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("{key}: {value:?} is not true or false")),
+    }
+}
+
+/// `250ms`, `2s`, `1m`, `1h`.
+pub fn duration(value: &str, key: &str) -> Result<Duration, String> {
+    let bad = || format!("{key}: {value:?} is not a duration like 250ms, 2s or 1m");
+    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (digits, unit) = value.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(bad()),
+    };
+    if duration.is_zero() {
+        return Err(format!("{key}: must be more than zero"));
+    }
+    Ok(duration)
+}
+
+/// Bytes, optionally with `k`, `m` or `g` (powers of 1024, as ingress-nginx reads them).
+fn size(value: &str, key: &str) -> Result<u64, String> {
+    let lower = value.to_ascii_lowercase();
+    let (digits, shift) = match lower.as_bytes().last() {
+        Some(b'k') => (&lower[..lower.len() - 1], 10),
+        Some(b'm') => (&lower[..lower.len() - 1], 20),
+        Some(b'g') => (&lower[..lower.len() - 1], 30),
+        _ => (lower.as_str(), 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{key}: {value:?} is not a size like 65536, 64k or 1m"))
+}
+
+/// `20%` or `0.2`, in 0..=1.
+fn ratio(value: &str, key: &str) -> Result<f64, String> {
+    let parsed = match value.strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => value.parse::<f64>(),
+    };
+    parsed
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| format!("{key}: {value:?} is not a ratio like 20% or 0.2"))
+}
+
+/// `100/s`, `600/m` or `1000/h`, with `<key>-burst` (default: one period's requests).
+fn rate_limit(pairs: Keys<'_>, key: &str) -> Result<Option<RateLimit>, String> {
+    let burst_key = format!("{key}-burst");
+    let Some(value) = get(pairs, key) else {
+        return match get(pairs, &burst_key) {
+            Some(_) => Err(format!("{burst_key} needs {key}")),
+            None => Ok(None),
+        };
+    };
+    let bad = || format!("{key}: {value:?} is not a rate like 100/s, 600/m or 1000/h");
+    let (count, unit) = value.split_once('/').ok_or_else(bad)?;
+    let requests: u32 = count
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(bad)?;
+    let period = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        _ => return Err(bad()),
+    };
+    let burst = match get(pairs, &burst_key) {
+        Some(v) => number(v, &burst_key, 1..=1_000_000)?,
+        None => requests,
+    };
+    Ok(Some(RateLimit {
+        requests,
+        period,
+        burst,
+    }))
+}
+
+/// Envoy's `retry_on` names, plus status codes: `connect-failure`, `refused-stream`, `reset`,
+/// `gateway-error` (502, 503, 504), `5xx`, `500`…`599`, and gRPC's `cancelled`,
+/// `deadline-exceeded`, `internal`, `resource-exhausted`, `unavailable`.
+fn retry_on(value: &str) -> Result<RetryOn, String> {
+    let mut on = RetryOn {
+        connect_failure: false,
+        refused_stream: false,
+        reset: false,
+        statuses: vec![],
+        grpc_statuses: vec![],
+    };
+    for condition in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+        match condition {
+            "connect-failure" => on.connect_failure = true,
+            "refused-stream" => on.refused_stream = true,
+            "reset" => on.reset = true,
+            "gateway-error" => on.statuses.extend([502, 503, 504]),
+            "5xx" => on.statuses.extend(500..=599),
+            "cancelled" => on.grpc_statuses.push(1),
+            "deadline-exceeded" => on.grpc_statuses.push(4),
+            "resource-exhausted" => on.grpc_statuses.push(8),
+            "internal" => on.grpc_statuses.push(13),
+            "unavailable" => on.grpc_statuses.push(14),
+            code => match code.parse::<u16>() {
+                Ok(status) if (500..=599).contains(&status) => on.statuses.push(status),
+                _ => {
+                    return Err(format!(
+                        "retry-on: unknown condition {code:?} (connect-failure, refused-stream, \
+                         reset, gateway-error, 5xx, 500-599, cancelled, deadline-exceeded, \
+                         internal, resource-exhausted, unavailable)"
+                    ));
+                }
+            },
+        }
+    }
+    on.statuses.sort_unstable();
+    on.statuses.dedup();
+    on.grpc_statuses.sort_unstable();
+    on.grpc_statuses.dedup();
+    Ok(on)
+}
+
+/// `200`, `200-299`, comma-separated.
+fn status_ranges(value: &str) -> Result<Vec<(u16, u16)>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            let (low, high) = r.split_once('-').unwrap_or((r, r));
+            match (low.trim().parse::<u16>(), high.trim().parse::<u16>()) {
+                (Ok(low), Ok(high)) if (100..=599).contains(&low) && low <= high && high <= 599 => {
+                    Ok((low, high))
+                }
+                _ => Err(format!(
+                    "health-check-statuses: {r:?} is not a status or range like 200-399"
+                )),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

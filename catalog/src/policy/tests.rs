@@ -1,0 +1,138 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+#[test]
+fn no_keys_give_the_defaults() {
+    assert_eq!(route_policy(&[], &[]), Ok(RoutePolicy::default()));
+    assert_eq!(service_policy(&[], &[]), Ok(ServicePolicy::default()));
+}
+
+#[test]
+fn route_keys_are_read() {
+    let policy = route_policy(
+        &[
+            ("retries", "3"),
+            ("retry-on", "connect-failure, gateway-error,unavailable,500"),
+            ("retry-per-try-timeout", "750ms"),
+            ("retry-budget", "10%"),
+            ("retry-budget-min-per-second", "0"),
+            ("retry-body-limit", "1m"),
+            ("rate-limit", "600/m"),
+            ("client-rate-limit", "5/s"),
+            ("client-rate-limit-burst", "2"),
+            ("max-body-size", "8k"),
+            ("allow-source-ranges", "10.0.0.0/8, 192.0.2.7"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    let retry = &policy.retry;
+    assert_eq!(retry.retries, 3);
+    assert!(retry.on.connect_failure && !retry.on.reset && !retry.on.refused_stream);
+    assert_eq!(retry.on.statuses, [500, 502, 503, 504]);
+    assert_eq!(retry.on.grpc_statuses, [14]);
+    assert_eq!(retry.per_try_timeout, Some(Duration::from_millis(750)));
+    assert!((retry.budget_ratio - 0.1).abs() < 1e-9);
+    assert_eq!(retry.budget_min_per_second, 0);
+    assert_eq!(retry.body_limit, 1 << 20);
+    let limit = policy.rate_limit.expect("route limit");
+    assert_eq!(
+        (limit.requests, limit.period, limit.burst),
+        (600, Duration::from_secs(60), 600)
+    );
+    let client = policy.client_rate_limit.expect("client limit");
+    assert_eq!((client.requests, client.burst), (5, 2));
+    assert_eq!(policy.max_body_bytes, Some(8192));
+    assert_eq!(policy.allow_sources.expect("ranges").len(), 2);
+}
+
+#[test]
+fn bad_values_name_the_key_and_what_was_expected() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("retries", "many", "whole number"),
+        ("retries", "11", "0..=10"),
+        ("retry-on", "5xx,teapot", "unknown condition \"teapot\""),
+        ("retry-on", "404", "unknown condition"),
+        ("retry-per-try-timeout", "2", "duration"),
+        ("retry-per-try-timeout", "0s", "more than zero"),
+        ("retry-budget", "150%", "ratio"),
+        ("rate-limit", "10/day", "rate like"),
+        ("rate-limit", "0/s", "rate like"),
+        ("rate-limit-burst", "3", "needs rate-limit"),
+        ("max-body-size", "big", "size like"),
+        ("allow-source-ranges", "10.0.0.0/33", "not a CIDR"),
+        ("retrys", "2", "unknown policy key \"retrys\""),
+    ];
+    for (key, value, expected) in cases {
+        let error = route_policy(&[(key, value)], &[]).expect_err(key);
+        assert!(error.contains(expected), "{key}={value}: {error}");
+    }
+    let error = route_policy(
+        &[("retry-backoff", "1s"), ("retry-backoff-max", "10ms")],
+        &[],
+    );
+    assert!(error.expect_err("order").contains("must not be below"));
+}
+
+#[test]
+fn service_keys_are_read() {
+    let policy = service_policy(
+        &[
+            ("health-check-path", "/healthz"),
+            ("health-check-interval", "2s"),
+            ("health-check-statuses", "200, 204-204"),
+            ("outlier-consecutive-5xx", "5"),
+            ("outlier-max-ejection-percent", "50"),
+            ("load-balancer", "round-robin"),
+        ],
+        &["load-balancer"],
+    )
+    .expect("valid");
+    let health = policy.health.expect("health check");
+    assert_eq!(&*health.path, "/healthz");
+    assert_eq!(health.interval, Duration::from_secs(2));
+    assert_eq!(health.timeout, Duration::from_secs(1));
+    assert_eq!(
+        (health.healthy_threshold, health.unhealthy_threshold),
+        (2, 3)
+    );
+    assert!(health.passes(204) && !health.passes(201) && !health.passes(500));
+    assert_eq!(policy.outlier.consecutive_5xx, Some(5));
+    assert_eq!(policy.outlier.consecutive_gateway_errors, None);
+    assert_eq!(policy.outlier.max_ejection_percent, 50);
+
+    let orphan = service_policy(&[("health-check-interval", "2s")], &[]);
+    assert!(
+        orphan
+            .expect_err("orphan")
+            .contains("needs health-check-path")
+    );
+    let relative = service_policy(&[("health-check-path", "healthz")], &[]);
+    assert!(
+        relative
+            .expect_err("relative")
+            .contains("must start with /")
+    );
+    let route_key = service_policy(&[("retries", "2")], &[]);
+    assert!(
+        route_key
+            .expect_err("route key")
+            .contains("unknown policy key")
+    );
+}
+
+proptest! {
+    /// Whatever the values, parsing answers (a policy or a message) and never panics.
+    #[test]
+    fn any_values_parse_or_are_refused(
+        values in proptest::collection::vec(".{0,12}", ROUTE_KEYS.len() + SERVICE_KEYS.len()),
+    ) {
+        let route: Vec<_> = ROUTE_KEYS.iter().copied().zip(values.iter().map(String::as_str)).collect();
+        let _ = route_policy(&route, &[]);
+        let service: Vec<_> = SERVICE_KEYS.iter().copied().zip(values[ROUTE_KEYS.len()..].iter().map(String::as_str)).collect();
+        let _ = service_policy(&service, &[]);
+    }
+}
