@@ -227,6 +227,7 @@ fn ingress_json(table: &IngressTable) -> Value {
                     UpstreamProtocol::H2c => "h2c",
                 },
                 "endpoints": route.upstream.as_ref().map_or(0, |u| u.internal.endpoints.len()),
+                "policy": route_policy_json(&route.policy),
             })
         })
         .collect();
@@ -333,6 +334,8 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
                 "eligible_internal": eligible(&port.internal.endpoints, e),
                 "eligible_external": eligible(&port.external.endpoints, e),
                 "ejected": e.stats.is_ejected(now),
+                "health_check_failing": e.stats.unhealthy.load(Ordering::Relaxed),
+                "outlier_ejections": e.stats.outlier_ejections.load(Ordering::Relaxed),
                 "active_connections": e.stats.in_flight.load(Ordering::Relaxed),
                 "chosen": e.stats.chosen.load(Ordering::Relaxed),
                 "connect_errors": e.stats.connect_errors.load(Ordering::Relaxed),
@@ -348,11 +351,60 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
         "session_affinity_seconds": port.affinity.map(|d| d.as_secs()),
         "connect_timeout_ms": port.timeouts.connect.as_millis() as u64,
         "idle_timeout_ms": port.timeouts.idle.as_millis() as u64,
+        "health_check": port.health.as_deref().map(|h| json!({
+            "path": &*h.path,
+            "interval_ms": h.interval.as_millis() as u64,
+            "timeout_ms": h.timeout.as_millis() as u64,
+            "healthy_threshold": h.healthy_threshold,
+            "unhealthy_threshold": h.unhealthy_threshold,
+            "statuses": h.statuses.iter().map(|(l, h)| format!("{l}-{h}")).collect::<Vec<_>>(),
+        })),
+        "outlier": json!({
+            "consecutive_5xx": port.outlier.consecutive_5xx,
+            "consecutive_gateway_errors": port.outlier.consecutive_gateway_errors,
+            "max_ejection_percent": port.outlier.max_ejection_percent,
+        }),
         "frontends": frontends,
         "endpoints": endpoints,
         "connections": c.connections.load(Ordering::Relaxed),
         "active_connections": c.active.load(Ordering::Relaxed),
         "rejected_no_endpoints": c.no_endpoints.load(Ordering::Relaxed),
         "rejected_connect_failed": c.upstream_failures.load(Ordering::Relaxed),
+    })
+}
+
+/// A route's policy in force, every value explicit (defaults included).
+fn route_policy_json(policy: &capstan_table::RoutePolicy) -> Value {
+    let retry = &policy.retry;
+    let on = &retry.on;
+    let mut conditions: Vec<String> = [
+        (on.connect_failure, "connect-failure"),
+        (on.refused_stream, "refused-stream"),
+        (on.reset, "reset"),
+    ]
+    .into_iter()
+    .filter(|(set, _)| *set)
+    .map(|(_, name)| name.to_owned())
+    .collect();
+    conditions.extend(on.statuses.iter().map(u16::to_string));
+    conditions.extend(on.grpc_statuses.iter().map(|c| format!("grpc-{c}")));
+    let limit = |l: &Option<capstan_table::RateLimit>| {
+        l.map(|l| json!({"requests": l.requests, "period_ms": l.period.as_millis() as u64, "burst": l.burst}))
+    };
+    json!({
+        "retry": {
+            "retries": retry.retries,
+            "on": conditions,
+            "per_try_timeout_ms": retry.per_try_timeout.map(|d| d.as_millis() as u64),
+            "backoff_ms": [retry.backoff_base.as_millis() as u64, retry.backoff_max.as_millis() as u64],
+            "budget_ratio": retry.budget_ratio,
+            "budget_min_per_second": retry.budget_min_per_second,
+            "body_limit": retry.body_limit,
+            "non_idempotent": retry.non_idempotent,
+        },
+        "rate_limit": limit(&policy.rate_limit),
+        "client_rate_limit": limit(&policy.client_rate_limit),
+        "max_body_bytes": policy.max_body_bytes,
+        "allow_source_ranges": policy.allow_sources.as_ref().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>()),
     })
 }

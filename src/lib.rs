@@ -206,6 +206,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         info!(%addr, upstreams = ?forwarder.upstreams().iter().map(|u| u.addr).collect::<Vec<_>>(), "dns listening");
         tokio::spawn(forwarder.clone().probe_down_upstreams(shutdown.clone()));
     }
+    tokio::spawn(capstan_ingress::health::run(
+        snapshots.clone(),
+        shutdown.clone(),
+    ));
     let connections = TaskTracker::new();
     if ingress_config.http.is_some() || ingress_config.https.is_some() {
         let bound = capstan_ingress::serve(

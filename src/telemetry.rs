@@ -319,6 +319,22 @@ impl Collector for ProxyCollector {
                 );
                 let ejected = AtomicU64::new(u64::from(s.is_ejected(now)));
                 ports.gauge("proxy_endpoint_ejected", &labels, &[], &ejected);
+                ports.counter(
+                    "proxy_endpoint_outlier_ejections",
+                    &labels,
+                    &[],
+                    &s.outlier_ejections,
+                );
+                if port.health.is_some() {
+                    let down = AtomicU64::new(u64::from(s.unhealthy.load(Ordering::Relaxed)));
+                    ports.gauge("proxy_endpoint_health_check_failing", &labels, &[], &down);
+                    ports.counter(
+                        "proxy_endpoint_health_transitions",
+                        &labels,
+                        &[],
+                        &s.health_transitions,
+                    );
+                }
             }
         }
         ports.encode(&mut encoder)

@@ -33,7 +33,7 @@ pub struct IngressMetrics {
     pub upgraded: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
-    /// Requests retried on another endpoint after a failed connect.
+    /// Attempts sent again under a route's retry policy.
     pub retries: AtomicU64,
 }
 

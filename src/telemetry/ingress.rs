@@ -25,6 +25,7 @@ impl Collector for IngressCollector {
         let mut requests: Vec<(Labels, u64)> = Vec::new();
         let mut errors: Vec<(Labels, u64)> = Vec::new();
         let mut bytes: Vec<(Labels, u64)> = Vec::new();
+        let mut decisions: Vec<(Labels, u64)> = Vec::new();
         let mut durations = Vec::new();
         if let Some(snapshot) = self.snapshots.load() {
             for route in snapshot.ingress.routes() {
@@ -55,6 +56,16 @@ impl Collector for IngressCollector {
                 ] {
                     bytes.push((with(&labels, "direction", direction), load(counter)));
                 }
+                let state = &route.state;
+                for (decision, counter) in [
+                    ("retried", &state.retries),
+                    ("retry_budget_exhausted", &state.budget_exhausted),
+                    ("rate_limited", &state.rate_limited),
+                    ("body_too_large", &state.body_too_large),
+                    ("source_denied", &state.source_denied),
+                ] {
+                    decisions.push((with(&labels, "decision", decision), load(counter)));
+                }
                 durations.push((labels, stats.duration.sample()));
             }
         }
@@ -84,6 +95,12 @@ impl Collector for IngressCollector {
             "ingress_upstream_errors",
             "Ingress requests Capstan answered 502, 504 or 503 itself, by route and kind",
             &errors,
+        )?;
+        counters(
+            &mut encoder,
+            "ingress_policy_decisions",
+            "Ingress route policy decisions: retries sent, retries refused by the budget, requests answered 429, 413 or 403",
+            &decisions,
         )?;
         counters(
             &mut encoder,
@@ -129,7 +146,7 @@ impl Collector for IngressCollector {
         let plain = [
             (
                 "ingress_retries",
-                "Requests retried on another endpoint after a failed connect",
+                "Attempts sent again under a route's retry policy (every route)",
                 &m.retries,
             ),
             (

@@ -68,6 +68,8 @@ pub struct EndpointStats {
     pub outlier_ejections: AtomicU64,
     /// Active health checking marked this endpoint down (see `ActiveHealthCheck`).
     pub unhealthy: AtomicBool,
+    /// Monotonic milliseconds when the next active check is due (0: at once).
+    pub next_check_ms: AtomicU64,
     /// Consecutive passing and failing active checks, against the thresholds.
     pub checks_passed: AtomicU32,
     pub checks_failed: AtomicU32,

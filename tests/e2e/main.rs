@@ -19,5 +19,7 @@ mod kube_proxy;
 mod kube_scale;
 mod lifecycle;
 mod reload;
+mod resilience;
+mod resilience_support;
 mod support;
 mod udp;
