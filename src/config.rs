@@ -205,7 +205,8 @@ pub struct RunArgs {
     /// timeout); its client's next datagram is balanced afresh.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_UDP_IDLE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub udp_idle_timeout: Duration,
-    /// First ejection period of an endpoint whose connect failed; doubles per consecutive failure.
+    /// First ejection period of an endpoint whose connect failed (or that outlier detection
+    /// ejected); doubles per consecutive ejection.
     #[arg(long, value_name = "DURATION", env = "CAPSTAN_EJECT_BACKOFF", default_value = "1s", value_parser = humantime::parse_duration)]
     pub eject_backoff: Duration,
     /// Longest ejection period.
