@@ -41,6 +41,7 @@ fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
         timeouts: Timeouts::default(),
         health: None,
         outlier: Default::default(),
+        max_requests_per_endpoint: None,
         endpoints,
         internal: set.clone(),
         external: set,

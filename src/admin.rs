@@ -364,6 +364,7 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
             "consecutive_gateway_errors": port.outlier.consecutive_gateway_errors,
             "max_ejection_percent": port.outlier.max_ejection_percent,
         }),
+        "max_requests_per_endpoint": port.max_requests_per_endpoint,
         "frontends": frontends,
         "endpoints": endpoints,
         "connections": c.connections.load(Ordering::Relaxed),
@@ -405,6 +406,7 @@ fn route_policy_json(policy: &capstan_table::RoutePolicy) -> Value {
         "rate_limit": limit(&policy.rate_limit),
         "client_rate_limit": limit(&policy.client_rate_limit),
         "max_body_bytes": policy.max_body_bytes,
+        "sticky_cookie": policy.sticky.as_ref().map(|s| json!({"name": &*s.name, "max_age_seconds": s.max_age.map(|d| d.as_secs())})),
         "allow_source_ranges": policy.allow_sources.as_ref().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>()),
     })
 }

@@ -380,6 +380,7 @@ fn compile_port(
         timeouts,
         health: service.policy.health.clone().map(Arc::new),
         outlier: service.policy.outlier,
+        max_requests_per_endpoint: service.policy.max_requests_per_endpoint,
         endpoints,
         internal,
         external,

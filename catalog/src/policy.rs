@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use capstan_table::{ActiveHealthCheck, OutlierPolicy, RateLimit, RetryOn, RoutePolicy};
+use capstan_table::{
+    ActiveHealthCheck, OutlierPolicy, RateLimit, RetryOn, RoutePolicy, StickyCookie,
+};
 
 /// The prefix of Capstan's annotations.
 pub const ANNOTATION_PREFIX: &str = "capstan.dev/";
@@ -15,6 +17,8 @@ pub const ANNOTATION_PREFIX: &str = "capstan.dev/";
 pub struct ServicePolicy {
     pub health: Option<ActiveHealthCheck>,
     pub outlier: OutlierPolicy,
+    /// Circuit breaking: requests in flight per endpoint at most.
+    pub max_requests_per_endpoint: Option<u32>,
 }
 
 /// Keys of a route's (an Ingress's) policy.
@@ -34,6 +38,9 @@ pub const ROUTE_KEYS: &[&str] = &[
     "client-rate-limit-burst",
     "max-body-size",
     "allow-source-ranges",
+    "affinity",
+    "session-cookie-name",
+    "session-cookie-max-age",
 ];
 
 /// Keys of a Service's policy (besides `load-balancer`).
@@ -47,6 +54,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "outlier-consecutive-5xx",
     "outlier-consecutive-gateway-errors",
     "outlier-max-ejection-percent",
+    "max-requests-per-endpoint",
 ];
 
 type Keys<'a> = &'a [(&'a str, &'a str)];
@@ -106,6 +114,7 @@ pub fn route_policy(pairs: Keys<'_>, known: &[&str]) -> Result<RoutePolicy, Stri
             .collect::<Result<Vec<_>, _>>()?;
         policy.allow_sources = Some(ranges.into());
     }
+    policy.sticky = sticky_cookie(pairs)?;
     Ok(policy)
 }
 
@@ -153,6 +162,9 @@ pub fn service_policy(pairs: Keys<'_>, known: &[&str]) -> Result<ServicePolicy, 
     if let Some(v) = get(pairs, "outlier-max-ejection-percent") {
         outlier.max_ejection_percent = number(v, "outlier-max-ejection-percent", 0..=100)?;
     }
+    policy.max_requests_per_endpoint = get(pairs, "max-requests-per-endpoint")
+        .map(|v| number(v, "max-requests-per-endpoint", 1..=1_000_000))
+        .transpose()?;
     Ok(policy)
 }
 
@@ -257,6 +269,35 @@ fn ratio(value: &str, key: &str) -> Result<f64, String> {
         .ok()
         .filter(|r| (0.0..=1.0).contains(r))
         .ok_or_else(|| format!("{key}: {value:?} is not a ratio like 20% or 0.2"))
+}
+
+/// `affinity: cookie` with `session-cookie-name` (default `capstan-affinity`, an RFC 6265 token)
+/// and `session-cookie-max-age`.
+fn sticky_cookie(pairs: Keys<'_>) -> Result<Option<StickyCookie>, String> {
+    match get(pairs, "affinity") {
+        Some("cookie") => {}
+        Some(other) => return Err(format!("affinity: {other:?} is not cookie")),
+        None => {
+            return match pairs.iter().find(|(k, _)| k.starts_with("session-cookie-")) {
+                Some((key, _)) => Err(format!("{key} needs affinity: cookie")),
+                None => Ok(None),
+            };
+        }
+    }
+    let name = get(pairs, "session-cookie-name").unwrap_or("capstan-affinity");
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!(
+            "session-cookie-name: {name:?} is not a cookie name (letters, digits, -_.)"
+        ));
+    }
+    let max_age = get(pairs, "session-cookie-max-age")
+        .map(|v| duration(v, "session-cookie-max-age"))
+        .transpose()?;
+    Ok(Some(StickyCookie {
+        name: Arc::from(name),
+        max_age,
+    }))
 }
 
 /// `100/s`, `600/m` or `1000/h`, with `<key>-burst` (default: one period's requests).

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use capstan_table::{Route, UpstreamProtocol};
+use capstan_table::{Route, StickyCookie, UpstreamProtocol, endpoint_cookie};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -236,6 +236,11 @@ impl Forwarder {
             Ok(body) => body,
             Err(refused) => return refuse(done, refused),
         };
+        let sticky = route.policy.sticky.as_ref().map(|sticky| {
+            let wanted = headers::cookie(&parts.headers, &sticky.name)
+                .and_then(|v| u64::from_str_radix(v, 16).ok());
+            (sticky, wanted)
+        });
         let request = attempt::Prepared {
             route: &route,
             upstream: &upstream,
@@ -243,6 +248,7 @@ impl Forwarder {
             inline,
             body,
             client: conn.peer.ip(),
+            sticky: sticky.and_then(|(_, wanted)| wanted),
         };
         let response = match self.send(request, &mut done).await {
             Ok(response) => response,
@@ -259,6 +265,13 @@ impl Forwarder {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(header::SERVER, server_header());
         parts.version = Version::HTTP_11;
+        if let Some((sticky, wanted)) = sticky
+            && let Some(served) = &done.endpoint
+            && wanted != Some(endpoint_cookie(served.addr))
+            && let Ok(cookie) = sticky_cookie(sticky, served.addr, conn.tls)
+        {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
         done.status = parts.status.as_u16();
         Response::from_parts(parts, ResponseBody::upstream(body, done))
     }
@@ -283,6 +296,26 @@ async fn tunnel(
     let mut upstream = TokioIo::new(upstream);
     let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
     metrics.upgraded.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// `Set-Cookie` naming `endpoint` for a sticky session.
+fn sticky_cookie(
+    sticky: &StickyCookie,
+    endpoint: SocketAddr,
+    tls: bool,
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut value = format!(
+        "{}={:016x}; Path=/; HttpOnly",
+        sticky.name,
+        endpoint_cookie(endpoint)
+    );
+    if let Some(max_age) = sticky.max_age {
+        value.push_str(&format!("; Max-Age={}", max_age.as_secs()));
+    }
+    if tls {
+        value.push_str("; Secure");
+    }
+    HeaderValue::from_str(&value)
 }
 
 /// Rewrites the request's headers for the upstream; for the inline client (`inline`), encodes

@@ -292,6 +292,19 @@ pub(crate) fn encode_upstream_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4: `; `-separated
+/// `name=value` pairs, possibly over several header lines), the first if repeated.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
 fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
         .get_all(name)

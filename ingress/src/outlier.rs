@@ -108,6 +108,7 @@ mod tests {
             timeouts: Timeouts::default(),
             health: None,
             outlier,
+            max_requests_per_endpoint: None,
             endpoints,
             internal: set.clone(),
             external: set,

@@ -63,6 +63,7 @@ impl Collector for IngressCollector {
                     ("rate_limited", &state.rate_limited),
                     ("body_too_large", &state.body_too_large),
                     ("source_denied", &state.source_denied),
+                    ("circuit_open", &state.overloaded),
                 ] {
                     decisions.push((with(&labels, "decision", decision), load(counter)));
                 }
@@ -99,7 +100,7 @@ impl Collector for IngressCollector {
         counters(
             &mut encoder,
             "ingress_policy_decisions",
-            "Ingress route policy decisions: retries sent, retries refused by the budget, requests answered 429, 413 or 403",
+            "Ingress route policy decisions: retries sent, retries refused by the budget, requests answered 429, 413, 403, or 503 with every endpoint at its request limit",
             &decisions,
         )?;
         counters(

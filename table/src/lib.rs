@@ -35,7 +35,8 @@ pub use ingress::{
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use policy::{
     ActiveHealthCheck, BUDGET_WINDOW_SECONDS, CLIENT_LIMITERS_SWEEP_AT, Gcra, OutlierPolicy,
-    RateLimit, RetryBudget, RetryOn, RetryPolicy, RoutePolicy, RouteState,
+    RateLimit, RetryBudget, RetryOn, RetryPolicy, RoutePolicy, RouteState, StickyCookie,
+    endpoint_cookie,
 };
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, HealthCheck, PortCounters,

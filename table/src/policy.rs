@@ -21,6 +21,29 @@ pub struct RoutePolicy {
     pub max_body_bytes: Option<u64>,
     /// Clients allowed on the route (ingress-nginx `whitelist-source-range`); others get 403.
     pub allow_sources: Option<Arc<[ipnet::IpNet]>>,
+    /// Sticky sessions by cookie; `None`: off.
+    pub sticky: Option<StickyCookie>,
+}
+
+/// Sticky sessions (ingress-nginx `affinity: cookie`, Traefik's sticky cookie, Envoy's cookie
+/// stateful session): the cookie names the endpoint that served the client; while that endpoint
+/// is eligible and available the client stays on it, whatever the endpoint set does around it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickyCookie {
+    pub name: Arc<str>,
+    /// `Max-Age` of the cookie; `None`: a session cookie.
+    pub max_age: Option<Duration>,
+}
+
+/// The cookie value naming `endpoint`: FNV-1a of its address, in hex (stable across restarts
+/// and versions, and it does not show the address).
+pub fn endpoint_cookie(endpoint: std::net::SocketAddr) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in endpoint.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 /// When and how often a failed request is sent again to another endpoint.
@@ -109,6 +132,8 @@ pub struct RouteState {
     pub rate_limited: AtomicU64,
     pub body_too_large: AtomicU64,
     pub source_denied: AtomicU64,
+    /// Requests answered 503 because every endpoint was at its request limit.
+    pub overloaded: AtomicU64,
 }
 
 /// Client limiters past which an admission also drops the idle ones.

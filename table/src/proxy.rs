@@ -52,6 +52,9 @@ pub struct ServicePortTable {
     pub health: Option<Arc<ActiveHealthCheck>>,
     /// Ejection on consecutive 5xx and gateway errors, by the ingress plane.
     pub outlier: OutlierPolicy,
+    /// Circuit breaking: requests in flight per endpoint at most; when every endpoint is at the
+    /// limit the ingress answers 503. `None`: no limit.
+    pub max_requests_per_endpoint: Option<u32>,
     /// Every endpoint known for this port, with its conditions (for dumps and metrics).
     pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Endpoints eligible for traffic arriving on a ClusterIP.

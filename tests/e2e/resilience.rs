@@ -541,3 +541,108 @@ impl KeepAlive {
         seen
     }
 }
+
+/// `affinity: cookie`: a client holding the cookie stays on one endpoint across 100 requests and
+/// endpoint changes around it, and moves (with a new cookie) only when that endpoint leaves.
+#[test]
+fn a_sticky_session_stays_on_its_endpoint_until_the_endpoint_leaves() {
+    let backends: Vec<HttpBackend> = (0..4)
+        .map(|i| HttpBackend::start(&format!("s{i}")))
+        .collect();
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let dir = TempDir::new("sticky");
+    let sticky = [("affinity", "cookie"), ("session-cookie-name", "route")];
+    write_manifests(&dir, &addrs[..3], &[], &sticky);
+    let (capstan, http) = start(&dir);
+    let url = format!("http://{http}/");
+    let (code, body, head) = crate::http_support::curl(&[&url]);
+    assert_eq!(code, 200);
+    let cookie = set_cookie(&head).expect("a Set-Cookie for a client without one");
+    assert!(head.contains("Path=/; HttpOnly"), "{head}");
+    let first = backend_name(&body);
+    let sticky_get = |cookie: &str| {
+        let (code, body, head) = crate::http_support::curl(&["-b", cookie, &url]);
+        assert_eq!(code, 200);
+        (backend_name(&body), set_cookie(&head))
+    };
+    for i in 0..100 {
+        let (name, again) = sticky_get(&cookie);
+        assert_eq!(name, first, "request {i} stays");
+        assert_eq!(again, None, "no new cookie while it holds");
+    }
+    // Another endpoint joins: the session stays put.
+    let generation = capstan.generation();
+    write_manifests(&dir, &addrs, &[], &sticky);
+    eventually(Duration::from_secs(10), || {
+        (capstan.generation() > generation).then_some(())
+    })
+    .expect("reloaded");
+    for _ in 0..20 {
+        assert_eq!(sticky_get(&cookie).0, first);
+    }
+    // Its endpoint leaves: the client moves once and gets a cookie for the new one.
+    let index: usize = first.trim_start_matches('s').parse().expect("name");
+    let remaining: Vec<SocketAddr> = addrs
+        .iter()
+        .copied()
+        .filter(|a| *a != addrs[index])
+        .collect();
+    let generation = capstan.generation();
+    write_manifests(&dir, &remaining, &[], &sticky);
+    eventually(Duration::from_secs(10), || {
+        (capstan.generation() > generation).then_some(())
+    })
+    .expect("reloaded");
+    let (moved, new_cookie) = sticky_get(&cookie);
+    assert_ne!(moved, first);
+    let new_cookie = new_cookie.expect("a cookie for the new endpoint");
+    for _ in 0..20 {
+        assert_eq!(sticky_get(&new_cookie).0, moved);
+    }
+}
+
+/// `max-requests-per-endpoint`: with the only endpoint busy at its limit, the next request is
+/// answered 503 at once (circuit breaking), and counted.
+#[test]
+fn an_endpoint_at_its_request_limit_gets_no_more_and_clients_get_503() {
+    let backend = HttpBackend::start("busy");
+    let dir = TempDir::new("circuit");
+    write_manifests(
+        &dir,
+        &[backend.addr],
+        &[("max-requests-per-endpoint", "1")],
+        &[],
+    );
+    let (capstan, http) = start(&dir);
+    let slow = std::thread::spawn(move || status(http, "/slow"));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (code, body) = http_get(http, "/").expect("answer");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("overloaded"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "at once, not after the slow one"
+    );
+    assert_eq!(slow.join().expect("slow request"), 200);
+    assert_eq!(status(http, "/"), 200, "room again");
+    assert_eq!(decisions(&capstan, "circuit_open"), 1.0);
+}
+
+fn set_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+fn backend_name(body: &str) -> String {
+    body.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("backend="))
+        .unwrap_or("?")
+        .to_owned()
+}

@@ -136,3 +136,36 @@ proptest! {
         let _ = service_policy(&service, &[]);
     }
 }
+
+#[test]
+fn sticky_cookie_and_circuit_breaking_keys() {
+    let policy = route_policy(
+        &[("affinity", "cookie"), ("session-cookie-max-age", "1h")],
+        &[],
+    )
+    .expect("valid");
+    let sticky = policy.sticky.expect("sticky");
+    assert_eq!(&*sticky.name, "capstan-affinity");
+    assert_eq!(sticky.max_age, Some(Duration::from_secs(3600)));
+    let named = route_policy(
+        &[("affinity", "cookie"), ("session-cookie-name", "route")],
+        &[],
+    );
+    assert_eq!(
+        &*named.expect("valid").sticky.expect("sticky").name,
+        "route"
+    );
+    for (pairs, expected) in [
+        (vec![("affinity", "ip")], "is not cookie"),
+        (vec![("session-cookie-name", "x")], "needs affinity: cookie"),
+        (
+            vec![("affinity", "cookie"), ("session-cookie-name", "a b")],
+            "is not a cookie name",
+        ),
+    ] {
+        let error = route_policy(&pairs, &[]).expect_err(expected);
+        assert!(error.contains(expected), "{error}");
+    }
+    let service = service_policy(&[("max-requests-per-endpoint", "2")], &[]).expect("valid");
+    assert_eq!(service.max_requests_per_endpoint, Some(2));
+}

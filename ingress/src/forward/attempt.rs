@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use capstan_proxy::{balance, now_ms};
-use capstan_table::{Endpoint, RetryPolicy, Route, ServicePortTable, UpstreamProtocol};
+use capstan_table::{
+    Endpoint, RetryPolicy, Route, ServicePortTable, UpstreamProtocol, endpoint_cookie,
+};
 use http::{Request, Response, StatusCode, Uri, Version};
 use tracing::debug;
 
@@ -31,6 +33,8 @@ pub(crate) struct Prepared<'a> {
     pub inline: Option<BytesMut>,
     pub body: Body,
     pub client: IpAddr,
+    /// The endpoint the request's sticky-session cookie names (see [`endpoint_cookie`]).
+    pub sticky: Option<u64>,
 }
 
 /// The request body, as far as retries are concerned.
@@ -50,6 +54,8 @@ pub(crate) enum Failure {
     Exchange,
     /// The deadline passed (504).
     Timeout,
+    /// Every endpoint is at its `max-requests-per-endpoint` (503).
+    Overloaded,
 }
 
 /// How one attempt ended.
@@ -93,6 +99,16 @@ impl Failure {
                     stats.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
                 }
                 reply(done, StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n")
+            }
+            Failure::Overloaded => {
+                if let Some(route) = &done.route {
+                    route.state.overloaded.fetch_add(1, Ordering::Relaxed);
+                }
+                reply(
+                    done,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream overloaded: every endpoint is at its request limit\n",
+                )
             }
         }
     }
@@ -155,19 +171,7 @@ impl Forwarder {
             if tried.len() >= eligible.len() {
                 tried.clear();
             }
-            let balance = self.shared.config.balance;
-            let chosen = balance::choose_with(
-                balance,
-                request.upstream,
-                eligible,
-                request.client,
-                &tried,
-                now_ms(),
-                &mut rng,
-            );
-            let Some(endpoint) = chosen else {
-                return Err(Failure::Connect);
-            };
+            let endpoint = self.pick(&request, &tried, &mut rng)?;
             done.hold(endpoint.clone());
             let last = retries >= policy.retries || !matches!(request.body, Body::Replayable(_));
             let outcome = self.attempt(&mut request, &endpoint, last, deadline).await;
@@ -189,6 +193,49 @@ impl Forwarder {
             }
             drop(outcome);
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The endpoint for the next attempt: the sticky cookie's while it is eligible, available,
+    /// untried and under its request limit; else the balancer's choice among those under it.
+    fn pick(
+        &self,
+        request: &Prepared<'_>,
+        tried: &[SocketAddr],
+        rng: &mut fastrand::Rng,
+    ) -> Result<Arc<Endpoint>, Failure> {
+        let eligible = &request.upstream.internal.endpoints;
+        let limit = request.upstream.max_requests_per_endpoint.map(u64::from);
+        let has_room =
+            |e: &Endpoint| limit.is_none_or(|max| e.stats.in_flight.load(Ordering::Relaxed) < max);
+        let now = now_ms();
+        if let Some(wanted) = request.sticky
+            && let Some(endpoint) = eligible.iter().find(|e| {
+                endpoint_cookie(e.addr) == wanted
+                    && e.stats.is_available(now)
+                    && !tried.contains(&e.addr)
+                    && has_room(e)
+            })
+        {
+            return Ok(endpoint.clone());
+        }
+        let mut excluded = tried.to_vec();
+        loop {
+            let chosen = balance::choose_with(
+                self.shared.config.balance,
+                request.upstream,
+                eligible,
+                request.client,
+                &excluded,
+                now,
+                rng,
+            );
+            match chosen {
+                Some(endpoint) if has_room(&endpoint) => return Ok(endpoint),
+                Some(full) => excluded.push(full.addr),
+                None if excluded.len() > tried.len() => return Err(Failure::Overloaded),
+                None => return Err(Failure::Connect),
+            }
         }
     }
 

@@ -344,3 +344,19 @@ proptest::proptest! {
         );
     }
 }
+
+#[test]
+fn cookies_are_found_across_pairs_and_header_lines() {
+    let mut headers = HeaderMap::new();
+    headers.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+    headers.append(
+        header::COOKIE,
+        HeaderValue::from_static("sticky=\"00ff\";c=3"),
+    );
+    assert_eq!(cookie(&headers, "a"), Some("1"));
+    assert_eq!(cookie(&headers, "b"), Some("2"));
+    assert_eq!(cookie(&headers, "sticky"), Some("00ff"));
+    assert_eq!(cookie(&headers, "c"), Some("3"));
+    assert_eq!(cookie(&headers, "d"), None);
+    assert_eq!(cookie(&HeaderMap::new(), "a"), None);
+}

@@ -48,6 +48,7 @@ fn port(
         timeouts: Timeouts::default(),
         health: None,
         outlier: Default::default(),
+        max_requests_per_endpoint: None,
         endpoints: eps.to_vec().into(),
         internal: set.clone(),
         external: set,

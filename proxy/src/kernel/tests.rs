@@ -59,6 +59,7 @@ fn port(
         timeouts: Timeouts::default(),
         health: None,
         outlier: Default::default(),
+        max_requests_per_endpoint: None,
         endpoints: internal.endpoints.clone(),
         internal,
         external,
