@@ -347,6 +347,20 @@ pub struct RunArgs {
     /// Write one JSON line per ingress request to stdout.
     #[arg(long, env = "CAPSTAN_ACCESS_LOG")]
     pub access_log: bool,
+    /// Peers trusted as proxies in front of the ingress (load balancers, CDNs): their
+    /// `X-Forwarded-*`, `Forwarded` and `X-Request-Id` are kept and extended instead of replaced,
+    /// and with `--proxy-protocol` they may send a PROXY header.
+    #[arg(
+        long,
+        value_name = "CIDR,...",
+        env = "CAPSTAN_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Accept a PROXY protocol v1 or v2 header on ingress connections from `--trusted-proxies`
+    /// (optional per connection); the client address it names is the request's client.
+    #[arg(long, env = "CAPSTAN_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
     /// Log filter (RUST_LOG syntax), e.g. info or capstan_proxy=debug.
     #[arg(
         long,

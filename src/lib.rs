@@ -557,6 +557,8 @@ fn ingress_config(args: &RunArgs) -> Result<IngressConfig, Error> {
         max_header_bytes: args.http_max_header_bytes,
         max_headers: args.http_max_headers,
         access_log: args.access_log,
+        trusted_proxies: args.trusted_proxies.clone().into(),
+        proxy_protocol: args.proxy_protocol,
         ..IngressConfig::default()
     })
 }

@@ -65,13 +65,14 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
-    /// `local` is the listener address the connection reached.
-    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+    /// `local` is the listener address the connection reached; `trusted`, whether the peer is a
+    /// trusted proxy.
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
         let proto = if tls { "https" } else { "http" };
         Self {
             peer,
             tls,
-            forwarding: Forwarding::new(peer.ip(), proto, local.port()),
+            forwarding: Forwarding::new(peer.ip(), proto, local.port(), trusted),
         }
     }
 }
@@ -327,6 +328,7 @@ fn upstream_headers(
     inline: bool,
     upgrade: bool,
 ) -> Option<BytesMut> {
+    let fields = headers::forwarded_fields(&parts.headers, &conn.forwarding, host);
     if inline {
         let mut head = BytesMut::new();
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -334,14 +336,14 @@ fn upstream_headers(
             &parts.method,
             path_and_query,
             &parts.headers,
-            &conn.forwarding,
+            &fields,
             host,
             &mut head,
         );
         return Some(head);
     }
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-    headers::set_forwarded(&mut parts.headers, &conn.forwarding, host);
+    headers::set_forwarded(&mut parts.headers, &fields);
     if !parts.headers.contains_key(header::HOST)
         && let Ok(value) = HeaderValue::from_str(host)
     {

@@ -24,16 +24,26 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The headers [`set_forwarded`] sets: what a client sent under these names never goes upstream.
-static FORWARDING_HEADERS: [&HeaderName; 6] = [
+/// The headers [`set_forwarded`] sets: what a client sent under these names goes upstream only
+/// as [`forwarded_fields`] decides (kept or extended from a trusted proxy, replaced otherwise).
+static FORWARDING_HEADERS: [&HeaderName; 7] = [
     &X_FORWARDED_FOR,
     &X_REAL_IP,
     &X_FORWARDED_PROTO,
     &X_FORWARDED_HOST,
     &X_FORWARDED_PORT,
     &header::FORWARDED,
+    &X_REQUEST_ID,
 ];
+
+/// The forwarding headers of one request, in the order they are written upstream; `None`
+/// removes the header.
+#[derive(Clone, Debug)]
+pub(crate) struct ForwardedFields {
+    fields: [(&'static HeaderName, Option<HeaderValue>); 7],
+}
 
 /// Why a request was refused before routing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,10 +66,13 @@ pub(crate) struct Forwarding {
     port: HeaderValue,
     /// `for=…;proto=…`: the start of the `Forwarded` value.
     forwarded: String,
+    /// The client is a trusted proxy (`--trusted-proxies`): its `X-Forwarded-*`, `Forwarded`
+    /// and `X-Request-Id` are kept and extended rather than replaced.
+    trusted: bool,
 }
 
 impl Forwarding {
-    pub(crate) fn new(client: IpAddr, proto: &'static str, port: u16) -> Self {
+    pub(crate) fn new(client: IpAddr, proto: &'static str, port: u16, trusted: bool) -> Self {
         let text = client.to_string();
         let forwarded = match client {
             IpAddr::V4(_) => format!("for={text};proto={proto}"),
@@ -70,6 +83,7 @@ impl Forwarding {
             proto,
             port: HeaderValue::from(port),
             forwarded,
+            trusted,
         }
     }
 }
@@ -185,36 +199,84 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host/-Port`, `X-Real-IP` and `Forwarded` (RFC 7239) for the
-/// upstream; `host` is the request's host as the client sent it (port included). Values a
-/// client sent are replaced, not appended: Capstan is the edge, and a client must not be able
-/// to choose the address a backend sees.
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, host: &str) {
-    headers.reserve(6);
-    if let Some(client) = &forwarding.client {
-        headers.insert(&X_FORWARDED_FOR, client.clone());
-        headers.insert(&X_REAL_IP, client.clone());
-    }
-    headers.insert(
-        &X_FORWARDED_PROTO,
-        HeaderValue::from_static(forwarding.proto),
-    );
-    headers.insert(&X_FORWARDED_PORT, forwarding.port.clone());
-    let host_value = (!host.is_empty())
-        .then(|| HeaderValue::from_str(host).ok())
-        .flatten();
-    let forwarded = match host_value {
-        Some(host_value) => {
-            headers.insert(&X_FORWARDED_HOST, host_value);
-            HeaderValue::from_str(&format!("{};host=\"{host}\"", forwarding.forwarded))
+/// The forwarding headers for one request: `X-Forwarded-For/-Proto/-Host/-Port`, `X-Real-IP`,
+/// `Forwarded` (RFC 7239) and `X-Request-Id`; `host` is the request's host as the client sent it
+/// (port included). From an untrusted client every value is Capstan's own (a client must not
+/// choose the address a backend sees) and the request ID is new. From a trusted proxy,
+/// `X-Forwarded-For` and `Forwarded` are extended with the proxy's address, `X-Real-IP` is the
+/// first address it reported, and its `X-Forwarded-Proto/-Host/-Port` and `X-Request-Id` are kept
+/// (ingress-nginx's `use-forwarded-headers` with `proxy-real-ip-cidr`).
+pub(crate) fn forwarded_fields(
+    headers: &HeaderMap,
+    forwarding: &Forwarding,
+    host: &str,
+) -> ForwardedFields {
+    let trusted = forwarding.trusted;
+    let kept = |name: &HeaderName| trusted.then(|| headers.get(name).cloned()).flatten();
+    let prior = |name: &HeaderName| -> Option<String> {
+        if !trusted {
+            return None;
         }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-            HeaderValue::from_str(&forwarding.forwarded)
-        }
+        let values: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
     };
-    if let Ok(forwarded) = forwarded {
-        headers.insert(header::FORWARDED, forwarded);
+    let client = forwarding.client.clone();
+    let client_text = client.as_ref().and_then(|c| c.to_str().ok()).unwrap_or("");
+    let prior_for = prior(&X_FORWARDED_FOR);
+    let (xff, real_ip) = match &prior_for {
+        Some(chain) => (
+            HeaderValue::from_str(&format!("{chain}, {client_text}")).ok(),
+            chain
+                .split(',')
+                .next()
+                .and_then(|first| HeaderValue::from_str(first.trim()).ok()),
+        ),
+        None => (client.clone(), client.clone()),
+    };
+    let proto = kept(&X_FORWARDED_PROTO).unwrap_or(HeaderValue::from_static(forwarding.proto));
+    let port = kept(&X_FORWARDED_PORT).unwrap_or_else(|| forwarding.port.clone());
+    let forwarded_host = kept(&X_FORWARDED_HOST)
+        .or_else(|| (!host.is_empty()).then(|| HeaderValue::from_str(host).ok())?);
+    let ours = if host.is_empty() {
+        forwarding.forwarded.clone()
+    } else {
+        format!("{};host=\"{host}\"", forwarding.forwarded)
+    };
+    let forwarded = match prior(&header::FORWARDED) {
+        Some(chain) => HeaderValue::from_str(&format!("{chain}, {ours}")),
+        None => HeaderValue::from_str(&ours),
+    };
+    let request_id = kept(&X_REQUEST_ID)
+        .or_else(|| HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).ok());
+    ForwardedFields {
+        fields: [
+            (&X_FORWARDED_FOR, xff),
+            (&X_REAL_IP, real_ip.or(client)),
+            (&X_FORWARDED_PROTO, Some(proto)),
+            (&X_FORWARDED_PORT, Some(port)),
+            (&X_FORWARDED_HOST, forwarded_host),
+            (&header::FORWARDED, forwarded.ok()),
+            (&X_REQUEST_ID, request_id),
+        ],
+    }
+}
+
+/// Sets (or removes) the forwarding headers in a header map, for hyper's client.
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, fields: &ForwardedFields) {
+    headers.reserve(fields.fields.len());
+    for (name, value) in &fields.fields {
+        match value {
+            Some(value) => {
+                headers.insert(*name, value.clone());
+            }
+            None => {
+                headers.remove(*name);
+            }
+        }
     }
 }
 
@@ -225,7 +287,7 @@ pub(crate) fn encode_upstream_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
-    forwarding: &Forwarding,
+    fields: &ForwardedFields,
     host: &str,
     out: &mut BytesMut,
 ) {
@@ -270,21 +332,10 @@ pub(crate) fn encode_upstream_head(
     if trailers_te {
         field(b"te", &[b"trailers"]);
     }
-    if let Some(client) = &forwarding.client {
-        field(b"x-forwarded-for", &[client.as_bytes()]);
-        field(b"x-real-ip", &[client.as_bytes()]);
-    }
-    field(b"x-forwarded-proto", &[forwarding.proto.as_bytes()]);
-    field(b"x-forwarded-port", &[forwarding.port.as_bytes()]);
-    let forwarded = forwarding.forwarded.as_bytes();
-    if host.is_empty() {
-        field(b"forwarded", &[forwarded]);
-    } else {
-        field(b"x-forwarded-host", &[host.as_bytes()]);
-        field(
-            b"forwarded",
-            &[forwarded, b";host=\"", host.as_bytes(), b"\""],
-        );
+    for (name, value) in &fields.fields {
+        if let Some(value) = value {
+            field(name.as_str().as_bytes(), &[value.as_bytes()]);
+        }
     }
     if !wrote_host {
         field(b"host", &[host.as_bytes()]);
@@ -294,7 +345,7 @@ pub(crate) fn encode_upstream_head(
 
 /// The value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4: `; `-separated
 /// `name=value` pairs, possibly over several header lines), the first if repeated.
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()

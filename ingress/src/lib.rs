@@ -23,6 +23,7 @@ pub mod http1;
 mod idle;
 mod metrics;
 mod outlier;
+pub mod proxy_protocol;
 mod routing;
 mod server;
 mod tls;
@@ -33,6 +34,7 @@ use std::time::Duration;
 use capstan_table::BalancePolicy;
 
 pub use error::IngressError;
+pub use headers::cookie;
 pub use metrics::{IngressMetrics, Refusal};
 pub use routing::{Routed, match_path, normalize_host, route, route_host};
 pub use server::{Bound, serve};
@@ -60,6 +62,22 @@ pub struct IngressConfig {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub access_log: bool,
+    /// Peers whose forwarding headers and request IDs are kept and extended
+    /// (`--trusted-proxies`), and who may open connections with a PROXY protocol header.
+    pub trusted_proxies: std::sync::Arc<[ipnet::IpNet]>,
+    /// Accept a PROXY protocol v1/v2 header from trusted peers (`--proxy-protocol`).
+    pub proxy_protocol: bool,
+}
+
+impl IngressConfig {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|range| range.contains(&ip))
+    }
 }
 
 impl Default for IngressConfig {
@@ -75,6 +93,8 @@ impl Default for IngressConfig {
             upstream_idle_timeout: Duration::from_secs(90),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            trusted_proxies: std::sync::Arc::new([]),
+            proxy_protocol: false,
             access_log: false,
         }
     }

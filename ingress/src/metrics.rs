@@ -18,6 +18,8 @@ pub enum Refusal {
     HeaderTimeout,
     /// The TLS handshake failed or timed out.
     TlsHandshake,
+    /// A trusted peer sent a malformed PROXY protocol header, or none in time.
+    ProxyProtocol,
 }
 
 /// Every ingress counter that is not per route.
@@ -37,12 +39,13 @@ pub struct IngressMetrics {
     pub retries: AtomicU64,
 }
 
-const REFUSALS: [Refusal; 5] = [
+const REFUSALS: [Refusal; 6] = [
     Refusal::HeadersTooLarge,
     Refusal::Malformed,
     Refusal::InvalidHost,
     Refusal::HeaderTimeout,
     Refusal::TlsHandshake,
+    Refusal::ProxyProtocol,
 ];
 
 // === impl Refusal ===
@@ -55,6 +58,7 @@ impl Refusal {
             Refusal::InvalidHost => "invalid_host",
             Refusal::HeaderTimeout => "header_timeout",
             Refusal::TlsHandshake => "tls_handshake",
+            Refusal::ProxyProtocol => "proxy_protocol",
         }
     }
 

@@ -26,6 +26,7 @@ use crate::completion::AccessLog;
 use crate::forward::{ConnInfo, Forwarder, Shared};
 use crate::idle::IdleIo;
 use crate::metrics::{IngressMetrics, Refusal};
+use crate::proxy_protocol;
 use crate::tls::{SniResolver, self_signed, server_config};
 use crate::{IngressConfig, IngressError};
 
@@ -51,6 +52,8 @@ struct Listening {
     handshake_timeout: Duration,
     shutdown: CancellationToken,
     connections: TaskTracker,
+    /// For the trusted-proxy and PROXY protocol decisions at accept.
+    config: IngressConfig,
 }
 
 /// Binds the configured listeners on every worker and starts serving. Connections are tracked
@@ -116,6 +119,7 @@ pub fn serve(
             let listening = Arc::new(Listening {
                 idle_timeout: shared.config.idle_timeout,
                 handshake_timeout: shared.config.header_timeout,
+                config: shared.config.clone(),
                 forwarder: Arc::new(Forwarder::new(shared)),
                 builder,
                 metrics,
@@ -182,8 +186,24 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, listening:
         let listening_conn = listening.clone();
         let tls = tls.clone();
         listening.connections.spawn(async move {
+            let mut stream = stream;
             let local = stream.local_addr().unwrap_or(peer);
-            let info = Arc::new(ConnInfo::new(peer, local, tls.is_some()));
+            let config = &listening_conn.config;
+            let mut peer = peer;
+            if config.proxy_protocol && config.trusts(peer.ip()) {
+                let timeout = listening_conn.handshake_timeout;
+                match proxy_protocol::read_header(&mut stream, timeout).await {
+                    Ok(Some(client)) => peer = client,
+                    Ok(None) => {}
+                    Err(error) => {
+                        listening_conn.metrics.refuse(Refusal::ProxyProtocol);
+                        debug!(%peer, %error, "connection closed");
+                        return;
+                    }
+                }
+            }
+            let trusted = config.trusts(peer.ip());
+            let info = Arc::new(ConnInfo::new(peer, local, tls.is_some(), trusted));
             let metrics = listening_conn.metrics.clone();
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
             match tls {

@@ -646,3 +646,88 @@ fn backend_name(body: &str) -> String {
         .unwrap_or("?")
         .to_owned()
 }
+
+/// `--trusted-proxies` and `--proxy-protocol`: a trusted peer's PROXY header names the client
+/// (v1 and v2), a trusted peer's `X-Forwarded-For` is extended and its `X-Request-Id` kept; a
+/// client behind a PROXY header is not itself trusted; a malformed header closes the connection
+/// and is counted.
+#[test]
+fn trusted_proxies_and_the_proxy_protocol_carry_the_client_address() {
+    let backend = HttpBackend::start("echo");
+    let dir = TempDir::new("proxyproto");
+    write_manifests(&dir, &[backend.addr], &[], &[]);
+    let (capstan, http) = start_with(
+        &dir,
+        &["--trusted-proxies", "127.0.0.0/8", "--proxy-protocol"],
+    );
+    let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Forwarded-For: 6.6.6.6\r\nX-Request-Id: from-client\r\n\r\n";
+    let header_of = |answer: &str, name: &str| {
+        answer
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_owned)
+    };
+
+    let v1 = raw_exchange(
+        http,
+        format!("PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n{request}").as_bytes(),
+    );
+    assert_eq!(
+        header_of(&v1, "x-forwarded-for").as_deref(),
+        Some("203.0.113.9"),
+        "{v1}"
+    );
+    assert_eq!(header_of(&v1, "x-real-ip").as_deref(), Some("203.0.113.9"));
+    let id = header_of(&v1, "x-request-id").expect("a request ID");
+    assert_ne!(
+        id, "from-client",
+        "the client behind the proxy is not trusted"
+    );
+
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[198, 51, 100, 4, 127, 0, 0, 1, 0x0f, 0xa0, 0, 80]);
+    v2.extend_from_slice(request.as_bytes());
+    let answer = raw_exchange(http, &v2);
+    assert_eq!(
+        header_of(&answer, "x-forwarded-for").as_deref(),
+        Some("198.51.100.4"),
+        "{answer}"
+    );
+
+    let direct = raw_exchange(http, request.as_bytes());
+    assert_eq!(
+        header_of(&direct, "x-forwarded-for").as_deref(),
+        Some("6.6.6.6, 127.0.0.1"),
+        "a trusted peer without a PROXY header: its chain is extended"
+    );
+    assert_eq!(
+        header_of(&direct, "x-request-id").as_deref(),
+        Some("from-client")
+    );
+
+    let broken = raw_exchange(http, b"PROXY TCP4 nonsense\r\nGET / HTTP/1.1\r\n\r\n");
+    assert!(broken.is_empty(), "closed without an answer: {broken}");
+    let refused = capstan
+        .metrics()
+        .lines()
+        .find(|l| l.contains("ingress_refused") && l.contains("proxy_protocol"))
+        .map(str::to_owned);
+    assert!(
+        refused.is_some_and(|l| l.ends_with(" 1")),
+        "{}",
+        capstan.metrics()
+    );
+}
+
+/// Sends `raw` on a fresh connection and reads the answer to its end.
+fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(raw).expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}

@@ -166,11 +166,9 @@ fn forwarded_headers_replace_what_the_client_sent() {
     let mut headers = HeaderMap::new();
     headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
     headers.insert("x-forwarded-host", HeaderValue::from_static("evil"));
-    set_forwarded(
-        &mut headers,
-        &Forwarding::new("10.1.2.3".parse().expect("ip"), "https", 8443),
-        "shop.example:8443",
-    );
+    let forwarding = Forwarding::new("10.1.2.3".parse().expect("ip"), "https", 8443, false);
+    let fields = forwarded_fields(&headers, &forwarding, "shop.example:8443");
+    set_forwarded(&mut headers, &fields);
     let get = |name: &str| {
         headers
             .get(name)
@@ -188,11 +186,9 @@ fn forwarded_headers_replace_what_the_client_sent() {
     );
 
     let mut headers = HeaderMap::new();
-    set_forwarded(
-        &mut headers,
-        &Forwarding::new("fd00::1".parse().expect("ip"), "http", 80),
-        "",
-    );
+    let forwarding = Forwarding::new("fd00::1".parse().expect("ip"), "http", 80, false);
+    let fields = forwarded_fields(&headers, &forwarding, "");
+    set_forwarded(&mut headers, &fields);
     assert_eq!(
         headers.get("forwarded").and_then(|v| v.to_str().ok()),
         Some("for=\"[fd00::1]\";proto=http")
@@ -203,11 +199,12 @@ fn forwarded_headers_replace_what_the_client_sent() {
 #[test]
 fn one_connection_forwards_each_requests_own_host() {
     // The first host's values are kept per connection; others are rendered each time.
-    let forwarding = Forwarding::new("10.0.0.9".parse().expect("ip"), "http", 80);
+    let forwarding = Forwarding::new("10.0.0.9".parse().expect("ip"), "http", 80, false);
     for host in ["a.example", "b.example", "a.example", "", "b.example"] {
         let mut headers = HeaderMap::new();
         headers.insert("x-forwarded-host", HeaderValue::from_static("evil"));
-        set_forwarded(&mut headers, &forwarding, host);
+        let fields = forwarded_fields(&headers, &forwarding, host);
+        set_forwarded(&mut headers, &fields);
         let get = |name: &str| {
             headers
                 .get(name)
@@ -260,10 +257,10 @@ proptest::proptest! {
 }
 
 /// The header set, sorted, after the `HeaderMap` rewrite the hyper path applies.
-fn rewritten(headers: &HeaderMap, forwarding: &Forwarding, host: &str) -> Vec<(String, String)> {
+fn rewritten(headers: &HeaderMap, fields: &ForwardedFields, host: &str) -> Vec<(String, String)> {
     let mut headers = headers.clone();
     strip_hop_by_hop(&mut headers, false);
-    set_forwarded(&mut headers, forwarding, host);
+    set_forwarded(&mut headers, fields);
     if !headers.contains_key(header::HOST) {
         headers.insert(
             header::HOST,
@@ -279,9 +276,9 @@ fn rewritten(headers: &HeaderMap, forwarding: &Forwarding, host: &str) -> Vec<(S
 }
 
 /// The header set, sorted, of the head the inline client writes.
-fn encoded(headers: &HeaderMap, forwarding: &Forwarding, host: &str) -> Vec<(String, String)> {
+fn encoded(headers: &HeaderMap, fields: &ForwardedFields, host: &str) -> Vec<(String, String)> {
     let mut out = bytes::BytesMut::new();
-    encode_upstream_head(&Method::GET, "/x?y", headers, forwarding, host, &mut out);
+    encode_upstream_head(&Method::GET, "/x?y", headers, fields, host, &mut out);
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut request = httparse::Request::new(&mut slots);
     let parsed = request.parse(&out).expect("the head parses");
@@ -303,7 +300,7 @@ fn encoded(headers: &HeaderMap, forwarding: &Forwarding, host: &str) -> Vec<(Str
     pairs
 }
 
-const CANDIDATES: [(&str, &str); 16] = [
+const CANDIDATES: [(&str, &str); 19] = [
     ("host", "app.example"),
     ("connection", "keep-alive"),
     ("connection", "x-secret, close"),
@@ -317,6 +314,9 @@ const CANDIDATES: [(&str, &str); 16] = [
     ("x-forwarded-for", "6.6.6.6"),
     ("forwarded", "for=evil"),
     ("x-forwarded-host", "evil.example"),
+    ("x-forwarded-for", "7.7.7.7"),
+    ("x-request-id", "abc"),
+    ("x-forwarded-proto", "https"),
     ("accept", "*/*"),
     ("cookie", "a=1"),
     ("cookie", "b=2"),
@@ -328,6 +328,7 @@ proptest::proptest! {
         chosen in proptest::sample::subsequence(CANDIDATES.to_vec(), 0..CANDIDATES.len()),
         host in proptest::sample::select(vec!["app.example", "", "other.example:8080"]),
         v6 in proptest::bool::ANY,
+        trusted in proptest::bool::ANY,
     ) {
         let mut headers = HeaderMap::new();
         for (name, value) in &chosen {
@@ -337,10 +338,11 @@ proptest::proptest! {
             );
         }
         let client = if v6 { "fd00::7" } else { "10.0.0.7" };
-        let forwarding = Forwarding::new(client.parse().expect("ip"), "http", 80);
+        let forwarding = Forwarding::new(client.parse().expect("ip"), "http", 80, trusted);
+        let fields = forwarded_fields(&headers, &forwarding, host);
         proptest::prop_assert_eq!(
-            encoded(&headers, &forwarding, host),
-            rewritten(&headers, &forwarding, host)
+            encoded(&headers, &fields, host),
+            rewritten(&headers, &fields, host)
         );
     }
 }
@@ -359,4 +361,50 @@ fn cookies_are_found_across_pairs_and_header_lines() {
     assert_eq!(cookie(&headers, "c"), Some("3"));
     assert_eq!(cookie(&headers, "d"), None);
     assert_eq!(cookie(&HeaderMap::new(), "a"), None);
+}
+
+#[test]
+fn a_trusted_proxy_has_its_forwarding_headers_extended_and_its_request_id_kept() {
+    let mut headers = HeaderMap::new();
+    headers.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+    headers.append("x-forwarded-for", HeaderValue::from_static("198.51.100.2"));
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    headers.insert("forwarded", HeaderValue::from_static("for=203.0.113.9"));
+    headers.insert("x-request-id", HeaderValue::from_static("req-1"));
+    let get = |fields: &ForwardedFields, name: &str| {
+        let mut map = HeaderMap::new();
+        set_forwarded(&mut map, fields);
+        map.get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let proxy = Forwarding::new("10.0.0.5".parse().expect("ip"), "http", 80, true);
+    let trusted = forwarded_fields(&headers, &proxy, "shop.example");
+    assert_eq!(
+        get(&trusted, "x-forwarded-for").as_deref(),
+        Some("203.0.113.9, 198.51.100.2, 10.0.0.5")
+    );
+    assert_eq!(get(&trusted, "x-real-ip").as_deref(), Some("203.0.113.9"));
+    assert_eq!(get(&trusted, "x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        get(&trusted, "forwarded").as_deref(),
+        Some("for=203.0.113.9, for=10.0.0.5;proto=http;host=\"shop.example\"")
+    );
+    assert_eq!(get(&trusted, "x-request-id").as_deref(), Some("req-1"));
+
+    let client = Forwarding::new("10.0.0.5".parse().expect("ip"), "http", 80, false);
+    let untrusted = forwarded_fields(&headers, &client, "shop.example");
+    assert_eq!(
+        get(&untrusted, "x-forwarded-for").as_deref(),
+        Some("10.0.0.5")
+    );
+    assert_eq!(
+        get(&untrusted, "x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+    let id = get(&untrusted, "x-request-id").expect("a request ID");
+    assert_eq!(id.len(), 32, "a new 128-bit ID: {id}");
+    assert_ne!(id, "req-1");
+    let other = get(&forwarded_fields(&headers, &client, ""), "x-request-id");
+    assert_ne!(other.as_deref(), Some(id.as_str()), "a new ID per request");
 }
