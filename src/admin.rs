@@ -406,6 +406,14 @@ fn route_policy_json(policy: &capstan_table::RoutePolicy) -> Value {
         "rate_limit": limit(&policy.rate_limit),
         "client_rate_limit": limit(&policy.client_rate_limit),
         "max_body_bytes": policy.max_body_bytes,
+        "hsts": policy.hsts.map(|h| h.value()),
+        "cors": policy.cors.as_ref().map(|c| json!({
+            "origins": if c.origins.is_empty() { vec!["*".to_owned()] } else { c.origins.iter().map(ToString::to_string).collect() },
+            "methods": &*c.methods,
+            "headers": &*c.headers,
+            "credentials": c.credentials,
+            "max_age_seconds": c.max_age.as_secs(),
+        })),
         "sticky_cookie": policy.sticky.as_ref().map(|s| json!({"name": &*s.name, "max_age_seconds": s.max_age.map(|d| d.as_secs())})),
         "allow_source_ranges": policy.allow_sources.as_ref().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>()),
     })

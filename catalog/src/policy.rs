@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_table::{
-    ActiveHealthCheck, OutlierPolicy, RateLimit, RetryOn, RoutePolicy, StickyCookie,
+    ActiveHealthCheck, Cors, Hsts, OutlierPolicy, RateLimit, RetryOn, RoutePolicy, StickyCookie,
 };
 
 /// The prefix of Capstan's annotations.
@@ -41,6 +41,14 @@ pub const ROUTE_KEYS: &[&str] = &[
     "affinity",
     "session-cookie-name",
     "session-cookie-max-age",
+    "hsts-max-age",
+    "hsts-include-subdomains",
+    "hsts-preload",
+    "cors-allow-origin",
+    "cors-allow-methods",
+    "cors-allow-headers",
+    "cors-allow-credentials",
+    "cors-max-age",
 ];
 
 /// Keys of a Service's policy (besides `load-balancer`).
@@ -115,6 +123,8 @@ pub fn route_policy(pairs: Keys<'_>, known: &[&str]) -> Result<RoutePolicy, Stri
         policy.allow_sources = Some(ranges.into());
     }
     policy.sticky = sticky_cookie(pairs)?;
+    policy.hsts = hsts(pairs)?;
+    policy.cors = cors(pairs)?;
     Ok(policy)
 }
 
@@ -297,6 +307,73 @@ fn sticky_cookie(pairs: Keys<'_>) -> Result<Option<StickyCookie>, String> {
     Ok(Some(StickyCookie {
         name: Arc::from(name),
         max_age,
+    }))
+}
+
+/// `hsts-max-age` turns HSTS on; `hsts-include-subdomains` and `hsts-preload` add directives.
+fn hsts(pairs: Keys<'_>) -> Result<Option<Hsts>, String> {
+    let flag = |key: &str| get(pairs, key).map_or(Ok(false), |v| boolean(v, key));
+    let Some(max_age) = get(pairs, "hsts-max-age") else {
+        return match pairs.iter().find(|(k, _)| k.starts_with("hsts-")) {
+            Some((key, _)) => Err(format!("{key} needs hsts-max-age")),
+            None => Ok(None),
+        };
+    };
+    Ok(Some(Hsts {
+        max_age: duration(max_age, "hsts-max-age")?,
+        include_subdomains: flag("hsts-include-subdomains")?,
+        preload: flag("hsts-preload")?,
+    }))
+}
+
+/// `cors-allow-origin` turns CORS on (`*` or `https://a.example, https://b.example`); the other
+/// keys default as ingress-nginx's do.
+fn cors(pairs: Keys<'_>) -> Result<Option<Cors>, String> {
+    let Some(origins) = get(pairs, "cors-allow-origin") else {
+        return match pairs.iter().find(|(k, _)| k.starts_with("cors-")) {
+            Some((key, _)) => Err(format!("{key} needs cors-allow-origin")),
+            None => Ok(None),
+        };
+    };
+    let mut allowed = Vec::new();
+    for origin in origins.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        if origin == "*" {
+            allowed.clear();
+            break;
+        }
+        let valid = origin.split_once("://").is_some_and(|(scheme, host)| {
+            matches!(scheme, "http" | "https") && !host.is_empty() && !host.contains('/')
+        });
+        if !valid {
+            return Err(format!(
+                "cors-allow-origin: {origin:?} is not * or an origin like https://app.example"
+            ));
+        }
+        allowed.push(Arc::from(origin.to_ascii_lowercase()));
+    }
+    let header_list = |key: &str, default: &str| -> Result<Arc<str>, String> {
+        let value = get(pairs, key).unwrap_or(default);
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            return Err(format!("{key}: {value:?} is not a comma-separated list"));
+        }
+        Ok(Arc::from(value))
+    };
+    Ok(Some(Cors {
+        origins: allowed,
+        methods: header_list(
+            "cors-allow-methods",
+            "GET, PUT, POST, DELETE, PATCH, OPTIONS",
+        )?,
+        headers: header_list(
+            "cors-allow-headers",
+            "DNT,Keep-Alive,User-Agent,X-Requested-With,If-Modified-Since,Cache-Control,Content-Type,Range,Authorization",
+        )?,
+        credentials: get(pairs, "cors-allow-credentials")
+            .map_or(Ok(true), |v| boolean(v, "cors-allow-credentials"))?,
+        max_age: match get(pairs, "cors-max-age") {
+            Some(v) => duration(v, "cors-max-age")?,
+            None => Duration::from_secs(1_728_000),
+        },
     }))
 }
 

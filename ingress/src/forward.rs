@@ -26,6 +26,7 @@ use crate::IngressConfig;
 use crate::admission::{self, Refused};
 use crate::body::{self, RequestBody, ResponseBody};
 use crate::completion::{AccessLog, Completion, LogEntry};
+use crate::edge;
 use crate::headers::{self, BadRequest, Forwarding};
 use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
@@ -220,6 +221,12 @@ impl Forwarder {
             );
         }
 
+        if let Some(headers) = edge::preflight(&route.policy, &request) {
+            let mut response = reply(done, edge::PREFLIGHT_STATUS, "");
+            response.headers_mut().extend(headers);
+            return response;
+        }
+        let origin = edge::origin(&route.policy, &request);
         let now_us = capstan_proxy::now_us();
         let declared = request.body().size_hint().exact();
         if let Err(refused) = admission::admit(&route, conn.peer.ip(), declared, now_us) {
@@ -266,6 +273,7 @@ impl Forwarder {
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(header::SERVER, server_header());
         parts.version = Version::HTTP_11;
+        edge::decorate(&route.policy, conn.tls, origin.as_ref(), &mut parts.headers);
         if let Some((sticky, wanted)) = sticky
             && let Some(served) = &done.endpoint
             && wanted != Some(endpoint_cookie(served.addr))

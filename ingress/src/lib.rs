@@ -15,6 +15,7 @@
 mod admission;
 mod body;
 mod completion;
+mod edge;
 mod error;
 mod forward;
 mod headers;

@@ -34,9 +34,9 @@ pub use ingress::{
 };
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use policy::{
-    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, CLIENT_LIMITERS_SWEEP_AT, Gcra, OutlierPolicy,
-    RateLimit, RetryBudget, RetryOn, RetryPolicy, RoutePolicy, RouteState, StickyCookie,
-    endpoint_cookie,
+    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, CLIENT_LIMITERS_SWEEP_AT, Cors, Gcra, Hsts,
+    OutlierPolicy, RateLimit, RetryBudget, RetryOn, RetryPolicy, RoutePolicy, RouteState,
+    StickyCookie, endpoint_cookie,
 };
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, HealthCheck, PortCounters,

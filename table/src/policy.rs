@@ -23,6 +23,60 @@ pub struct RoutePolicy {
     pub allow_sources: Option<Arc<[ipnet::IpNet]>>,
     /// Sticky sessions by cookie; `None`: off.
     pub sticky: Option<StickyCookie>,
+    /// `Strict-Transport-Security` on responses over TLS; `None`: not sent.
+    pub hsts: Option<Hsts>,
+    /// CORS answered at the edge; `None`: requests and responses pass untouched.
+    pub cors: Option<Cors>,
+}
+
+/// HTTP Strict Transport Security (RFC 6797): sent only on responses over TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hsts {
+    pub max_age: Duration,
+    pub include_subdomains: bool,
+    pub preload: bool,
+}
+
+/// Cross-origin resource sharing (ingress-nginx's `enable-cors` semantics): preflights from an
+/// allowed origin are answered 204 by the ingress; other requests from one get
+/// `Access-Control-Allow-Origin` (and `-Credentials`) added to the response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    /// Allowed origins (`scheme://host[:port]`, lowercase); empty: any origin (`*`).
+    pub origins: Vec<Arc<str>>,
+    pub methods: Arc<str>,
+    pub headers: Arc<str>,
+    pub credentials: bool,
+    pub max_age: Duration,
+}
+
+// === impl Hsts ===
+
+impl Hsts {
+    /// The header value: `max-age=N[; includeSubDomains][; preload]`.
+    pub fn value(&self) -> String {
+        let mut value = format!("max-age={}", self.max_age.as_secs());
+        if self.include_subdomains {
+            value.push_str("; includeSubDomains");
+        }
+        if self.preload {
+            value.push_str("; preload");
+        }
+        value
+    }
+}
+
+// === impl Cors ===
+
+impl Cors {
+    /// Whether a request from `origin` may be served cross-origin.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.is_empty()
+            || self
+                .origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
 }
 
 /// Sticky sessions (ingress-nginx `affinity: cookie`, Traefik's sticky cookie, Envoy's cookie

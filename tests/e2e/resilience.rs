@@ -731,3 +731,81 @@ fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
     let _ = stream.read_to_end(&mut answer);
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+/// CORS at the edge: a preflight from an allowed origin is answered 204 without reaching the
+/// backend, a request from it gets `Access-Control-Allow-Origin`, another origin gets nothing;
+/// HSTS is sent over TLS only.
+#[test]
+fn cors_preflights_are_answered_at_the_edge_and_hsts_goes_over_tls_only() {
+    let backend = FaultyBackend::start("cors", Mode::Ok);
+    let dir = TempDir::new("cors");
+    write_manifests(
+        &dir,
+        &[backend.addr],
+        &[],
+        &[
+            ("cors-allow-origin", "https://app.example"),
+            ("hsts-max-age", "1h"),
+        ],
+    );
+    let capstan = Capstan::start(&[
+        "--manifests",
+        path_str(&dir.0),
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+    ]);
+    let (http, https) = capstan.ingress_addrs();
+    let (http, https) = (http.expect("http"), https.expect("https"));
+    let url = format!("http://{http}/");
+    let (code, _, head) = crate::http_support::curl(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        "Origin: https://app.example",
+        "-H",
+        "Access-Control-Request-Method: POST",
+        &url,
+    ]);
+    assert_eq!(code, 204, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-origin: https://app.example"),
+        "{head}"
+    );
+    assert!(
+        head.contains("access-control-allow-methods: get, put, post"),
+        "{head}"
+    );
+    assert_eq!(
+        backend.requests(),
+        0,
+        "a preflight never reaches the backend"
+    );
+
+    let (code, _, head) = crate::http_support::curl(&["-H", "Origin: https://app.example", &url]);
+    assert_eq!(code, 200);
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    assert!(
+        !head.contains("strict-transport-security"),
+        "no HSTS over plain HTTP: {head}"
+    );
+    let (_, _, head) = crate::http_support::curl(&["-H", "Origin: https://evil.example", &url]);
+    assert!(
+        !head.to_ascii_lowercase().contains("access-control"),
+        "{head}"
+    );
+
+    let (code, _, head) = crate::http_support::curl(&["-k", &format!("https://{https}/")]);
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=3600"),
+        "{head}"
+    );
+}

@@ -169,3 +169,43 @@ fn sticky_cookie_and_circuit_breaking_keys() {
     let service = service_policy(&[("max-requests-per-endpoint", "2")], &[]).expect("valid");
     assert_eq!(service.max_requests_per_endpoint, Some(2));
 }
+
+#[test]
+fn hsts_and_cors_keys() {
+    let policy = route_policy(
+        &[
+            ("hsts-max-age", "8760h"),
+            ("hsts-include-subdomains", "true"),
+            (
+                "cors-allow-origin",
+                "https://App.example, http://localhost:3000",
+            ),
+            ("cors-allow-credentials", "false"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        policy.hsts.expect("hsts").value(),
+        "max-age=31536000; includeSubDomains"
+    );
+    let cors = policy.cors.expect("cors");
+    assert!(cors.allows("https://app.example") && cors.allows("http://localhost:3000"));
+    assert!(!cors.allows("https://other.example"));
+    assert!(!cors.credentials);
+    assert_eq!(cors.max_age, Duration::from_secs(1_728_000));
+    let any = route_policy(&[("cors-allow-origin", "*")], &[]).expect("valid");
+    assert!(any.cors.expect("cors").allows("https://whatever.example"));
+    for (pairs, expected) in [
+        (vec![("hsts-preload", "true")], "needs hsts-max-age"),
+        (vec![("cors-max-age", "1h")], "needs cors-allow-origin"),
+        (
+            vec![("cors-allow-origin", "app.example")],
+            "is not * or an origin",
+        ),
+        (vec![("hsts-max-age", "1y")], "duration"),
+    ] {
+        let error = route_policy(&pairs, &[]).expect_err(expected);
+        assert!(error.contains(expected), "{error}");
+    }
+}
