@@ -38,8 +38,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null || cargo install oha --locked
-cargo build --release --locked --quiet --bin capstan
-CAPSTAN=$PWD/target/release/capstan
+# CAPSTAN=/path/to/capstan compares another build (an earlier commit's) in the same harness.
+if [ -z "${CAPSTAN:-}" ]; then
+  cargo build --release --locked --quiet --bin capstan
+  CAPSTAN=$PWD/target/release/capstan
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d)
