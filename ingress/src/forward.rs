@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use capstan_table::{Route, StickyCookie, UpstreamProtocol, endpoint_cookie};
+use capstan_table::{Route, ServicePortTable, StickyCookie, UpstreamProtocol, endpoint_cookie};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -169,57 +169,19 @@ impl Forwarder {
         });
         let mut done = Completion::new(shared.metrics.clone(), log);
 
-        let host = match host {
-            Ok(host) => host,
-            Err(bad) => {
-                shared.metrics.refuse(Refusal::InvalidHost);
-                let message = match bad {
-                    BadRequest::MissingHost => "missing Host header\n",
-                    BadRequest::InvalidHost => "invalid Host header\n",
-                };
-                return reply(done, StatusCode::BAD_REQUEST, message);
+        let (host, route, upstream) = match self.resolve(conn, &request, host) {
+            Ok(resolved) => resolved,
+            Err(Early::Reply(status, text)) => return reply(done, status, text),
+            Err(Early::Redirect { host, https_port }) => {
+                return redirect(done, &host, https_port, request.uri());
+            }
+            Err(Early::Unserved(route, text)) => {
+                route.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
+                done.route = Some(route);
+                return reply(done, StatusCode::SERVICE_UNAVAILABLE, text);
             }
         };
-        let Some(snapshot) = shared.snapshots.load() else {
-            return reply(
-                done,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no configuration loaded yet\n",
-            );
-        };
-        let table = &snapshot.ingress;
-        let hostname = normalize_host(&host);
-
-        if !conn.tls
-            && let Some(https_port) = shared.https_port
-            && table.tls_for(&hostname).is_some()
-            && !request.uri().path().starts_with(ACME_CHALLENGE)
-        {
-            return redirect(done, &host, https_port, request.uri());
-        }
-
-        let route: Arc<Route> = match route_host(table, &hostname, request.uri().path()) {
-            Routed::Route(route) | Routed::Default(route) => route.clone(),
-            Routed::NotFound => return reply(done, StatusCode::NOT_FOUND, "no route\n"),
-        };
         done.route = Some(route.clone());
-        let Some(upstream) = route.upstream.clone() else {
-            route.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
-            return reply(
-                done,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "backend service not found\n",
-            );
-        };
-        let eligible = &upstream.internal.endpoints;
-        if eligible.is_empty() {
-            route.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
-            return reply(
-                done,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no ready endpoints\n",
-            );
-        }
 
         if let Some(headers) = edge::preflight(&route.policy, &request) {
             let mut response = reply(done, edge::PREFLIGHT_STATUS, "");
@@ -263,27 +225,114 @@ impl Forwarder {
             Err(failed) => return failed.reply(done),
         };
 
-        let mut response = response;
+        let finish = Finish {
+            tls: conn.tls,
+            origin,
+            sticky,
+            downstream_upgrade,
+        };
+        self.finish(&route, finish, response, done)
+    }
+
+    /// From the request's host to its route and Service port, or the early answer: 400 for a
+    /// bad host, 503 before the first snapshot, the https redirect, 404 without a route, 503
+    /// without a Service or a ready endpoint.
+    fn resolve(
+        &self,
+        conn: &ConnInfo,
+        request: &Request<Incoming>,
+        host: Result<String, BadRequest>,
+    ) -> Result<(String, Arc<Route>, Arc<ServicePortTable>), Early> {
+        let shared = &self.shared;
+        let host = host.map_err(|bad| {
+            shared.metrics.refuse(Refusal::InvalidHost);
+            Early::Reply(
+                StatusCode::BAD_REQUEST,
+                match bad {
+                    BadRequest::MissingHost => "missing Host header\n",
+                    BadRequest::InvalidHost => "invalid Host header\n",
+                },
+            )
+        })?;
+        let Some(snapshot) = shared.snapshots.load() else {
+            return Err(Early::Reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no configuration loaded yet\n",
+            ));
+        };
+        let table = &snapshot.ingress;
+        let hostname = normalize_host(&host);
+        if !conn.tls
+            && let Some(https_port) = shared.https_port
+            && table.tls_for(&hostname).is_some()
+            && !request.uri().path().starts_with(ACME_CHALLENGE)
+        {
+            return Err(Early::Redirect { host, https_port });
+        }
+        let route: Arc<Route> = match route_host(table, &hostname, request.uri().path()) {
+            Routed::Route(route) | Routed::Default(route) => route.clone(),
+            Routed::NotFound => return Err(Early::Reply(StatusCode::NOT_FOUND, "no route\n")),
+        };
+        let Some(upstream) = route.upstream.clone() else {
+            return Err(Early::Unserved(route, "backend service not found\n"));
+        };
+        if upstream.internal.endpoints.is_empty() {
+            return Err(Early::Unserved(route, "no ready endpoints\n"));
+        }
+        Ok((host, route, upstream))
+    }
+
+    /// The upstream's response as it goes to the client: the upgrade tunnel started, hop-by-hop
+    /// headers removed, and the route's edge headers and sticky cookie added.
+    fn finish(
+        &self,
+        route: &Route,
+        finish: Finish,
+        mut response: Response<crate::body::UpstreamBody>,
+        mut done: Completion,
+    ) -> Response<ResponseBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching && let Some(downstream) = downstream_upgrade {
+        if switching && let Some(downstream) = finish.downstream_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(downstream, upstream_upgrade, shared.metrics.clone()));
+            let metrics = self.shared.metrics.clone();
+            tokio::spawn(tunnel(downstream, upstream_upgrade, metrics));
         }
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         parts.headers.insert(header::SERVER, server_header());
         parts.version = Version::HTTP_11;
-        edge::decorate(&route.policy, conn.tls, origin.as_ref(), &mut parts.headers);
-        if let Some((sticky, wanted)) = sticky
+        let origin = finish.origin.as_ref();
+        edge::decorate(&route.policy, finish.tls, origin, &mut parts.headers);
+        if let Some((sticky, wanted)) = finish.sticky
             && let Some(served) = &done.endpoint
             && wanted != Some(endpoint_cookie(served.addr))
-            && let Ok(cookie) = sticky_cookie(sticky, served.addr, conn.tls)
+            && let Ok(cookie) = sticky_cookie(sticky, served.addr, finish.tls)
         {
             parts.headers.append(header::SET_COOKIE, cookie);
         }
         done.status = parts.status.as_u16();
         Response::from_parts(parts, ResponseBody::upstream(body, done))
     }
+}
+
+/// A request answered before any endpoint is chosen.
+enum Early {
+    Reply(StatusCode, &'static str),
+    Redirect {
+        host: String,
+        https_port: u16,
+    },
+    /// Routed, but no Service port or no ready endpoint (503).
+    Unserved(Arc<Route>, &'static str),
+}
+
+/// What the response needs from the request.
+struct Finish<'a> {
+    tls: bool,
+    origin: Option<HeaderValue>,
+    /// The route's sticky cookie and the endpoint the request's cookie named.
+    sticky: Option<(&'a StickyCookie, Option<u64>)>,
+    downstream_upgrade: Option<hyper::upgrade::OnUpgrade>,
 }
 
 /// Relays an upgraded connection (WebSocket) in both directions until either side closes. It

@@ -7,6 +7,7 @@ mod deploy;
 mod dns;
 mod dns_spec;
 mod dns_support;
+mod edge_policy;
 mod files;
 mod http_support;
 mod ingress;

@@ -1,15 +1,19 @@
 //! A backend that fails on cue, for the HTTP resilience tests: it answers 200, 500 or 503,
 //! resets the connection, or fails only its health check, as its mode says at that moment, and
 //! counts what it saw. Plain HTTP/1.1 with keep-alive, written by hand so that a reset is a
-//! real reset.
+//! real reset. Also the manifests, clients and metric readers the policy tests share.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+
+use crate::http_support::{DEFAULT_CLASS, endpoint_slice};
+use crate::support::{Capstan, TempDir, http_get, path_str};
 
 /// What a [`FaultyBackend`] does with the next request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,4 +181,149 @@ async fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// Writes the default class, Service `web` (with `service_annotations`) over `backends`, and an
+/// Ingress sending every host and path to it (with `ingress_annotations`); annotations are
+/// `key: value` pairs without the `capstan.dev/` prefix.
+pub(crate) fn write_manifests(
+    dir: &TempDir,
+    backends: &[SocketAddr],
+    service_annotations: &[(&str, &str)],
+    ingress_annotations: &[(&str, &str)],
+) {
+    let annotations = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| format!("capstan.dev/{k}: \"{v}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    dir.write("class.yaml", DEFAULT_CLASS);
+    write_service(dir, backends, &annotations(service_annotations));
+    dir.write(
+        "ingress.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: demo, annotations: {{{}}}}}\n\
+             spec: {{defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n",
+            annotations(ingress_annotations)
+        ),
+    );
+}
+
+/// Service `web` in `demo` on port 80 → each backend's port, one slice per backend. Every
+/// backend must share one port number unless they are all on 127.0.0.1 with distinct ports,
+/// which slices express per endpoint.
+pub(crate) fn write_service(dir: &TempDir, backends: &[SocketAddr], annotations: &str) {
+    let slices: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| endpoint_slice("web", &format!("web-{i}"), *b, None))
+        .collect();
+    dir.write(
+        "service.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo, annotations: {{{annotations}}}}}\n\
+             spec:\n  clusterIP: None\n  ports: [{{name: http, port: 80, targetPort: http}}]\n{slices}"
+        ),
+    );
+}
+
+pub(crate) fn start(dir: &TempDir) -> (Capstan, SocketAddr) {
+    start_with(dir, &[])
+}
+
+pub(crate) fn start_with(dir: &TempDir, extra: &[&str]) -> (Capstan, SocketAddr) {
+    let mut args = vec!["--manifests", path_str(&dir.0), "--http", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let capstan = Capstan::start(&args);
+    let http = capstan.ingress_addrs().0.expect("http listener");
+    (capstan, http)
+}
+
+pub(crate) fn status(http: SocketAddr, path: &str) -> u16 {
+    http_get(http, path).map_or(0, |(status, _)| status)
+}
+
+/// A `capstan_ingress_policy_decisions_total` counter of the Ingress `demo/web`.
+pub(crate) fn decisions(capstan: &Capstan, decision: &str) -> f64 {
+    let metrics = capstan.metrics();
+    metrics
+        .lines()
+        .filter(|l| l.contains("policy_decisions") && l.contains("demo/web"))
+        .find(|l| l.contains(&format!("decision=\"{decision}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs oha against `url` with `args` and returns its JSON report.
+pub(crate) fn oha(url: &str, args: &[&str]) -> serde_json::Value {
+    let output = std::process::Command::new("oha")
+        .args(args)
+        .args(["--no-tui", "--output-format", "json", url])
+        .output()
+        .expect("oha (cargo install oha) is needed for this test");
+    serde_json::from_slice(&output.stdout).expect("oha JSON report")
+}
+
+pub(crate) fn status_count(report: &serde_json::Value, code: &str) -> u64 {
+    report["statusCodeDistribution"][code].as_u64().unwrap_or(0)
+}
+
+/// Waits until every endpoint of Service `web` is in the snapshot.
+pub(crate) fn wait_endpoints(capstan: &Capstan, n: usize) {
+    capstan.wait_snapshot(&format!("{n} endpoints"), |s| {
+        s["ingress"]["routes"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["endpoints"].as_u64() == Some(n as u64)))
+    });
+}
+
+/// A GET on a fresh connection; the response head as text.
+pub(crate) fn raw_head(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Sends `raw` on a fresh connection and reads the answer to its end.
+pub(crate) fn raw_exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream.write_all(raw).expect("write");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+pub(crate) fn set_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned)
+}
+
+pub(crate) fn backend_name(body: &str) -> String {
+    body.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("backend="))
+        .unwrap_or("?")
+        .to_owned()
 }
