@@ -7,47 +7,23 @@ use std::time::Duration;
 
 use capstan_proxy::balance::choose;
 use capstan_table::{
-    BalancePolicy, Endpoint, EndpointConditions, EndpointSet, Protocol, ServiceKey, ServicePortKey,
-    ServicePortTable, Timeouts, WhenEmpty,
+    BalancePolicy, Endpoint, Protocol, ServiceKey, ServicePortKey, ServicePortTable,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn port(policy: BalancePolicy, affinity: Option<Duration>) -> ServicePortTable {
     let endpoints: Arc<[Arc<Endpoint>]> = (0..10u8)
-        .map(|i| {
-            Arc::new(Endpoint {
-                addr: SocketAddr::from(([10, 0, 0, i + 1], 8080)),
-                conditions: EndpointConditions::READY,
-                node_name: None,
-                zone: None,
-                hints: Default::default(),
-                stats: Arc::default(),
-            })
-        })
+        .map(|i| Arc::new(Endpoint::ready(SocketAddr::from(([10, 0, 0, i + 1], 8080)))))
         .collect();
-    let set = EndpointSet {
-        endpoints: endpoints.clone(),
-        when_empty: WhenEmpty::Reject,
+    let key = ServicePortKey {
+        service: ServiceKey::new("bench", "web"),
+        port_name: "http".into(),
+        protocol: Protocol::Tcp,
     };
     ServicePortTable {
-        key: ServicePortKey {
-            service: ServiceKey::new("bench", "web"),
-            port_name: "http".into(),
-            protocol: Protocol::Tcp,
-        },
-        frontends: vec![],
         policy,
         affinity,
-        timeouts: Timeouts::default(),
-        health: None,
-        outlier: Default::default(),
-        max_requests_per_endpoint: None,
-        endpoints,
-        internal: set.clone(),
-        external: set,
-        external_local: false,
-        state: Arc::default(),
-        inputs: 0,
+        ..ServicePortTable::with_endpoints(key, endpoints)
     }
 }
 

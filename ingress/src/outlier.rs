@@ -72,49 +72,27 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::Arc;
 
-    use capstan_table::{
-        EndpointConditions, EndpointSet, OutlierPolicy, Protocol, ServiceKey, ServicePortKey,
-        Timeouts, WhenEmpty,
-    };
+    use capstan_table::{OutlierPolicy, Protocol, ServiceKey, ServicePortKey};
 
     use super::*;
 
     fn port(n: usize, outlier: OutlierPolicy) -> ServicePortTable {
         let endpoints: Arc<[Arc<Endpoint>]> = (0..n)
             .map(|i| {
-                Arc::new(Endpoint {
-                    addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
-                    conditions: EndpointConditions::READY,
-                    node_name: None,
-                    zone: None,
-                    hints: Default::default(),
-                    stats: Arc::default(),
-                })
+                Arc::new(Endpoint::ready(SocketAddr::from((
+                    [10, 0, 0, i as u8 + 1],
+                    80,
+                ))))
             })
             .collect();
-        let set = EndpointSet {
-            endpoints: endpoints.clone(),
-            when_empty: WhenEmpty::Reject,
+        let key = ServicePortKey {
+            service: ServiceKey::new("default", "web"),
+            port_name: "".into(),
+            protocol: Protocol::Tcp,
         };
         ServicePortTable {
-            key: ServicePortKey {
-                service: ServiceKey::new("default", "web"),
-                port_name: "".into(),
-                protocol: Protocol::Tcp,
-            },
-            frontends: vec![],
-            policy: Default::default(),
-            affinity: None,
-            timeouts: Timeouts::default(),
-            health: None,
             outlier,
-            max_requests_per_endpoint: None,
-            endpoints,
-            internal: set.clone(),
-            external: set,
-            external_local: false,
-            state: Arc::default(),
-            inputs: 0,
+            ..ServicePortTable::with_endpoints(key, endpoints)
         }
     }
 

@@ -77,6 +77,22 @@ pub struct EndpointStats {
     pub health_transitions: AtomicU64,
 }
 
+// === impl Endpoint ===
+
+impl Endpoint {
+    /// A ready endpoint at `addr` with no topology and fresh stats.
+    pub fn ready(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            conditions: EndpointConditions::READY,
+            node_name: None,
+            zone: None,
+            hints: TopologyHints::default(),
+            stats: Arc::default(),
+        }
+    }
+}
+
 // === impl EndpointConditions ===
 
 impl EndpointConditions {

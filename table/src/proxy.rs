@@ -188,6 +188,32 @@ impl FrontendTarget {
 // === impl ServicePortTable ===
 
 impl ServicePortTable {
+    /// A port whose every endpoint is eligible in both scopes (refused when empty), with the
+    /// default policy and timeouts and no frontends: the base that tests and benchmarks of
+    /// endpoint choice fill in.
+    pub fn with_endpoints(key: ServicePortKey, endpoints: Arc<[Arc<Endpoint>]>) -> Self {
+        let set = EndpointSet {
+            endpoints: endpoints.clone(),
+            when_empty: WhenEmpty::Reject,
+        };
+        Self {
+            key,
+            frontends: vec![],
+            policy: BalancePolicy::default(),
+            affinity: None,
+            timeouts: Timeouts::default(),
+            health: None,
+            outlier: OutlierPolicy::default(),
+            max_requests_per_endpoint: None,
+            endpoints,
+            internal: set.clone(),
+            external: set,
+            external_local: false,
+            state: Arc::default(),
+            inputs: 0,
+        }
+    }
+
     pub fn endpoints_for(&self, scope: TrafficScope) -> &EndpointSet {
         match scope {
             TrafficScope::Internal => &self.internal,

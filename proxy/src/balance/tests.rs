@@ -5,8 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use capstan_table::{
-    BalancePolicy, Endpoint, EndpointConditions, EndpointSet, Protocol, ServiceKey, ServicePortKey,
-    ServicePortTable, Timeouts, WhenEmpty,
+    BalancePolicy, Endpoint, Protocol, ServiceKey, ServicePortKey, ServicePortTable,
 };
 use proptest::prelude::*;
 
@@ -15,14 +14,10 @@ use super::choose;
 fn endpoints(n: usize) -> Vec<Arc<Endpoint>> {
     (0..n)
         .map(|i| {
-            Arc::new(Endpoint {
-                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 80)),
-                conditions: EndpointConditions::READY,
-                node_name: None,
-                zone: None,
-                hints: Default::default(),
-                stats: Arc::default(),
-            })
+            Arc::new(Endpoint::ready(SocketAddr::from((
+                [10, 0, 0, i as u8 + 1],
+                80,
+            ))))
         })
         .collect()
 }
@@ -32,29 +27,15 @@ fn port(
     affinity: Option<Duration>,
     eps: &[Arc<Endpoint>],
 ) -> ServicePortTable {
-    let set = EndpointSet {
-        endpoints: eps.to_vec().into(),
-        when_empty: WhenEmpty::Reject,
+    let key = ServicePortKey {
+        service: ServiceKey::new("default", "web"),
+        port_name: "".into(),
+        protocol: Protocol::Tcp,
     };
     ServicePortTable {
-        key: ServicePortKey {
-            service: ServiceKey::new("default", "web"),
-            port_name: "".into(),
-            protocol: Protocol::Tcp,
-        },
-        frontends: vec![],
         policy,
         affinity,
-        timeouts: Timeouts::default(),
-        health: None,
-        outlier: Default::default(),
-        max_requests_per_endpoint: None,
-        endpoints: eps.to_vec().into(),
-        internal: set.clone(),
-        external: set,
-        external_local: false,
-        state: Arc::default(),
-        inputs: 0,
+        ..ServicePortTable::with_endpoints(key, eps.to_vec().into())
     }
 }
 
