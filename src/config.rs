@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use capstan_proxy::CaptureMode;
-use capstan_proxy::kernel::Datapath;
+use capstan_proxy::kernel::{Datapath, Programmer};
 use capstan_proxy::source::Prefix;
 use clap::{Args, Parser, Subcommand};
 
@@ -144,6 +144,17 @@ pub struct RunArgs {
         value_parser = parse_service_name
     )]
     pub cluster_dns_service: ServiceName,
+    /// How the kernel data path's table is written: `netlink` sends nf_tables batches from
+    /// Capstan itself (the default: no process, no parsing, no read-back of the table); `nft`
+    /// runs the same transactions as text through `nft -f -` (to compare, or to debug).
+    #[arg(
+        long,
+        value_name = "netlink|nft",
+        env = "CAPSTAN_KERNEL_PROGRAMMER",
+        default_value = "netlink",
+        value_parser = parse_programmer
+    )]
+    pub kernel_programmer: Programmer,
     /// On a clean exit, empty the kernel data path's nftables table (as `kube-proxy --cleanup`).
     /// By default the rules stay, as kube-proxy's do, so Services keep working while the agent
     /// is upgraded or restarted: the next Capstan replaces them in one transaction. Emptying
@@ -396,6 +407,14 @@ fn parse_capture(text: &str) -> Result<CaptureMode, String> {
     }
 }
 
+fn parse_programmer(text: &str) -> Result<Programmer, String> {
+    match text {
+        "netlink" => Ok(Programmer::Netlink),
+        "nft" => Ok(Programmer::Nft),
+        other => Err(format!("`{other}`: expected netlink or nft")),
+    }
+}
+
 fn parse_datapath(text: &str) -> Result<Datapath, String> {
     match text {
         "kernel" => Ok(Datapath::Kernel),
@@ -470,6 +489,8 @@ mod tests {
         assert!(parse_capture("iptables").is_err());
         assert_eq!(parse_datapath("kernel"), Ok(Datapath::Kernel));
         assert_eq!(parse_datapath("userspace"), Ok(Datapath::Userspace));
+        assert_eq!(parse_programmer("nft"), Ok(Programmer::Nft));
+        assert!(parse_programmer("iptables").is_err());
         assert!(parse_datapath("ebpf").is_err());
         assert!("10.244.0.0/16".parse::<Prefix>().is_ok());
         assert!("fd00:244::/56".parse::<Prefix>().is_ok());

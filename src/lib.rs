@@ -483,6 +483,7 @@ fn capture_settings(
         kernel: KernelSettings {
             pod_cidrs,
             cluster_dns: cluster_dns_service(args),
+            programmer: args.kernel_programmer,
         },
         cleanup_on_exit: args.cleanup_on_exit,
     })

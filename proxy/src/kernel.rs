@@ -9,8 +9,10 @@
 //! Service that just got endpoints, are deleted after each sync, as kube-proxy does.
 
 pub mod diff;
+mod encode;
 mod local_dns;
 pub mod rules;
+pub mod stmt;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::ProxyError;
 use crate::capture::nft;
 pub use diff::Changes;
+use encode::Transaction;
 pub use rules::{KernelSettings, PortRules, TABLE};
 
 /// Which data path carries Service traffic (`--l4-datapath`).
@@ -157,15 +160,29 @@ impl KernelTable {
             self.applied = Some(next);
             return Ok(SyncReport::default());
         }
-        let mut script = String::new();
-        if full {
-            script.push_str(&format!(
-                "add table inet {TABLE}\ndelete table inet {TABLE}\n"
-            ));
-            script.push_str(&rules::skeleton());
-        }
-        changes.render(&mut script);
-        if let Err(error) = nft(&script).await {
+        let program = match self.settings.programmer {
+            Programmer::Nft => {
+                let mut script = String::new();
+                if full {
+                    script.push_str(&format!(
+                        "add table inet {TABLE}\ndelete table inet {TABLE}\n"
+                    ));
+                    script.push_str(&rules::skeleton(&self.settings).render());
+                }
+                changes.render(&mut script);
+                Program::Nft(script)
+            }
+            Programmer::Netlink => {
+                let mut transaction = Transaction::new();
+                if full {
+                    transaction.table(true);
+                    transaction.skeleton(&rules::skeleton(&self.settings));
+                }
+                transaction.changes(&changes);
+                Program::Netlink(transaction)
+            }
+        };
+        if let Err(error) = program.run().await {
             // The table is as it was; the next sync rebuilds it whole.
             self.hairpin.clear();
             self.local_dns.clear();
@@ -208,13 +225,38 @@ impl KernelTable {
         if ready.is_empty() || self.applied.is_none() {
             return;
         }
-        let script: String = ready
-            .iter()
-            .map(|name| format!("delete chain inet {TABLE} {name}\n"))
-            .collect();
-        match nft(&script).await {
+        let program = self.program(
+            || {
+                ready
+                    .iter()
+                    .map(|name| format!("delete chain inet {TABLE} {name}\n"))
+                    .collect()
+            },
+            |transaction| {
+                for name in &ready {
+                    transaction.delete_chain(name);
+                }
+            },
+        );
+        match program.run().await {
             Ok(()) => self.stale_chains.retain(|(name, _)| !ready.contains(name)),
             Err(error) => warn!(%error, "stale kernel chains not deleted; retrying"),
+        }
+    }
+
+    /// A transaction in the configured programmer's form.
+    fn program(
+        &self,
+        script: impl FnOnce() -> String,
+        netlink: impl FnOnce(&mut Transaction),
+    ) -> Program {
+        match self.settings.programmer {
+            Programmer::Nft => Program::Nft(script()),
+            Programmer::Netlink => {
+                let mut transaction = Transaction::new();
+                netlink(&mut transaction);
+                Program::Netlink(transaction)
+            }
         }
     }
 
@@ -268,8 +310,13 @@ impl KernelTable {
             return;
         }
         self.dns_interface.remove().await;
-        let script = rules::emptying();
-        match nft(&script).await {
+        let program = self.program(rules::emptying, |transaction| {
+            transaction.flush_rules();
+            for (name, _) in rules::skeleton(&self.settings).sets {
+                transaction.flush_set(&name);
+            }
+        });
+        match program.run().await {
             Ok(()) => info!(
                 "kernel data path rules removed (the empty table keeps NAT hooks for established connections)"
             ),
@@ -313,9 +360,45 @@ fn count_references(
 
 /// Deletes a table left by an earlier run in kernel mode (now running in user space).
 pub async fn remove_leftover() {
-    let script = format!("add table inet {TABLE}\ndelete table inet {TABLE}\n");
-    if let Err(error) = nft(&script).await {
+    let mut transaction = Transaction::new();
+    transaction.delete_table();
+    if let Err(error) = Program::Netlink(transaction).run().await {
         debug!(%error, "no leftover kernel data path table removed");
+    }
+}
+
+/// How the table is written (`--kernel-programmer`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Programmer {
+    /// nf_tables netlink batches written by Capstan: no process, no parsing, no read-back.
+    #[default]
+    Netlink,
+    /// The same transactions as text, run by `nft -f -` (kept to compare and to debug).
+    Nft,
+}
+
+/// One transaction, in the programmer's form.
+enum Program {
+    Nft(String),
+    Netlink(Transaction),
+}
+
+impl Program {
+    async fn run(self) -> Result<(), ProxyError> {
+        match self {
+            Program::Nft(script) => nft(&script).await,
+            Program::Netlink(transaction) => {
+                let batch = transaction.into_batch();
+                tokio::task::spawn_blocking(move || batch.commit())
+                    .await
+                    .map_err(|e| ProxyError::Capture {
+                        reason: format!("netlink task: {e}"),
+                    })?
+                    .map_err(|e| ProxyError::Capture {
+                        reason: e.to_string(),
+                    })
+            }
+        }
     }
 }
 

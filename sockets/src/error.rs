@@ -13,4 +13,13 @@ pub enum SocketError {
         addr: SocketAddr,
         source: io::Error,
     },
+    /// A netlink socket could not be used.
+    #[error("netfilter netlink: {step}: {source}")]
+    Netlink {
+        step: &'static str,
+        source: io::Error,
+    },
+    /// The kernel refused a message (a batch is then applied not at all).
+    #[error("netfilter netlink: message {message} refused: {source}")]
+    Refused { message: u32, source: io::Error },
 }

@@ -7,25 +7,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::rules::{Family, MapRef, PortRules, TABLE};
+use super::rules::{Family, MapKey, MapRef, PortRules, SetKind, TABLE};
+use super::stmt::{Rule, Verdict};
 
 /// Everything one sync changes, in commands grouped by the order they must run in.
 #[derive(Debug, Default)]
 pub struct Changes {
-    add_sets: Vec<(String, String)>,
+    pub(super) add_sets: Vec<(String, SetKind)>,
     /// Chains to (re)write: created if missing, emptied, then given these rules.
-    fill_chains: Vec<(String, Vec<String>)>,
-    delete_elements: BTreeMap<MapRef, Vec<String>>,
-    add_elements: BTreeMap<MapRef, Vec<String>>,
-    hairpin_add: BTreeSet<IpAddr>,
-    hairpin_delete: BTreeSet<IpAddr>,
-    local_dns_add: BTreeSet<IpAddr>,
-    local_dns_delete: BTreeSet<IpAddr>,
+    pub(super) fill_chains: Vec<(String, Vec<Rule>)>,
+    pub(super) delete_elements: BTreeMap<MapRef, Vec<MapKey>>,
+    pub(super) add_elements: BTreeMap<MapRef, Vec<(MapKey, Verdict)>>,
+    pub(super) hairpin_add: BTreeSet<IpAddr>,
+    pub(super) hairpin_delete: BTreeSet<IpAddr>,
+    pub(super) local_dns_add: BTreeSet<IpAddr>,
+    pub(super) local_dns_delete: BTreeSet<IpAddr>,
     /// Chains no longer used: emptied now, deleted by a later transaction.
     pub stale_chains: Vec<String>,
-    delete_sets: Vec<String>,
+    pub(super) delete_sets: Vec<String>,
     /// A full sync: the table is created afresh, so nothing needs emptying first.
-    fresh: bool,
+    pub(super) fresh: bool,
 }
 
 impl Changes {
@@ -39,9 +40,9 @@ impl Changes {
 
     /// Adds what turns `old` into `new` (either may be empty: a port added or removed).
     pub fn port(&mut self, old: &PortRules, new: &PortRules) {
-        for (name, declaration) in &new.sets {
+        for (name, kind) in &new.sets {
             if !old.sets.contains_key(name) {
-                self.add_sets.push((name.clone(), declaration.clone()));
+                self.add_sets.push((name.clone(), *kind));
             }
         }
         for (name, chain) in &new.chains {
@@ -52,10 +53,7 @@ impl Changes {
         for (key, verdict) in &old.elements {
             if new.elements.get(key) != Some(verdict) {
                 let (map, element) = key;
-                self.delete_elements
-                    .entry(*map)
-                    .or_default()
-                    .push(element.clone());
+                self.delete_elements.entry(*map).or_default().push(*element);
             }
         }
         for (key, verdict) in &new.elements {
@@ -64,7 +62,7 @@ impl Changes {
                 self.add_elements
                     .entry(*map)
                     .or_default()
-                    .push(format!("{element} : {verdict}"));
+                    .push((*element, verdict.clone()));
             }
         }
         for name in old.chains.keys() {
@@ -107,8 +105,8 @@ impl Changes {
     /// The nft commands, appended to `out`.
     pub fn render(&self, out: &mut String) {
         let table = format!("inet {TABLE}");
-        for (name, declaration) in &self.add_sets {
-            let _ = writeln!(out, "add set {table} {name} {{ {declaration} }}");
+        for (name, kind) in &self.add_sets {
+            let _ = writeln!(out, "add set {table} {name} {{ {kind} }}");
         }
         if self.fresh {
             // One block: nft resolves each `add rule` line against its cache, which at ten
@@ -134,6 +132,7 @@ impl Changes {
             }
         }
         for (map, keys) in &self.delete_elements {
+            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
             let _ = writeln!(
                 out,
                 "delete element {table} {} {{ {} }}",
@@ -142,6 +141,10 @@ impl Changes {
             );
         }
         for (map, elements) in &self.add_elements {
+            let elements: Vec<String> = elements
+                .iter()
+                .map(|(key, verdict)| format!("{key} : {verdict}"))
+                .collect();
             let _ = writeln!(
                 out,
                 "add element {table} {} {{ {} }}",

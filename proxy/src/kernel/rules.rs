@@ -13,7 +13,7 @@
 //! `endpoint . endpoint` pairs in postrouting instead of a mark rule per endpoint chain.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 
 use capstan_table::{
@@ -21,6 +21,7 @@ use capstan_table::{
     ServicePortTable, TrafficScope, WhenEmpty,
 };
 
+use super::stmt::{Action, Field, Match, Net, Rule, Verdict, protocol_name};
 use crate::source::Prefix;
 
 /// The nftables table of the kernel data path (family `inet`).
@@ -70,6 +71,8 @@ pub struct KernelSettings {
     /// on port 53 are delivered, untracked, to this node's DNS server instead of being
     /// translated (NodeLocal DNSCache's arrangement), whether or not the Service has endpoints.
     pub cluster_dns: Option<ServiceKey>,
+    /// How the table is written.
+    pub programmer: super::Programmer,
 }
 
 /// The DNS port the cluster DNS Service's ClusterIPs are answered on locally.
@@ -79,11 +82,11 @@ pub const DNS_PORT: u16 = 53;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortRules {
     /// Regular chains by name, each with its rules in order.
-    pub chains: BTreeMap<String, Vec<String>>,
+    pub chains: BTreeMap<String, Vec<Rule>>,
     /// Verdict map elements: (map, key) → verdict.
-    pub elements: BTreeMap<(MapRef, String), String>,
-    /// ClientIP affinity sets by name, each with its declaration.
-    pub sets: BTreeMap<String, String>,
+    pub elements: BTreeMap<(MapRef, MapKey), Verdict>,
+    /// ClientIP affinity sets by name.
+    pub sets: BTreeMap<String, SetKind>,
     /// Endpoint addresses that may be reached through this port (for the hairpin sets).
     pub hairpin: BTreeSet<IpAddr>,
     /// UDP only: the frontends and the endpoints traffic is translated to, for conntrack.
@@ -91,6 +94,48 @@ pub struct PortRules {
     /// ClusterIPs of the cluster DNS Service answered by this node's DNS server (the
     /// `cluster-dns` sets), instead of translated.
     pub local_dns: BTreeSet<IpAddr>,
+}
+
+/// The key of a verdict map element: `10.96.0.10 . tcp . 80`, or `tcp . 30080` for a NodePort
+/// on every local address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MapKey {
+    pub ip: Option<IpAddr>,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// What a set of the table holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetKind {
+    /// A verdict map.
+    Map(MapRef),
+    /// Addresses (`cluster-dns4`).
+    Addresses(Family),
+    /// `address . address` pairs (`hairpin4`).
+    AddressPairs(Family),
+    /// ClientIP affinity: source addresses, forgotten after the timeout (seconds).
+    Affinity(Family, u64),
+}
+
+/// A base chain: where it hangs in the kernel's hooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseChain {
+    pub name: &'static str,
+    /// `filter` or `nat`.
+    pub kind: &'static str,
+    /// `prerouting`, `input`, `forward`, `output` or `postrouting`.
+    pub hook: &'static str,
+    pub priority: i32,
+    pub rules: Vec<Rule>,
+}
+
+/// The table without any Service: its maps, sets, base chains and fixed chains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skeleton {
+    pub sets: Vec<(String, SetKind)>,
+    pub base_chains: Vec<BaseChain>,
+    pub chains: Vec<(String, Vec<Rule>)>,
 }
 
 /// What conntrack may hold for a UDP Service port.
@@ -133,11 +178,24 @@ impl Family {
         }
     }
 
-    /// NodePorts are never served on loopback (kube-proxy's `noLocalhost`).
-    fn not_loopback(self) -> &'static str {
+    /// Address length in bits.
+    pub fn bits(self) -> u8 {
         match self {
-            Family::V4 => "ip daddr != 127.0.0.0/8",
-            Family::V6 => "ip6 daddr != ::1",
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    /// NodePorts are never served on loopback (kube-proxy's `noLocalhost`).
+    fn not_loopback(self) -> Match {
+        let net = match self {
+            Family::V4 => Net::new(IpAddr::from([127, 0, 0, 0]), 8),
+            Family::V6 => Net::host(std::net::Ipv6Addr::LOCALHOST.into()),
+        };
+        Match::Addr {
+            field: Field::Destination,
+            net,
+            negate: true,
         }
     }
 }
@@ -177,6 +235,10 @@ impl MapRef {
         format!("{}{}", self.kind.name(), self.family.suffix())
     }
 
+    pub fn by_address(self) -> bool {
+        self.kind.by_address()
+    }
+
     fn key_type(self) -> String {
         if self.kind.by_address() {
             format!("{} . inet_proto . inet_service", self.family.addr_type())
@@ -186,171 +248,276 @@ impl MapRef {
     }
 }
 
-/// The table with its base chains, maps and fixed chains, and no Service in it, as an nft
-/// block (the first statement of a full sync).
-pub fn skeleton() -> String {
-    let mut out = format!("table inet {TABLE} {{\n");
+// === impl MapKey ===
+
+impl fmt::Display for MapKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(ip) = self.ip {
+            write!(f, "{ip} . ")?;
+        }
+        write!(f, "{} . {}", protocol_name(self.protocol), self.port)
+    }
+}
+
+// === impl SetKind ===
+
+impl fmt::Display for SetKind {
+    /// The declaration inside `set NAME { … }`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetKind::Map(map) => write!(f, "type {} : verdict;", map.key_type()),
+            SetKind::Addresses(family) => write!(f, "type {};", family.addr_type()),
+            SetKind::AddressPairs(family) => {
+                write!(f, "type {addr} . {addr};", addr = family.addr_type())
+            }
+            SetKind::Affinity(family, timeout) => write!(
+                f,
+                "type {}; flags dynamic,timeout; timeout {timeout}s;",
+                family.addr_type()
+            ),
+        }
+    }
+}
+
+// === impl Skeleton ===
+
+impl Skeleton {
+    /// The whole skeleton as one nft block (the first statement of a full sync).
+    pub fn render(&self) -> String {
+        let mut out = format!("table inet {TABLE} {{\n");
+        for (name, kind) in &self.sets {
+            let word = if matches!(kind, SetKind::Map(_)) {
+                "map"
+            } else {
+                "set"
+            };
+            let _ = writeln!(out, "  {word} {name} {{ {kind} }}");
+        }
+        for chain in &self.base_chains {
+            let _ = writeln!(
+                out,
+                "  chain {} {{\n    type {} hook {} priority {}; policy accept;",
+                chain.name, chain.kind, chain.hook, chain.priority
+            );
+            for rule in &chain.rules {
+                let _ = writeln!(out, "    {rule}");
+            }
+            let _ = writeln!(out, "  }}");
+        }
+        for (name, rules) in &self.chains {
+            let _ = writeln!(out, "  chain {name} {{");
+            for rule in rules {
+                let _ = writeln!(out, "    {rule}");
+            }
+            let _ = writeln!(out, "  }}");
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// The chain marking ClusterIP traffic from outside the pod ranges of `family` for
+/// masquerading.
+fn unless_pod_chain(family: Family) -> String {
+    format!("mark-unless-pod{}", family.suffix())
+}
+
+fn jump(chain: &str) -> Action {
+    Action::Verdict(Verdict::Jump(chain.to_owned()))
+}
+
+/// The table with its base chains, maps and fixed chains, and no Service in it.
+pub fn skeleton(settings: &KernelSettings) -> Skeleton {
+    let mut sets = Vec::new();
     for family in Family::ALL {
         for kind in MapKind::ALL {
             let map = MapRef { kind, family };
-            let _ = writeln!(
-                out,
-                "  map {} {{ type {} : verdict; }}",
-                map.name(),
-                map.key_type()
-            );
+            sets.push((map.name(), SetKind::Map(map)));
         }
-        let _ = writeln!(
-            out,
-            "  set hairpin{} {{ type {addr} . {addr}; }}",
-            family.suffix(),
-            addr = family.addr_type()
-        );
-        let _ = writeln!(
-            out,
-            "  set cluster-dns{} {{ type {}; }}",
-            family.suffix(),
-            family.addr_type()
-        );
+        let s = family.suffix();
+        sets.push((format!("hairpin{s}"), SetKind::AddressPairs(family)));
+        sets.push((format!("cluster-dns{s}"), SetKind::Addresses(family)));
     }
     // Cluster DNS is delivered to the node's own DNS server untracked, before conntrack
     // (priority raw = -300), as NodeLocal DNSCache does: no DNAT, no conntrack entry to race on.
     let (mut raw_prerouting, mut raw_output) = (Vec::new(), Vec::new());
     for family in Family::ALL {
-        let (ip, s) = (family.selector(), family.suffix());
-        let dns = "meta l4proto { tcp, udp } th";
-        raw_prerouting.push(format!(
-            "{ip} daddr @cluster-dns{s} {dns} dport {DNS_PORT} notrack"
-        ));
-        raw_output.push(format!(
-            "{ip} daddr @cluster-dns{s} {dns} dport {DNS_PORT} notrack"
-        ));
-        raw_output.push(format!(
-            "{ip} saddr @cluster-dns{s} {dns} sport {DNS_PORT} notrack"
-        ));
+        let set = format!("cluster-dns{}", family.suffix());
+        for protocol in [Protocol::Tcp, Protocol::Udp] {
+            let dns = |field: Field| {
+                Rule::new(
+                    vec![
+                        Match::AddrInSet {
+                            family,
+                            field,
+                            set: set.clone(),
+                        },
+                        Match::L4Proto(protocol),
+                        Match::Port {
+                            field,
+                            port: DNS_PORT,
+                        },
+                    ],
+                    Action::Notrack,
+                )
+            };
+            raw_prerouting.push(dns(Field::Destination));
+            raw_output.push(dns(Field::Destination));
+            raw_output.push(dns(Field::Source));
+        }
     }
+    let new_jump = |chain: &str| Rule::verdict(vec![Match::CtNew], Verdict::Jump(chain.into()));
     // Filters run on the destination before DNAT (priority dstnat - 10 = -110); reject is only
-    // allowed in input, forward and output, so the endpoint check hangs off those. Numbers,
-    // not names: nft 1.0 knows `dstnat` in an inet table only on prerouting.
-    let base = [
-        (
+    // allowed in input, forward and output, so the endpoint check hangs off those.
+    let base = |name, kind, hook, priority, rules| BaseChain {
+        name,
+        kind,
+        hook,
+        priority,
+        rules,
+    };
+    let base_chains = vec![
+        base(
             "raw-prerouting",
             "filter",
             "prerouting",
-            "-300",
-            raw_prerouting.iter().map(String::as_str).collect(),
+            -300,
+            raw_prerouting,
         ),
-        (
-            "raw-output",
-            "filter",
-            "output",
-            "-300",
-            raw_output.iter().map(String::as_str).collect(),
-        ),
-        (
+        base("raw-output", "filter", "output", -300, raw_output),
+        base(
             "filter-prerouting",
             "filter",
             "prerouting",
-            "-110",
-            vec!["ct state new jump firewall-check"],
+            -110,
+            vec![new_jump("firewall-check")],
         ),
-        (
+        base(
             "filter-input",
             "filter",
             "input",
-            "-110",
-            vec!["ct state new jump endpoints-check"],
+            -110,
+            vec![new_jump("endpoints-check")],
         ),
-        (
+        base(
             "filter-forward",
             "filter",
             "forward",
-            "-110",
-            vec!["ct state new jump endpoints-check"],
+            -110,
+            vec![new_jump("endpoints-check")],
         ),
-        (
+        base(
             "filter-output",
             "filter",
             "output",
-            "-110",
-            vec![
-                "ct state new jump endpoints-check",
-                "ct state new jump firewall-check",
-            ],
+            -110,
+            vec![new_jump("endpoints-check"), new_jump("firewall-check")],
         ),
-        (
+        base(
             "nat-prerouting",
             "nat",
             "prerouting",
-            "-100",
-            vec!["jump services"],
+            -100,
+            vec![Rule::always(jump("services"))],
         ),
-        ("nat-output", "nat", "output", "-100", vec!["jump services"]),
-        (
+        base(
+            "nat-output",
+            "nat",
+            "output",
+            -100,
+            vec![Rule::always(jump("services"))],
+        ),
+        base(
             "nat-postrouting",
             "nat",
             "postrouting",
-            "100",
-            vec!["jump masquerading"],
+            100,
+            vec![Rule::always(jump("masquerading"))],
         ),
     ];
-    for (name, kind, hook, priority, rules) in base {
-        let _ = writeln!(
-            out,
-            "  chain {name} {{\n    type {kind} hook {hook} priority {priority}; policy accept;"
-        );
-        for rule in rules {
-            let _ = writeln!(out, "    {rule}");
-        }
-        let _ = writeln!(out, "  }}");
-    }
-    let mut fixed: Vec<(&str, Vec<String>)> = vec![
+    let mut chains: Vec<(String, Vec<Rule>)> = vec![
         (
-            "mark-for-masquerade",
-            vec![format!("meta mark set meta mark | {MASQUERADE_MARK:#x}")],
+            "mark-for-masquerade".to_owned(),
+            vec![Rule::always(Action::MarkSet(MASQUERADE_MARK))],
         ),
-        (REJECT_CHAIN, vec!["reject".to_owned()]),
+        (REJECT_CHAIN.to_owned(), vec![Rule::always(Action::Reject)]),
     ];
     let mut masquerading = Vec::new();
     let mut endpoints_check = Vec::new();
     let mut firewall_check = Vec::new();
     let mut services = Vec::new();
     for family in Family::ALL {
-        let (ip, s) = (family.selector(), family.suffix());
-        let dispatch = format!("{ip} daddr . meta l4proto . th dport vmap");
-        let node_ports = format!(
-            "fib daddr type local {} meta l4proto . th dport vmap",
-            family.not_loopback()
-        );
-        masquerading.push(format!(
-            "ct status dnat {ip} saddr . {ip} daddr @hairpin{s} jump mark-for-masquerade"
+        let s = family.suffix();
+        let dispatch = |map: &str| {
+            Rule::always(Action::Dispatch {
+                family: Some(family),
+                map: format!("{map}{s}"),
+            })
+        };
+        let node_ports = |map: &str| {
+            Rule::new(
+                vec![Match::FibLocal(Field::Destination), family.not_loopback()],
+                Action::Dispatch {
+                    family: None,
+                    map: format!("{map}{s}"),
+                },
+            )
+        };
+        masquerading.push(Rule::verdict(
+            vec![
+                Match::CtDnat,
+                Match::AddrPairInSet {
+                    family,
+                    set: format!("hairpin{s}"),
+                },
+            ],
+            Verdict::Jump("mark-for-masquerade".into()),
         ));
-        endpoints_check.push(format!("{dispatch} @no-endpoint-services{s}"));
-        endpoints_check.push(format!("{node_ports} @no-endpoint-nodeports{s}"));
-        firewall_check.push(format!("{dispatch} @firewall-ips{s}"));
-        services.push(format!("{dispatch} @service-ips{s}"));
-        services.push(format!("{node_ports} @service-nodeports{s}"));
+        endpoints_check.push(dispatch("no-endpoint-services"));
+        endpoints_check.push(node_ports("no-endpoint-nodeports"));
+        firewall_check.push(dispatch("firewall-ips"));
+        services.push(dispatch("service-ips"));
+        services.push(node_ports("service-nodeports"));
+        let pods: Vec<Net> = settings
+            .pod_cidrs
+            .iter()
+            .filter(|p| Family::of(p.address) == family)
+            .map(|p| Net::new(p.address, p.len))
+            .collect();
+        if !pods.is_empty() {
+            let mut unless_pod: Vec<Rule> = pods
+                .into_iter()
+                .map(|net| Rule::verdict(vec![source_in(net)], Verdict::Return))
+                .collect();
+            unless_pod.push(Rule::always(jump("mark-for-masquerade")));
+            chains.push((unless_pod_chain(family), unless_pod));
+        }
     }
     masquerading.extend([
-        format!("meta mark & {MASQUERADE_MARK:#x} == 0 return"),
-        format!("meta mark set meta mark ^ {MASQUERADE_MARK:#x}"),
-        "masquerade fully-random".to_owned(),
+        Rule::verdict(vec![Match::MarkClear(MASQUERADE_MARK)], Verdict::Return),
+        Rule::always(Action::MarkToggle(MASQUERADE_MARK)),
+        Rule::always(Action::Masquerade),
     ]);
-    fixed.extend([
-        ("masquerading", masquerading),
-        ("endpoints-check", endpoints_check),
-        ("firewall-check", firewall_check),
-        ("services", services),
+    chains.extend([
+        ("masquerading".to_owned(), masquerading),
+        ("endpoints-check".to_owned(), endpoints_check),
+        ("firewall-check".to_owned(), firewall_check),
+        ("services".to_owned(), services),
     ]);
-    for (name, rules) in fixed {
-        let _ = writeln!(out, "  chain {name} {{");
-        for rule in rules {
-            let _ = writeln!(out, "    {rule}");
-        }
-        let _ = writeln!(out, "  }}");
+    Skeleton {
+        sets,
+        base_chains,
+        chains,
     }
-    out.push_str("}\n");
-    out
+}
+
+/// `ip saddr NET`.
+fn source_in(net: Net) -> Match {
+    Match::Addr {
+        field: Field::Source,
+        net,
+        negate: false,
+    }
 }
 
 /// The script removing every rule of the table and every element of its maps and hairpin
@@ -410,7 +577,7 @@ pub fn render_port(
                 .pod_cidrs
                 .iter()
                 .filter(|p| Family::of(p.address) == family)
-                .map(|p| format!("{}/{}", p.address, p.len))
+                .map(|p| Net::new(p.address, p.len))
                 .collect(),
             base: chain_base(&port.key, family),
         };
@@ -449,18 +616,10 @@ fn eligible(set: &EndpointSet, family: Family) -> (Vec<&Endpoint>, WhenEmpty) {
 }
 
 /// The verdict of the `no-endpoint-*` maps.
-fn empty_verdict(when_empty: WhenEmpty) -> String {
+fn empty_verdict(when_empty: WhenEmpty) -> Verdict {
     match when_empty {
-        WhenEmpty::Reject => format!("goto {REJECT_CHAIN}"),
-        WhenEmpty::Drop => "drop".to_owned(),
-    }
-}
-
-fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
+        WhenEmpty::Reject => Verdict::Goto(REJECT_CHAIN.to_owned()),
+        WhenEmpty::Drop => Verdict::Drop,
     }
 }
 
@@ -468,8 +627,8 @@ fn protocol_name(protocol: Protocol) -> &'static str {
 struct FamilyRender<'a> {
     port: &'a ServicePortTable,
     family: Family,
-    /// The pod CIDRs of this family, as nft prefixes.
-    pods: Vec<String>,
+    /// The pod CIDRs of this family.
+    pods: Vec<Net>,
     base: String,
 }
 
@@ -516,14 +675,13 @@ impl FamilyRender<'_> {
             rules.chains.insert(external_chain.clone(), chain);
         }
         let firewall_chain = format!("firewall-{}", self.base);
-        let protocol = protocol_name(self.port.key.protocol);
         for (frontend, scope) in frontends {
-            let (ip, number) = (frontend.addr.ip(), frontend.addr.port());
+            let ip = frontend.addr.ip();
             let node_port = ip.is_unspecified();
-            let key = if node_port {
-                format!("{protocol} . {number}")
-            } else {
-                format!("{ip} . {protocol} . {number}")
+            let key = MapKey {
+                ip: (!node_port).then_some(ip),
+                protocol: self.port.key.protocol,
+                port: frontend.addr.port(),
             };
             let map = |kind| MapRef {
                 kind,
@@ -536,17 +694,17 @@ impl FamilyRender<'_> {
             };
             match scope {
                 TrafficScope::Internal if !internal.is_empty() => {
-                    let verdict = format!("goto {internal_chain}");
-                    rules.elements.insert((dispatch, key.clone()), verdict);
+                    let verdict = Verdict::Goto(internal_chain.clone());
+                    rules.elements.insert((dispatch, key), verdict);
                 }
                 TrafficScope::Internal => {
                     let verdict = empty_verdict(internal_empty);
-                    rules.elements.insert((refuse, key.clone()), verdict);
+                    rules.elements.insert((refuse, key), verdict);
                 }
                 TrafficScope::External => {
                     if has_endpoints {
-                        let verdict = format!("goto {external_chain}");
-                        rules.elements.insert((dispatch, key.clone()), verdict);
+                        let verdict = Verdict::Goto(external_chain.clone());
+                        rules.elements.insert((dispatch, key), verdict);
                     }
                     // No endpoints at all: reject. None for external traffic (`Local`): drop
                     // what the external chain did not short-circuit.
@@ -558,25 +716,27 @@ impl FamilyRender<'_> {
                         };
                         rules
                             .elements
-                            .insert((refuse, key.clone()), empty_verdict(when_empty));
+                            .insert((refuse, key), empty_verdict(when_empty));
                     }
                 }
             }
             let ranges = targets.get(frontend).and_then(|t| t.source_ranges.as_ref());
             if let (Some(ranges), false) = (ranges, node_port) {
-                let allowed: Vec<String> = ranges
+                // Allowed sources return to the hook's chain (and are accepted there); the
+                // rest is dropped.
+                let mut chain: Vec<Rule> = ranges
                     .iter()
                     .filter(|r| Family::of(r.addr()) == self.family)
-                    .map(ToString::to_string)
+                    .map(|r| {
+                        Rule::verdict(
+                            vec![source_in(Net::new(r.addr(), r.prefix_len()))],
+                            Verdict::Return,
+                        )
+                    })
                     .collect();
-                let rule = if allowed.is_empty() {
-                    "drop".to_owned()
-                } else {
-                    let ip = self.family.selector();
-                    format!("{ip} saddr != {{ {} }} drop", allowed.join(", "))
-                };
-                rules.chains.insert(firewall_chain.clone(), vec![rule]);
-                let verdict = format!("goto {firewall_chain}");
+                chain.push(Rule::verdict(Vec::new(), Verdict::Drop));
+                rules.chains.insert(firewall_chain.clone(), chain);
+                let verdict = Verdict::Goto(firewall_chain.clone());
                 rules
                     .elements
                     .insert((map(MapKind::FirewallIps), key), verdict);
@@ -586,21 +746,26 @@ impl FamilyRender<'_> {
 
     /// ClusterIP traffic from outside the pod ranges is masqueraded (kube-proxy masquerades
     /// off-cluster traffic to a Service VIP, which may leave the node again).
-    fn masquerade_outside_pods(&self, frontends: &[(Frontend, TrafficScope)]) -> Vec<String> {
+    fn masquerade_outside_pods(&self, frontends: &[(Frontend, TrafficScope)]) -> Vec<Rule> {
         if self.pods.is_empty() {
             return Vec::new();
         }
-        let ip = self.family.selector();
-        let pods = self.pods.join(", ");
         frontends
             .iter()
             .filter(|(f, s)| *s == TrafficScope::Internal && !f.addr.ip().is_unspecified())
             .map(|(f, _)| {
-                format!(
-                    "{ip} daddr {} th dport {} {ip} saddr != {{ {pods} }} jump mark-for-masquerade",
-                    f.addr.ip(),
-                    f.addr.port()
-                )
+                let matches = vec![
+                    Match::Addr {
+                        field: Field::Destination,
+                        net: Net::host(f.addr.ip()),
+                        negate: false,
+                    },
+                    Match::Port {
+                        field: Field::Destination,
+                        port: f.addr.port(),
+                    },
+                ];
+                Rule::new(matches, jump(&unless_pod_chain(self.family)))
             })
             .collect()
     }
@@ -609,25 +774,25 @@ impl FamilyRender<'_> {
     /// chain): masquerade and go to the cluster endpoints, or, for a `Local` policy, keep the
     /// client's address and go to this node's endpoints, short-circuiting pod and node traffic
     /// to the internal endpoints.
-    fn external_chain(&self, internal: Option<&str>, external: Option<&str>) -> Vec<String> {
+    fn external_chain(&self, internal: Option<&str>, external: Option<&str>) -> Vec<Rule> {
         let mut chain = Vec::new();
+        let goto = |chain: &str| Verdict::Goto(chain.to_owned());
         if self.port.external_local {
-            if let (false, Some(internal)) = (self.pods.is_empty(), internal) {
-                let ip = self.family.selector();
-                chain.push(format!(
-                    "{ip} saddr {{ {} }} goto {internal}",
-                    self.pods.join(", ")
-                ));
-            }
-            chain.push("fib saddr type local jump mark-for-masquerade".to_owned());
             if let Some(internal) = internal {
-                chain.push(format!("fib saddr type local goto {internal}"));
+                for net in &self.pods {
+                    chain.push(Rule::verdict(vec![source_in(*net)], goto(internal)));
+                }
+            }
+            let local = || vec![Match::FibLocal(Field::Source)];
+            chain.push(Rule::new(local(), jump("mark-for-masquerade")));
+            if let Some(internal) = internal {
+                chain.push(Rule::verdict(local(), goto(internal)));
             }
         } else {
-            chain.push("jump mark-for-masquerade".to_owned());
+            chain.push(Rule::always(jump("mark-for-masquerade")));
         }
         if let Some(external) = external {
-            chain.push(format!("goto {external}"));
+            chain.push(Rule::verdict(Vec::new(), goto(external)));
         }
         chain
     }
@@ -642,28 +807,26 @@ impl FamilyRender<'_> {
     /// naming a set and binding a shared named map to a rule cost time in the number of sets
     /// or elements, so ten thousand Services took 40 s (anonymous maps) or 19 s (one named map)
     /// where the cascade's rules load in under 4 s.
-    fn balance(&self, endpoints: &[&Endpoint], rules: &mut PortRules) -> Vec<String> {
-        let ip = self.family.selector();
-        let protocol = protocol_name(self.port.key.protocol);
+    fn balance(&self, endpoints: &[&Endpoint], rules: &mut PortRules) -> Vec<Rule> {
+        let protocol = self.port.key.protocol;
         rules.hairpin.extend(endpoints.iter().map(|e| e.addr.ip()));
-        let cascade = |actions: Vec<String>| -> Vec<String> {
-            let count = actions.len();
-            actions
+        let cascade = |choices: Vec<(Vec<Match>, Action)>| -> Vec<Rule> {
+            let count = choices.len();
+            choices
                 .into_iter()
                 .enumerate()
-                .map(|(j, action)| match count - j {
-                    1 => action,
-                    remaining => format!("numgen random mod {remaining} == 0 {action}"),
+                .map(|(j, (mut matches, action))| {
+                    if count - j > 1 {
+                        matches.insert(0, Match::OneIn((count - j) as u32));
+                    }
+                    Rule::new(matches, action)
                 })
                 .collect()
         };
+        let dnat =
+            |endpoint: &Endpoint| (vec![Match::L4Proto(protocol)], Action::Dnat(endpoint.addr));
         let Some(timeout) = self.port.affinity else {
-            return cascade(
-                endpoints
-                    .iter()
-                    .map(|e| format!("meta l4proto {protocol} dnat {ip} to {}", e.addr))
-                    .collect(),
-            );
+            return cascade(endpoints.iter().map(|e| dnat(e)).collect());
         };
         let mut chain = Vec::new();
         let mut choices = Vec::new();
@@ -675,21 +838,28 @@ impl FamilyRender<'_> {
             );
             rules.sets.insert(
                 set.clone(),
-                format!(
-                    "type {}; flags dynamic,timeout; timeout {}s;",
-                    self.family.addr_type(),
-                    timeout.as_secs().max(1)
-                ),
+                SetKind::Affinity(self.family, timeout.as_secs().max(1)),
             );
+            let (matches, action) = dnat(endpoint);
             rules.chains.insert(
                 endpoint_chain.clone(),
                 vec![
-                    format!("update @{set} {{ {ip} saddr }}"),
-                    format!("meta l4proto {protocol} dnat {ip} to {}", endpoint.addr),
+                    Rule::always(Action::RememberSource {
+                        family: self.family,
+                        set: set.clone(),
+                    }),
+                    Rule::new(matches, action),
                 ],
             );
-            chain.push(format!("{ip} saddr @{set} goto {endpoint_chain}"));
-            choices.push(format!("goto {endpoint_chain}"));
+            chain.push(Rule::verdict(
+                vec![Match::AddrInSet {
+                    family: self.family,
+                    field: Field::Source,
+                    set,
+                }],
+                Verdict::Goto(endpoint_chain.clone()),
+            ));
+            choices.push((Vec::new(), Action::Verdict(Verdict::Goto(endpoint_chain))));
         }
         chain.extend(cascade(choices));
         chain

@@ -1,0 +1,296 @@
+//! The netlink programmer against the `nft` one, in throwaway network namespaces (root only):
+//! the same transactions written both ways must leave tables that `nft list` prints the same.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use capstan_table::{FrontendTarget, Protocol, TrafficScope, WhenEmpty};
+use nix::sched::{CloneFlags, unshare};
+
+use super::super::diff::Changes;
+use super::super::encode::Transaction;
+use super::super::rules::{self, KernelSettings, PortRules, render_port};
+use super::{frontend, port, set};
+
+fn can_run() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Command::new("nft")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `f` on a thread of its own in a new, empty network namespace.
+fn in_new_namespace<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+    })
+}
+
+fn nft_run(script: &str) {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write");
+    let output = child.wait_with_output().expect("nft");
+    assert!(
+        output.status.success(),
+        "nft: {}\n{script}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn nft_list() -> String {
+    let output = Command::new("nft")
+        .args(["list", "table", "inet", rules::TABLE])
+        .output()
+        .expect("nft list");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+fn settings() -> KernelSettings {
+    KernelSettings {
+        pod_cidrs: vec![
+            "10.244.0.0/16".parse().expect("cidr"),
+            "10.245.0.0/20".parse().expect("cidr"),
+            "fd00:10:244::/56".parse().expect("cidr"),
+        ],
+        cluster_dns: None,
+        programmer: Default::default(),
+    }
+}
+
+fn target(ranges: Vec<ipnet::IpNet>) -> FrontendTarget {
+    let none = || set(&[], WhenEmpty::Reject);
+    FrontendTarget {
+        port: Arc::new(port(vec![], none(), none())),
+        scope: TrafficScope::External,
+        source_ranges: Some(ranges.into()),
+    }
+}
+
+/// Every shape of rule the data path writes: ClusterIP and NodePort, affinity, a `Local`
+/// policy, LoadBalancer source ranges on both families, UDP, no endpoints, IPv6.
+fn ports(generation: u8) -> Vec<PortRules> {
+    let settings = settings();
+    let mut out = Vec::new();
+    let web_endpoints: Vec<String> = (1..=3 + generation)
+        .map(|i| format!("10.244.1.{i}:8080"))
+        .collect();
+    let refs: Vec<&str> = web_endpoints.iter().map(String::as_str).collect();
+    let web = port(
+        vec![
+            frontend("10.96.0.10:80", TrafficScope::Internal),
+            frontend("0.0.0.0:30080", TrafficScope::External),
+            frontend("192.0.2.10:80", TrafficScope::External),
+        ],
+        set(&refs, WhenEmpty::Reject),
+        set(&refs, WhenEmpty::Reject),
+    );
+    let mut targets = HashMap::new();
+    let lb = frontend("192.0.2.10:80", TrafficScope::External).0;
+    targets.insert(lb, target(vec!["198.51.100.0/24".parse().expect("range")]));
+    out.push(render_port(&web, &targets, &settings));
+    let mut sticky = port(
+        vec![frontend("10.96.0.11:443", TrafficScope::Internal)],
+        set(&["10.244.2.1:8443", "10.244.2.2:8443"], WhenEmpty::Reject),
+        set(&["10.244.2.1:8443", "10.244.2.2:8443"], WhenEmpty::Reject),
+    );
+    sticky.key.service.name = "sticky".into();
+    sticky.affinity = Some(Duration::from_secs(10800));
+    out.push(render_port(&sticky, &HashMap::new(), &settings));
+    let mut local = port(
+        vec![
+            frontend("10.96.0.12:80", TrafficScope::Internal),
+            frontend("0.0.0.0:30082", TrafficScope::External),
+        ],
+        set(&["10.244.2.5:8080", "10.244.1.9:8080"], WhenEmpty::Reject),
+        set(&["10.244.1.9:8080"], WhenEmpty::Drop),
+    );
+    local.key.service.name = "local".into();
+    local.external_local = true;
+    out.push(render_port(&local, &HashMap::new(), &settings));
+    let mut dns = port(
+        vec![frontend("[fd00:96::a]:53", TrafficScope::Internal)],
+        set(&["[fd00:10:244::5]:53"], WhenEmpty::Reject),
+        set(&["[fd00:10:244::5]:53"], WhenEmpty::Reject),
+    );
+    dns.key.service.name = "dns6".into();
+    dns.key.protocol = Protocol::Udp;
+    dns.frontends[0].0.protocol = Protocol::Udp;
+    if generation == 0 {
+        out.push(render_port(&dns, &HashMap::new(), &settings));
+    }
+    let mut empty = port(
+        vec![
+            frontend("10.96.0.13:80", TrafficScope::Internal),
+            frontend("[fd00:96::d]:80", TrafficScope::Internal),
+        ],
+        set(&[], WhenEmpty::Reject),
+        set(&[], WhenEmpty::Reject),
+    );
+    empty.key.service.name = "empty".into();
+    out.push(render_port(&empty, &HashMap::new(), &settings));
+    let mut lb6 = port(
+        vec![frontend("[2001:db8::1]:443", TrafficScope::External)],
+        set(&["[fd00:10:244::7]:443"], WhenEmpty::Reject),
+        set(&["[fd00:10:244::7]:443"], WhenEmpty::Reject),
+    );
+    lb6.key.service.name = "lb6".into();
+    let mut targets = HashMap::new();
+    targets.insert(
+        lb6.frontends[0].0,
+        target(vec!["2001:db8:1::/48".parse().expect("range")]),
+    );
+    out.push(render_port(&lb6, &targets, &settings));
+    out
+}
+
+/// The changes turning `old` ports into `new` (matched by position; missing ones removed).
+fn changes(old: &[PortRules], new: &[PortRules], fresh: bool) -> Changes {
+    let mut changes = if fresh {
+        Changes::fresh()
+    } else {
+        Changes::default()
+    };
+    let empty = PortRules::default();
+    for i in 0..old.len().max(new.len()) {
+        let (from, to) = (old.get(i).unwrap_or(&empty), new.get(i).unwrap_or(&empty));
+        if from != to {
+            changes.port(from, to);
+        }
+    }
+    let hairpin = |ports: &[PortRules]| -> std::collections::BTreeSet<_> {
+        ports
+            .iter()
+            .flat_map(|p| p.hairpin.iter().copied())
+            .collect()
+    };
+    let (before, after) = (hairpin(old), hairpin(new));
+    changes.hairpin(
+        after.difference(&before).copied().collect(),
+        before.difference(&after).copied().collect(),
+    );
+    changes.local_dns(
+        ["10.96.0.10".parse().expect("ip")].into(),
+        Default::default(),
+    );
+    changes
+}
+
+fn by_nft(steps: &[(bool, &Changes)]) -> Vec<String> {
+    let settings = settings();
+    steps
+        .iter()
+        .map(|(fresh, changes)| {
+            let mut script = String::new();
+            if *fresh {
+                script.push_str(&format!(
+                    "add table inet {t}\ndelete table inet {t}\n",
+                    t = rules::TABLE
+                ));
+                script.push_str(&rules::skeleton(&settings).render());
+            }
+            changes.render(&mut script);
+            nft_run(&script);
+            nft_list()
+        })
+        .collect()
+}
+
+fn by_netlink(steps: &[(bool, &Changes)]) -> Vec<String> {
+    let settings = settings();
+    steps
+        .iter()
+        .map(|(fresh, changes)| {
+            let mut transaction = Transaction::new();
+            if *fresh {
+                transaction.table(true);
+                transaction.skeleton(&rules::skeleton(&settings));
+            }
+            transaction.changes(changes);
+            transaction.into_batch().commit().expect("netlink batch");
+            nft_list()
+        })
+        .collect()
+}
+
+#[test]
+fn netlink_and_nft_write_the_same_table() {
+    if !can_run() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    let (first, second) = (ports(0), ports(1));
+    let full = changes(&[], &first, true);
+    let step = changes(&first, &second, false);
+    let steps = [(true, &full), (false, &step)];
+    let expected = in_new_namespace(|| by_nft(&steps));
+    let written = in_new_namespace(|| by_netlink(&steps));
+    for (round, (want, got)) in expected.iter().zip(&written).enumerate() {
+        if want != got {
+            let diff: Vec<String> = want
+                .lines()
+                .zip(got.lines())
+                .filter(|(a, b)| a != b)
+                .take(10)
+                .map(|(a, b)| format!("nft:     {a}\nnetlink: {b}"))
+                .collect();
+            panic!(
+                "round {round} differs:\n{}\n\nnetlink wrote:\n{got}",
+                diff.join("\n")
+            );
+        }
+    }
+    assert!(expected[0].contains("dnat ip to 10.244.1.3:8080"));
+    assert!(expected[1].contains("dnat ip to 10.244.1.4:8080"));
+}
+
+#[test]
+fn a_refused_batch_changes_nothing_and_says_which_message() {
+    if !can_run() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    in_new_namespace(|| {
+        let first = ports(0);
+        let full = changes(&[], &first, true);
+        by_netlink(&[(true, &full)]);
+        let before = nft_list();
+        let mut transaction = Transaction::new();
+        transaction.flush_chain("services");
+        // A rule jumping to a chain that does not exist: the kernel refuses the batch.
+        transaction.add_rule(
+            "services",
+            &super::super::stmt::Rule::verdict(
+                Vec::new(),
+                super::super::stmt::Verdict::Jump("no-such-chain".into()),
+            ),
+        );
+        let error = transaction.into_batch().commit().expect_err("refused");
+        assert!(error.to_string().contains("message 3 refused"), "{error}");
+        assert_eq!(
+            nft_list(),
+            before,
+            "a refused batch must leave the table as it was"
+        );
+    });
+}
