@@ -2,12 +2,15 @@
 //! does, so no byte of a pod-to-Service connection passes through Capstan.
 //!
 //! [`rules`] renders each Service port (pure), [`diff`] turns the applied rules into the wanted
-//! ones (pure), and [`KernelTable`] runs the result: the first sync replaces the whole table in
-//! one `nft -f` transaction, every later snapshot changes only the ports whose compiled table
-//! changed (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per
+//! ones (pure), [`stmt`] is the rule vocabulary, and [`KernelTable`] runs the result as
+//! nf_tables netlink batches (`encode`; `nft -f` with `--kernel-programmer nft`): the first sync
+//! replaces the whole table in one transaction, every later snapshot changes only the ports
+//! whose compiled table changed (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per
 //! port). UDP conntrack entries that would keep sending to a removed endpoint, or bypass a
-//! Service that just got endpoints, are deleted after each sync, as kube-proxy does.
+//! Service that just got endpoints, are deleted after each sync over ctnetlink
+//! ([`conntrack`]), as kube-proxy does.
 
+mod conntrack;
 pub mod diff;
 mod encode;
 mod local_dns;
@@ -17,13 +20,11 @@ pub mod stmt;
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capstan_table::{BalancePolicy, ServicePortKey, ServicePortTable, Snapshot, TrafficScope};
-use tokio::process::Command;
 use tracing::{debug, info, warn};
 
 use crate::ProxyError;
@@ -85,7 +86,8 @@ pub struct KernelTable {
     local_dns: HashMap<IpAddr, u32>,
     dns_interface: local_dns::DnsInterface,
     stale_chains: Vec<(String, Instant)>,
-    conntrack_missing: bool,
+    /// A conntrack cleanup failed once (warned once, then logged at debug).
+    conntrack_failed: bool,
 }
 
 impl KernelTable {
@@ -201,10 +203,11 @@ impl KernelTable {
         self.stale_chains
             .extend(changes.stale_chains.iter().map(|name| (name.clone(), now)));
         self.applied = Some(next);
-        for (old, new) in udp_changes {
-            self.flush_udp(old.unwrap_or_default(), new.unwrap_or_default())
-                .await;
-        }
+        let udp_changes = udp_changes
+            .into_iter()
+            .map(|(old, new)| (old.unwrap_or_default(), new.unwrap_or_default()))
+            .collect();
+        self.flush_udp(udp_changes).await;
         let report = SyncReport {
             changed_ports,
             full,
@@ -267,37 +270,41 @@ impl KernelTable {
 
     /// kube-proxy's UDP conntrack cleanup (pkg/proxy/conntrack/cleanup.go): entries translated
     /// to an endpoint that is gone are deleted (the client would keep sending there), and when a
-    /// Service port gets its first endpoints, entries made while it had none are deleted.
-    async fn flush_udp(&mut self, old: rules::UdpTranslation, new: rules::UdpTranslation) {
-        let mut filters: Vec<Vec<String>> = Vec::new();
-        for endpoint in old.endpoints.difference(&new.endpoints) {
-            for frontend in &old.frontends {
-                filters.push(conntrack_filter(*frontend, Some(*endpoint)));
+    /// Service port gets its first endpoints, entries made while it had none are deleted. One
+    /// ctnetlink dump per family for the whole sync.
+    async fn flush_udp(&mut self, changes: Vec<(rules::UdpTranslation, rules::UdpTranslation)>) {
+        let mut filters = Vec::new();
+        for (old, new) in changes {
+            for endpoint in old.endpoints.difference(&new.endpoints) {
+                for frontend in &old.frontends {
+                    filters.push(conntrack::Filter {
+                        frontend: *frontend,
+                        endpoint: Some(endpoint.ip()),
+                    });
+                }
+            }
+            if old.endpoints.is_empty() && !new.endpoints.is_empty() {
+                for frontend in &new.frontends {
+                    filters.push(conntrack::Filter {
+                        frontend: *frontend,
+                        endpoint: None,
+                    });
+                }
             }
         }
-        if old.endpoints.is_empty() && !new.endpoints.is_empty() {
-            for frontend in &new.frontends {
-                filters.push(conntrack_filter(*frontend, None));
-            }
+        if filters.is_empty() {
+            return;
         }
-        for filter in filters {
-            let output = Command::new("conntrack")
-                .arg("-D")
-                .args(&filter)
-                .stdin(Stdio::null())
-                .output()
-                .await;
-            match output {
-                // Exit status 1 with "0 flow entries": nothing to delete.
-                Ok(output) => {
-                    debug!(?filter, status = ?output.status.code(), "udp conntrack flushed")
-                }
-                Err(error) if !self.conntrack_missing => {
-                    self.conntrack_missing = true;
-                    warn!(%error, "conntrack not run: stale UDP entries expire on their own");
-                }
-                Err(_) => {}
+        let deleted =
+            tokio::task::spawn_blocking(move || conntrack::delete_matching(&filters)).await;
+        match deleted {
+            Ok(Ok(count)) => debug!(count, "stale udp conntrack entries deleted"),
+            Ok(Err(error)) if !self.conntrack_failed => {
+                self.conntrack_failed = true;
+                warn!(%error, "stale UDP conntrack entries not deleted: they expire on their own");
             }
+            Ok(Err(error)) => debug!(%error, "stale udp conntrack entries not deleted"),
+            Err(error) => warn!(%error, "conntrack task failed"),
         }
     }
 
@@ -400,19 +407,4 @@ impl Program {
             }
         }
     }
-}
-
-/// `conntrack -D` arguments selecting UDP entries to `frontend` (any local address for a
-/// NodePort on every address), translated to `endpoint` if given.
-fn conntrack_filter(frontend: SocketAddr, endpoint: Option<SocketAddr>) -> Vec<String> {
-    let family = if frontend.is_ipv6() { "ipv6" } else { "ipv4" };
-    let mut args: Vec<String> = ["-f", family, "-p", "udp"].map(str::to_owned).to_vec();
-    if !frontend.ip().is_unspecified() {
-        args.extend(["--orig-dst".to_owned(), frontend.ip().to_string()]);
-    }
-    args.extend(["--orig-port-dst".to_owned(), frontend.port().to_string()]);
-    if let Some(endpoint) = endpoint {
-        args.extend(["--dst-nat".to_owned(), endpoint.ip().to_string()]);
-    }
-    args
 }

@@ -294,3 +294,46 @@ fn a_refused_batch_changes_nothing_and_says_which_message() {
         );
     });
 }
+
+/// A UDP flow tracked by conntrack is found by the ctnetlink dump and deleted by its filter;
+/// a flow to another port stays.
+#[test]
+fn stale_udp_conntrack_entries_are_deleted_over_netlink() {
+    use super::super::conntrack::{Filter, delete_matching};
+    if !can_run() {
+        eprintln!("skipped: needs root and nft");
+        return;
+    }
+    in_new_namespace(|| {
+        assert!(
+            Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("ip")
+                .success()
+        );
+        // Any conntrack expression makes the namespace track connections.
+        nft_run(
+            "table inet track {\n  chain out {\n    type filter hook output priority 0;\n    ct state new accept\n  }\n}\n",
+        );
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for target in [&server, &other] {
+            client
+                .send_to(b"ping", target.local_addr().expect("addr"))
+                .expect("send");
+        }
+        let stale = Filter {
+            frontend: server.local_addr().expect("addr"),
+            endpoint: None,
+        };
+        assert_eq!(delete_matching(&[stale]).expect("first delete"), 1);
+        assert_eq!(delete_matching(&[stale]).expect("second delete"), 0);
+        let kept = Filter {
+            frontend: other.local_addr().expect("addr"),
+            endpoint: None,
+        };
+        assert_eq!(delete_matching(&[kept]).expect("other flow"), 1);
+    });
+}
