@@ -10,7 +10,8 @@
 //! each UDP VIP gets its own node ports. The table is replaced in one `nft -f` transaction and
 //! deleted on a clean exit.
 //!
-//! [`ruleset`] is pure; [`Nftables`] runs `nft` and `conntrack`.
+//! [`ruleset`] is pure; [`Nftables`] runs `nft` and deletes stale UDP conntrack entries
+//! ([`crate::conntrack`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -23,6 +24,7 @@ use tokio::process::Command;
 use tracing::{debug, info, warn};
 
 use crate::ProxyError;
+use crate::conntrack;
 use crate::source::{MARK, Prefix, ROUTE_TABLE};
 
 /// The nftables table Capstan owns (family `inet`).
@@ -308,8 +310,8 @@ pub struct Nftables {
     applied: Option<Capture>,
     /// Whether the policy routing of [`crate::source`] is in place.
     routing: bool,
-    /// Whether the missing `conntrack` tool was already reported.
-    conntrack_missing: bool,
+    /// A conntrack cleanup failed once (warned once, then logged at debug).
+    conntrack_failed: bool,
     /// Whether [`Nftables::clear`] has removed every trace (until the next apply).
     cleared: bool,
 }
@@ -334,9 +336,8 @@ impl Nftables {
             "nftables capture applied"
         );
         let previous = self.applied.replace(capture.clone()).unwrap_or_default();
-        for addr in stale_udp(&previous.redirects, &capture.redirects) {
-            self.flush_udp(addr).await;
-        }
+        self.flush_udp(stale_udp(&previous.redirects, &capture.redirects))
+            .await;
         Ok(true)
     }
 
@@ -374,25 +375,29 @@ impl Nftables {
         }
     }
 
-    /// `conntrack -D` for UDP entries whose original destination is `addr`.
-    async fn flush_udp(&mut self, addr: SocketAddr) {
-        let family = if addr.is_ipv6() { "ipv6" } else { "ipv4" };
-        let output = Command::new("conntrack")
-            .args(["-D", "-f", family, "-p", "udp", "--orig-dst"])
-            .arg(addr.ip().to_string())
-            .arg("--orig-port-dst")
-            .arg(addr.port().to_string())
-            .stdin(Stdio::null())
-            .output()
-            .await;
-        match output {
-            // Exit status 1 with "0 flow entries": there was nothing to flush.
-            Ok(output) => debug!(%addr, status = ?output.status.code(), "udp conntrack flushed"),
-            Err(error) if !self.conntrack_missing => {
-                self.conntrack_missing = true;
-                warn!(%error, "conntrack not run: stale UDP entries expire on their own");
+    /// Deletes UDP conntrack entries whose original destination is one of `stale` (over
+    /// ctnetlink, one dump per family).
+    async fn flush_udp(&mut self, stale: Vec<SocketAddr>) {
+        if stale.is_empty() {
+            return;
+        }
+        let filters: Vec<conntrack::Filter> = stale
+            .iter()
+            .map(|addr| conntrack::Filter {
+                frontend: *addr,
+                endpoint: None,
+            })
+            .collect();
+        let deleted =
+            tokio::task::spawn_blocking(move || conntrack::delete_matching(&filters)).await;
+        match deleted {
+            Ok(Ok(count)) => debug!(count, "stale udp conntrack entries deleted"),
+            Ok(Err(error)) if !self.conntrack_failed => {
+                self.conntrack_failed = true;
+                warn!(%error, "stale UDP conntrack entries not deleted: they expire on their own");
             }
-            Err(_) => {}
+            Ok(Err(error)) => debug!(%error, "stale udp conntrack entries not deleted"),
+            Err(error) => warn!(%error, "conntrack task failed"),
         }
     }
 }

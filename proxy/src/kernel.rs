@@ -8,9 +8,8 @@
 //! whose compiled table changed (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per
 //! port). UDP conntrack entries that would keep sending to a removed endpoint, or bypass a
 //! Service that just got endpoints, are deleted after each sync over ctnetlink
-//! ([`conntrack`]), as kube-proxy does.
+//! ([`crate::conntrack`]), as kube-proxy does.
 
-mod conntrack;
 pub mod diff;
 mod encode;
 mod local_dns;
@@ -29,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::ProxyError;
 use crate::capture::nft;
+use crate::conntrack;
 pub use diff::Changes;
 use encode::Transaction;
 pub use rules::{KernelSettings, PortRules, TABLE};

@@ -6,7 +6,8 @@
 //! TCP pipeline (load snapshot → [`balance::choose`] → connect with timeout and retry → relay with
 //! half-close and idle timeout), UDP flows (a flow per client address, idle expiry, re-balanced
 //! when its endpoint stops being eligible), passive health (ejection with backoff), and keeping
-//! clients' source addresses to endpoints ([`source`], with `--preserve-source-ip`).
+//! clients' source addresses to endpoints ([`source`], with `--preserve-source-ip`), the kernel
+//! data path ([`kernel`]), and deleting stale UDP conntrack entries over ctnetlink (`conntrack`).
 //!
 //! Must not import: `catalog`, the sources, or anything Kubernetes. It reads only the compiled
 //! [`capstan_table::ProxyTable`] from the snapshot, once per connection, without locks.
@@ -15,6 +16,7 @@ pub mod balance;
 pub mod capture;
 mod clock;
 mod connection;
+mod conntrack;
 mod error;
 pub mod kernel;
 mod listen;

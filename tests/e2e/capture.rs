@@ -76,7 +76,16 @@ fn a_capture_that_cannot_be_programmed_is_reported_and_not_ready() {
     );
     let capstan = Capstan::spawn_with_path(
         "/nonexistent",
-        &["--config", path_str(&config), "--capture", "nftables"],
+        // The user-space capture runs `nft`, which is not on this PATH (the kernel path needs no
+        // process: it speaks netlink).
+        &[
+            "--config",
+            path_str(&config),
+            "--capture",
+            "nftables",
+            "--l4-datapath",
+            "userspace",
+        ],
     );
     let snapshot = capstan.wait_snapshot("the capture failure", |s| {
         s["services"].as_array().into_iter().flatten().any(|svc| {

@@ -299,7 +299,7 @@ fn a_refused_batch_changes_nothing_and_says_which_message() {
 /// a flow to another port stays.
 #[test]
 fn stale_udp_conntrack_entries_are_deleted_over_netlink() {
-    use super::super::conntrack::{Filter, delete_matching};
+    use crate::conntrack::{Filter, delete_matching};
     if !can_run() {
         eprintln!("skipped: needs root and nft");
         return;

@@ -35,8 +35,8 @@ const DELETES_PER_SEND: usize = 256;
 
 /// One direction of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Tuple {
-    pub(super) source: SocketAddr,
+pub(crate) struct Tuple {
+    pub(crate) source: SocketAddr,
     pub destination: SocketAddr,
     pub protocol: u8,
 }
@@ -44,7 +44,7 @@ pub(super) struct Tuple {
 /// A conntrack entry: the original direction and the reply (whose source is where a
 /// translated flow really goes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Flow {
+pub(crate) struct Flow {
     pub original: Tuple,
     pub reply: Tuple,
 }
@@ -52,13 +52,13 @@ pub(super) struct Flow {
 /// Which UDP entries to delete: those sent to `frontend` (any address when unspecified: a
 /// NodePort), and, if given, translated to `endpoint` (conntrack's `--dst-nat`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct Filter {
+pub(crate) struct Filter {
     pub frontend: SocketAddr,
     pub endpoint: Option<IpAddr>,
 }
 
 impl Filter {
-    pub(super) fn matches(&self, flow: &Flow) -> bool {
+    pub(crate) fn matches(&self, flow: &Flow) -> bool {
         let original = flow.original;
         original.protocol == UDP
             && original.destination.is_ipv4() == self.frontend.is_ipv4()
@@ -73,7 +73,7 @@ impl Filter {
 
 /// Deletes the UDP entries matching any of `filters`; returns how many were deleted.
 /// Blocking: run it off the async threads.
-pub(super) fn delete_matching(filters: &[Filter]) -> Result<usize, SocketError> {
+pub(crate) fn delete_matching(filters: &[Filter]) -> Result<usize, SocketError> {
     let mut deleted = 0;
     for (family, v4) in [(AF_INET, true), (AF_INET6, false)] {
         let wanted: Vec<&Filter> = filters
@@ -196,7 +196,7 @@ fn v6(ip: IpAddr) -> Ipv6Addr {
 
 /// A conntrack message's payload (after `nfgenmsg`) as a flow; `None` when a tuple is
 /// missing or not IP with ports.
-pub(super) fn parse_flow(payload: &[u8]) -> Option<Flow> {
+pub(crate) fn parse_flow(payload: &[u8]) -> Option<Flow> {
     let mut original = None;
     let mut reply = None;
     for (attr, value) in parse_attrs(payload) {
