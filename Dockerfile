@@ -1,7 +1,7 @@
-# Capstan's container image: built with the pinned toolchain, run from Debian slim with the two
-# netfilter tools `--capture nftables` drives: `nft` (the table Capstan owns) and `conntrack`
-# (stale UDP entries). A distroless base has neither, and kube-proxy's own image carries them for
-# the same reason. Build: `docker build -t capstan .`
+# Capstan's container image: built with the pinned toolchain, run from Debian slim with `nft`,
+# which the user-space capture (`--l4-datapath userspace`) and `--kernel-programmer nft` run,
+# and `ip` (policy routing for kept source addresses). The kernel data path and the conntrack
+# cleanup speak netlink themselves. Build: `docker build -t capstan .`
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -10,7 +10,7 @@ RUN cargo build --release --locked --bin capstan \
 
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables conntrack iproute2 ca-certificates \
+ && apt-get install -y --no-install-recommends nftables iproute2 ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/capstan /usr/local/bin/capstan
 # Kubernetes runs it with the capabilities of deploy/kubernetes/capstan.yaml (NET_ADMIN,

@@ -63,6 +63,10 @@ pub struct SyncReport {
     /// Whether the whole table was replaced.
     pub full: bool,
     pub duration: Duration,
+    /// Of which the transaction itself (sent, applied by the kernel, acknowledged).
+    pub transaction: Duration,
+    /// Messages in the transaction (netlink) or bytes of script (nft).
+    pub size: usize,
 }
 
 /// Stale chains are deleted once nothing has referred to them for this long (kernels before
@@ -184,7 +188,11 @@ impl KernelTable {
                 Program::Netlink(transaction)
             }
         };
-        if let Err(error) = program.run().await {
+        let size = program.size();
+        let transaction_started = Instant::now();
+        let applied = program.run().await;
+        let transaction = transaction_started.elapsed();
+        if let Err(error) = applied {
             // The table is as it was; the next sync rebuilds it whole.
             self.hairpin.clear();
             self.local_dns.clear();
@@ -194,12 +202,12 @@ impl KernelTable {
             .reconcile(self.local_dns.keys().copied().collect())
             .await;
         let now = Instant::now();
-        let filled: BTreeSet<&str> = next
-            .values()
-            .flat_map(|(_, r)| r.chains.keys().map(String::as_str))
-            .collect();
-        self.stale_chains
-            .retain(|(name, _)| !filled.contains(name.as_str()));
+        // A stale chain used again was written in this transaction.
+        if !self.stale_chains.is_empty() {
+            let filled = changes.filled_chains();
+            self.stale_chains
+                .retain(|(name, _)| !filled.contains(name.as_str()));
+        }
         self.stale_chains
             .extend(changes.stale_chains.iter().map(|name| (name.clone(), now)));
         self.applied = Some(next);
@@ -212,6 +220,8 @@ impl KernelTable {
             changed_ports,
             full,
             duration: started.elapsed(),
+            transaction,
+            size,
         };
         debug!(?report, "kernel data path synced");
         Ok(report)
@@ -313,16 +323,26 @@ impl KernelTable {
     /// connections through the table were still cut in the namespace tests (they survive when
     /// the rules stay), which is why this is not the default.
     pub async fn remove(&mut self) {
-        if self.applied.take().is_none() {
+        let Some(applied) = self.applied.take() else {
             return;
-        }
+        };
         self.dns_interface.remove().await;
-        let program = self.program(rules::emptying, |transaction| {
-            transaction.flush_rules();
-            for (name, _) in rules::skeleton(&self.settings).sets {
-                transaction.flush_set(&name);
-            }
-        });
+        // Every set and map: the skeleton's and the ports' (endpoint maps, affinity sets).
+        let mut sets: Vec<(String, rules::SetKind)> = rules::skeleton(&self.settings).sets;
+        sets.extend(
+            applied
+                .values()
+                .flat_map(|(_, r)| r.sets.iter().map(|(name, kind)| (name.clone(), *kind))),
+        );
+        let program = self.program(
+            || rules::emptying(&sets),
+            |transaction| {
+                transaction.flush_rules();
+                for (name, _) in &sets {
+                    transaction.flush_set(name);
+                }
+            },
+        );
         match program.run().await {
             Ok(()) => info!(
                 "kernel data path rules removed (the empty table keeps NAT hooks for established connections)"
@@ -391,6 +411,13 @@ enum Program {
 }
 
 impl Program {
+    fn size(&self) -> usize {
+        match self {
+            Program::Nft(script) => script.len(),
+            Program::Netlink(transaction) => transaction.len(),
+        }
+    }
+
     async fn run(self) -> Result<(), ProxyError> {
         match self {
             Program::Nft(script) => nft(&script).await,

@@ -255,7 +255,7 @@ pub async fn run_listeners(
             let state = match kernel.sync(snapshot, &kernel_ports).await {
                 Ok(report) => {
                     if report.changed_ports > 0 {
-                        info!(ports = report.changed_ports, full = report.full, took = ?report.duration, "kernel data path synced");
+                        info!(ports = report.changed_ports, full = report.full, took = ?report.duration, transaction = ?report.transaction, size = report.size, "kernel data path synced");
                     }
                     ListenerState::Kernel
                 }

@@ -86,16 +86,21 @@ async fn kernel_scale_ten_thousand_services() {
         latencies.push(changed.elapsed());
     }
     latencies.sort();
-    for line in capstan
-        .logs()
+    let logs = capstan.logs();
+    let syncs: Vec<&str> = logs
         .lines()
-        .filter(|l| l.contains("kernel data path synced"))
-        .take(4)
-    {
+        .filter(|l| {
+            l.contains("capstan_proxy::listen") && l.contains("kernel data path synced")
+                || l.contains("snapshot published")
+        })
+        .collect();
+    // The first (full) sync and the last three changes (published, then synced).
+    for line in syncs.iter().take(2).chain(syncs.iter().rev().take(6).rev()) {
         println!("kernel scale sync: {line}");
     }
+    let programmer = std::env::var("CAPSTAN_KERNEL_PROGRAMMER").unwrap_or("netlink".into());
     println!(
-        "kernel scale: {SERVICES} Services x {ENDPOINTS} endpoints: first connection served through the kernel {:.2} s after start (readyz {ready:?}); \
+        "kernel scale ({programmer}): {SERVICES} Services x {ENDPOINTS} endpoints: first connection served through the kernel {:.2} s after start (readyz {ready:?}); \
          resident {:.1} MiB then, {:.1} MiB after 20 changes; EndpointSlice change -> kernel serving the new endpoint: median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
         serving.as_secs_f64(),
         rss_ready as f64 / 1024.0,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::rules::{Family, MapKey, MapRef, PortRules, SetKind, TABLE};
 use super::stmt::{Rule, Verdict};
@@ -18,13 +18,16 @@ pub struct Changes {
     pub(super) fill_chains: Vec<(String, Vec<Rule>)>,
     pub(super) delete_elements: BTreeMap<MapRef, Vec<MapKey>>,
     pub(super) add_elements: BTreeMap<MapRef, Vec<(MapKey, Verdict)>>,
+    /// Endpoint map elements to delete (by number), then to add.
+    pub(super) delete_endpoints: Vec<(String, Vec<u32>)>,
+    pub(super) add_endpoints: Vec<(String, Vec<(u32, SocketAddr)>)>,
     pub(super) hairpin_add: BTreeSet<IpAddr>,
     pub(super) hairpin_delete: BTreeSet<IpAddr>,
     pub(super) local_dns_add: BTreeSet<IpAddr>,
     pub(super) local_dns_delete: BTreeSet<IpAddr>,
     /// Chains no longer used: emptied now, deleted by a later transaction.
     pub stale_chains: Vec<String>,
-    pub(super) delete_sets: Vec<String>,
+    pub(super) delete_sets: Vec<(String, SetKind)>,
     /// A full sync: the table is created afresh, so nothing needs emptying first.
     pub(super) fresh: bool,
 }
@@ -65,14 +68,36 @@ impl Changes {
                     .push((*element, verdict.clone()));
             }
         }
+        for (name, wanted) in &new.endpoint_maps {
+            let had = old.endpoint_maps.get(name).map_or(&[][..], Vec::as_slice);
+            let (mut delete, mut add) = (Vec::new(), Vec::new());
+            for (number, endpoint) in wanted.iter().enumerate() {
+                match had.get(number) {
+                    Some(old) if old == endpoint => {}
+                    // A map element cannot change its value in place.
+                    Some(_) => {
+                        delete.push(number as u32);
+                        add.push((number as u32, *endpoint));
+                    }
+                    None => add.push((number as u32, *endpoint)),
+                }
+            }
+            delete.extend((wanted.len()..had.len()).map(|n| n as u32));
+            if !delete.is_empty() {
+                self.delete_endpoints.push((name.clone(), delete));
+            }
+            if !add.is_empty() {
+                self.add_endpoints.push((name.clone(), add));
+            }
+        }
         for name in old.chains.keys() {
             if !new.chains.contains_key(name) {
                 self.stale_chains.push(name.clone());
             }
         }
-        for name in old.sets.keys() {
+        for (name, kind) in &old.sets {
             if !new.sets.contains_key(name) {
-                self.delete_sets.push(name.clone());
+                self.delete_sets.push((name.clone(), *kind));
             }
         }
     }
@@ -89,11 +114,21 @@ impl Changes {
         self.local_dns_delete = removed;
     }
 
+    /// The chains this transaction writes rules into.
+    pub fn filled_chains(&self) -> BTreeSet<&str> {
+        self.fill_chains
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.add_sets.is_empty()
             && self.fill_chains.is_empty()
             && self.delete_elements.is_empty()
             && self.add_elements.is_empty()
+            && self.delete_endpoints.is_empty()
+            && self.add_endpoints.is_empty()
             && self.hairpin_add.is_empty()
             && self.hairpin_delete.is_empty()
             && self.local_dns_add.is_empty()
@@ -106,7 +141,7 @@ impl Changes {
     pub fn render(&self, out: &mut String) {
         let table = format!("inet {TABLE}");
         for (name, kind) in &self.add_sets {
-            let _ = writeln!(out, "add set {table} {name} {{ {kind} }}");
+            let _ = writeln!(out, "add {} {table} {name} {{ {kind} }}", kind.keyword());
         }
         if self.fresh {
             // One block: nft resolves each `add rule` line against its cache, which at ten
@@ -152,6 +187,25 @@ impl Changes {
                 elements.join(", ")
             );
         }
+        for (map, numbers) in &self.delete_endpoints {
+            let numbers: Vec<String> = numbers.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "delete element {table} {map} {{ {} }}",
+                numbers.join(", ")
+            );
+        }
+        for (map, endpoints) in &self.add_endpoints {
+            let elements: Vec<String> = endpoints
+                .iter()
+                .map(|(number, to)| format!("{number} : {} . {}", to.ip(), to.port()))
+                .collect();
+            let _ = writeln!(
+                out,
+                "add element {table} {map} {{ {} }}",
+                elements.join(", ")
+            );
+        }
         let address_sets = [
             ("add", "hairpin", &self.hairpin_add),
             ("delete", "hairpin", &self.hairpin_delete),
@@ -181,8 +235,8 @@ impl Changes {
         for name in &self.stale_chains {
             let _ = writeln!(out, "flush chain {table} {name}");
         }
-        for name in &self.delete_sets {
-            let _ = writeln!(out, "delete set {table} {name}");
+        for (name, kind) in &self.delete_sets {
+            let _ = writeln!(out, "delete {} {table} {name}", kind.keyword());
         }
     }
 }
