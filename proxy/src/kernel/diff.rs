@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::rules::{Family, MapKey, MapRef, PortRules, SetKind, TABLE};
 use super::stmt::{Rule, Verdict};
@@ -18,9 +18,6 @@ pub struct Changes {
     pub(super) fill_chains: Vec<(String, Vec<Rule>)>,
     pub(super) delete_elements: BTreeMap<MapRef, Vec<MapKey>>,
     pub(super) add_elements: BTreeMap<MapRef, Vec<(MapKey, Verdict)>>,
-    /// Endpoint map elements to delete (by number), then to add.
-    pub(super) delete_endpoints: Vec<(String, Vec<u32>)>,
-    pub(super) add_endpoints: Vec<(String, Vec<(u32, SocketAddr)>)>,
     pub(super) hairpin_add: BTreeSet<IpAddr>,
     pub(super) hairpin_delete: BTreeSet<IpAddr>,
     pub(super) local_dns_add: BTreeSet<IpAddr>,
@@ -68,28 +65,6 @@ impl Changes {
                     .push((*element, verdict.clone()));
             }
         }
-        for (name, wanted) in &new.endpoint_maps {
-            let had = old.endpoint_maps.get(name).map_or(&[][..], Vec::as_slice);
-            let (mut delete, mut add) = (Vec::new(), Vec::new());
-            for (number, endpoint) in wanted.iter().enumerate() {
-                match had.get(number) {
-                    Some(old) if old == endpoint => {}
-                    // A map element cannot change its value in place.
-                    Some(_) => {
-                        delete.push(number as u32);
-                        add.push((number as u32, *endpoint));
-                    }
-                    None => add.push((number as u32, *endpoint)),
-                }
-            }
-            delete.extend((wanted.len()..had.len()).map(|n| n as u32));
-            if !delete.is_empty() {
-                self.delete_endpoints.push((name.clone(), delete));
-            }
-            if !add.is_empty() {
-                self.add_endpoints.push((name.clone(), add));
-            }
-        }
         for name in old.chains.keys() {
             if !new.chains.contains_key(name) {
                 self.stale_chains.push(name.clone());
@@ -127,8 +102,6 @@ impl Changes {
             && self.fill_chains.is_empty()
             && self.delete_elements.is_empty()
             && self.add_elements.is_empty()
-            && self.delete_endpoints.is_empty()
-            && self.add_endpoints.is_empty()
             && self.hairpin_add.is_empty()
             && self.hairpin_delete.is_empty()
             && self.local_dns_add.is_empty()
@@ -184,25 +157,6 @@ impl Changes {
                 out,
                 "add element {table} {} {{ {} }}",
                 map.name(),
-                elements.join(", ")
-            );
-        }
-        for (map, numbers) in &self.delete_endpoints {
-            let numbers: Vec<String> = numbers.iter().map(ToString::to_string).collect();
-            let _ = writeln!(
-                out,
-                "delete element {table} {map} {{ {} }}",
-                numbers.join(", ")
-            );
-        }
-        for (map, endpoints) in &self.add_endpoints {
-            let elements: Vec<String> = endpoints
-                .iter()
-                .map(|(number, to)| format!("{number} : {} . {}", to.ip(), to.port()))
-                .collect();
-            let _ = writeln!(
-                out,
-                "add element {table} {map} {{ {} }}",
                 elements.join(", ")
             );
         }

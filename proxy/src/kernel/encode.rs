@@ -7,10 +7,9 @@
 //! the namespace test `netlink_and_nft_write_the_same_table` lists both tables with `nft` and
 //! compares them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use capstan_sockets::netlink::{Batch, Messages, NLM_F_APPEND, NLM_F_CREATE};
-use capstan_table::Protocol;
 
 use super::diff::Changes;
 use super::rules::{Family, MapKey, MapKind, MapRef, SetKind, Skeleton, TABLE};
@@ -53,7 +52,6 @@ const SET_TIMEOUT: u32 = 0x10;
 const SET_EVAL: u32 = 0x20;
 
 // nft's datatype numbers (nftables, include/datatype.h), as `nft list` reads set types back.
-const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -122,10 +120,6 @@ impl Transaction {
     pub(super) fn add_set(&mut self, name: &str, kind: SetKind) {
         self.sets += 1;
         let id = self.sets;
-        if let SetKind::Endpoints(family, protocol) = kind {
-            self.add_endpoint_map(name, family, protocol, id);
-            return;
-        }
         let m = self.begin(NEWSET, NLM_F_CREATE);
         m.attr_str(2, name);
         let (fields, flags, timeout): (Vec<(u32, usize)>, u32, Option<u64>) = match kind {
@@ -137,7 +131,6 @@ impl Transaction {
                 SET_TIMEOUT | SET_EVAL,
                 Some(secs * 1000),
             ),
-            SetKind::Endpoints(..) => unreachable!("written by add_endpoint_map"),
         };
         let key_type = fields
             .iter()
@@ -154,23 +147,6 @@ impl Transaction {
         if let Some(ms) = timeout {
             m.attr_u64(11, ms);
         }
-        self.end();
-    }
-
-    /// `map NAME { typeof numgen random mod 1 : ip daddr . tcp dport; }`: an integer key, an
-    /// `address . port` value, and nft's description of the `typeof` (set user data, as nft
-    /// 1.0 writes it) so `nft list` prints the declaration back.
-    fn add_endpoint_map(&mut self, name: &str, family: Family, protocol: Protocol, id: u32) {
-        let m = self.begin(NEWSET, NLM_F_CREATE);
-        m.attr_str(2, name);
-        m.attr_u32(3, SET_MAP);
-        m.attr_u32(4, TYPE_INTEGER);
-        m.attr_u32(5, 4);
-        let (datatype, len) = addr_field(family);
-        m.attr_u32(6, datatype << TYPE_BITS | TYPE_INET_SERVICE);
-        m.attr_u32(7, (len + 4) as u32);
-        m.attr_u32(10, id);
-        m.attr(13, &endpoint_map_userdata(family, protocol));
         self.end();
     }
 
@@ -251,26 +227,6 @@ impl Transaction {
         }
     }
 
-    /// `add element` to an endpoint map: number → address . port.
-    pub(super) fn add_endpoint_elements(&mut self, map: &str, endpoints: &[(u32, SocketAddr)]) {
-        for chunk in endpoints.chunks(ELEMENTS_PER_MESSAGE) {
-            let m = self.begin(NEWSETELEM, NLM_F_CREATE);
-            m.attr_str(2, map);
-            let list = m.nest_begin(3);
-            for (number, to) in chunk {
-                let element = m.nest_begin(1);
-                data_attr(m, 1, &number.to_ne_bytes());
-                let mut value = ip_bytes(to.ip());
-                value.extend(to.port().to_be_bytes());
-                value.extend([0, 0]);
-                data_attr(m, 2, &value);
-                m.nest_end(element);
-            }
-            m.nest_end(list);
-            self.end();
-        }
-    }
-
     /// `add element` / `delete element` of plain keys (`delete` when not `add`).
     pub(super) fn set_elements(&mut self, set: &str, keys: &[Vec<u8>], add: bool) {
         for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
@@ -343,13 +299,6 @@ impl Transaction {
         }
         for (map, elements) in &changes.add_elements {
             self.add_map_elements(*map, elements);
-        }
-        for (map, numbers) in &changes.delete_endpoints {
-            let keys: Vec<Vec<u8>> = numbers.iter().map(|n| n.to_ne_bytes().to_vec()).collect();
-            self.set_elements(map, &keys, false);
-        }
-        for (map, endpoints) in &changes.add_endpoints {
-            self.add_endpoint_elements(map, endpoints);
         }
         let address_sets = [
             (true, "hairpin", &changes.hairpin_add),
@@ -671,31 +620,6 @@ fn encode_action(
                 m.attr_u32(7, 0x2);
             });
         }
-        Action::DnatMap {
-            family,
-            modulus,
-            map,
-        } => {
-            expr(m, "numgen", |m| {
-                m.attr_u32(1, REG_1);
-                m.attr_u32(2, *modulus);
-                m.attr_u32(3, 1);
-                m.attr_u32(4, 0);
-            });
-            lookup(m, map, Some(REG_1));
-            // The port follows the address: in the next 32-bit register after an IPv4
-            // address, in the second 16-byte register after an IPv6 one.
-            let port_reg = match family {
-                Family::V4 => reg_after(4),
-                Family::V6 => REG_2,
-            };
-            expr(m, "nat", |m| {
-                m.attr_u32(1, 1);
-                m.attr_u32(2, u32::from(nfproto(*family)));
-                m.attr_u32(3, REG_1);
-                m.attr_u32(5, port_reg);
-            });
-        }
         Action::RememberSource { family, set } => {
             family_check(m, *family);
             let (offset, len) = addr_offset(*family, Field::Source);
@@ -743,30 +667,4 @@ fn immediate_verdict(m: &mut Messages, verdict: &Verdict) {
         verdict_data(m, verdict);
         m.nest_end(data);
     });
-}
-
-/// The set user data nft 1.0 writes for `typeof numgen random mod 1 : ip daddr . tcp dport`
-/// (`ip6 daddr`, `udp dport`, `sctp dport`): key and data byte order, and the `typeof`
-/// expressions, as nftnl TLVs (captured with `nft --debug=mnl`). The kernel keeps it for nft;
-/// it changes nothing else.
-fn endpoint_map_userdata(family: Family, protocol: Protocol) -> Vec<u8> {
-    let (addr_type, addr_len): (u8, u8) = match family {
-        Family::V4 => (0x0c, 0x0c),
-        Family::V6 => (0x0d, 0x09),
-    };
-    // nft's protocol description numbers.
-    let transport: u8 = match protocol {
-        Protocol::Tcp => 0x08,
-        Protocol::Udp => 0x06,
-        Protocol::Sctp => 0x0a,
-    };
-    vec![
-        0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00,
-        0x04, 0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04,
-        0x01, 0x00, 0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d,
-        0x00, 0x00, 0x00, 0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c,
-        0x00, 0x04, addr_type, 0x00, 0x00, 0x00, 0x01, 0x04, addr_len, 0x00, 0x00, 0x00, 0x01,
-        0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, transport, 0x00, 0x00,
-        0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04, 0x00, 0x00, 0x00, 0x00,
-    ]
 }

@@ -78,12 +78,6 @@ pub enum Action {
     },
     /// `dnat ip to 10.0.0.1:80`.
     Dnat(SocketAddr),
-    /// `dnat ip to numgen random mod N map @map`: endpoint number → address . port.
-    DnatMap {
-        family: Family,
-        modulus: u32,
-        map: String,
-    },
     /// `update @set { ip saddr }`.
     RememberSource {
         family: Family,
@@ -235,15 +229,6 @@ impl fmt::Display for Action {
                 write!(f, "meta l4proto . th dport vmap @{map}")
             }
             Action::Dnat(to) => write!(f, "dnat {} to {to}", Family::of(to.ip()).selector()),
-            Action::DnatMap {
-                family,
-                modulus,
-                map,
-            } => write!(
-                f,
-                "dnat {} to numgen random mod {modulus} map @{map}",
-                family.selector()
-            ),
             Action::RememberSource { family, set } => {
                 write!(f, "update @{set} {{ {} saddr }}", family.selector())
             }

@@ -119,23 +119,16 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
         chain(&rules, "service-"),
         [
             "ip daddr 10.96.0.10 th dport 80 jump mark-unless-pod4",
-            "meta l4proto tcp dnat ip to numgen random mod 2 map \
-             @eps-service-UARQTUAX-default/web/tcp/http",
-        ]
-    );
-    // The endpoints by number, in the port's map.
-    assert_eq!(
-        rules.endpoint_maps["eps-service-UARQTUAX-default/web/tcp/http"],
-        [
-            "10.244.1.5:8080".parse::<SocketAddr>().unwrap(),
-            "10.244.2.5:8080".parse().unwrap()
+            // kube-proxy iptables-mode's cascade: 1/2, then the rest.
+            "numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.244.1.5:8080",
+            "meta l4proto tcp dnat ip to 10.244.2.5:8080",
         ]
     );
     // External traffic under a Cluster policy is always masqueraded (it may cross nodes).
     let external = chain(&rules, "external-");
     assert_eq!(external[0], "jump mark-for-masquerade");
     assert!(external[1].starts_with("goto service-"));
-    assert!(rules.hairpin.len() == 2 && rules.sets.len() == 1 && rules.udp.is_none());
+    assert!(rules.hairpin.len() == 2 && rules.sets.is_empty() && rules.udp.is_none());
 }
 
 #[test]
@@ -259,7 +252,7 @@ fn load_balancer_source_ranges_filter_load_balancer_ips_of_their_family_only() {
 }
 
 #[test]
-fn an_endpoint_replaced_changes_one_map_element_and_no_rule() {
+fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
     let vip = frontend("10.96.0.10:80", TrafficScope::Internal);
     let before = set(&["10.244.1.5:8080", "10.244.2.5:8080"], WhenEmpty::Reject);
     let after = set(&["10.244.1.5:8080", "10.244.3.5:8080"], WhenEmpty::Reject);
@@ -278,32 +271,14 @@ fn an_endpoint_replaced_changes_one_map_element_and_no_rule() {
     changes.port(&old, &new);
     let mut script = String::new();
     changes.render(&mut script);
-    assert_eq!(
-        script,
-        "delete element inet capstan-services eps-service-UARQTUAX-default/web/tcp/http { 1 }\n\
-         add element inet capstan-services eps-service-UARQTUAX-default/web/tcp/http \
-         { 1 : 10.244.3.5 . 8080 }\n"
-    );
-
-    // One more endpoint: the rule's modulus changes with the count, and one element is added.
-    let three = set(
-        &["10.244.1.5:8080", "10.244.3.5:8080", "10.244.4.5:8080"],
-        WhenEmpty::Reject,
-    );
-    let grown = render_port(
-        &port(vec![vip], three.clone(), three),
-        &HashMap::new(),
-        &settings,
-    );
-    let mut changes = Changes::default();
-    changes.port(&new, &grown);
-    let mut script = String::new();
-    changes.render(&mut script);
     let lines: Vec<&str> = script.lines().collect();
     assert_eq!(lines.len(), 4, "{script}");
+    assert!(lines[0].starts_with("add chain inet capstan-services service-"));
     assert!(lines[1].starts_with("flush chain inet capstan-services service-"));
-    assert!(lines[2].contains("dnat ip to numgen random mod 3 map @eps-service-"));
-    assert!(lines[3].ends_with("{ 2 : 10.244.4.5 . 8080 }"), "{script}");
+    assert!(
+        lines[2].ends_with("numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.244.1.5:8080")
+    );
+    assert!(lines[3].ends_with("meta l4proto tcp dnat ip to 10.244.3.5:8080"));
 
     // The port removed: its element goes, and its chain is emptied (deleted a second later).
     let mut changes = Changes::default();
@@ -445,20 +420,20 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
     }
 }
 
-/// The affinity cascade is uniform: rule `j` of `N` fires with probability 1/(N-j) among the
-/// packets that reach it, so every endpoint gets 1/N (kube-proxy's iptables-mode
-/// probabilities).
+/// The cascade is uniform: rule `j` of `N` fires with probability 1/(N-j) among the packets
+/// that reach it, so every endpoint gets 1/N (kube-proxy's iptables-mode probabilities).
 #[test]
 fn the_random_cascade_gives_every_endpoint_an_equal_share() {
     let addrs: Vec<String> = (1..=7).map(|i| format!("10.244.1.{i}:80")).collect();
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let all = set(&refs, WhenEmpty::Reject);
     let vip = frontend("10.96.0.10:80", TrafficScope::Internal);
-    let mut sticky = port(vec![vip], all.clone(), all);
-    sticky.affinity = Some(Duration::from_secs(60));
-    let rules = render_port(&sticky, &HashMap::new(), &KernelSettings::default());
-    // The affinity checks come first; the cascade after them.
-    let chain: Vec<String> = chain(&rules, "service-").split_off(7);
+    let rules = render_port(
+        &port(vec![vip], all.clone(), all),
+        &HashMap::new(),
+        &KernelSettings::default(),
+    );
+    let chain = chain(&rules, "service-");
     assert_eq!(chain.len(), 7);
     let mut reaching = 1.0_f64;
     for rule in &chain {

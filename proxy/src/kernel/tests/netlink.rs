@@ -260,11 +260,8 @@ fn netlink_and_nft_write_the_same_table() {
             );
         }
     }
-    // The web port's endpoints: three, then four (a rule rewritten, an element added).
-    assert!(expected[0].contains("dnat ip to numgen random mod 3 map @eps-service-"));
-    assert!(expected[0].contains("2 : 10.244.1.3 . 8080"));
-    assert!(expected[1].contains("dnat ip to numgen random mod 4 map @eps-service-"));
-    assert!(expected[1].contains("3 : 10.244.1.4 . 8080"));
+    assert!(expected[0].contains("dnat ip to 10.244.1.3:8080"));
+    assert!(expected[1].contains("dnat ip to 10.244.1.4:8080"));
 }
 
 #[test]
@@ -353,7 +350,11 @@ fn kernel_transaction_costs() {
     }
     in_new_namespace(|| {
         let settings = settings();
-        let port_rules: Vec<PortRules> = (0..10_000u32)
+        let count: u32 = std::env::var("PORTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        let port_rules: Vec<PortRules> = (0..count)
             .map(|i| {
                 let eps: Vec<String> = (1..=10)
                     .map(|e| format!("10.244.{}.{e}:8080", i % 250))
