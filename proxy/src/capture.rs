@@ -21,7 +21,7 @@ use std::process::Stdio;
 use capstan_table::{Frontend, Protocol};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::ProxyError;
 use crate::conntrack;
@@ -378,9 +378,6 @@ impl Nftables {
     /// Deletes UDP conntrack entries whose original destination is one of `stale` (over
     /// ctnetlink, one dump per family).
     async fn flush_udp(&mut self, stale: Vec<SocketAddr>) {
-        if stale.is_empty() {
-            return;
-        }
         let filters: Vec<conntrack::Filter> = stale
             .iter()
             .map(|addr| conntrack::Filter {
@@ -388,17 +385,7 @@ impl Nftables {
                 endpoint: None,
             })
             .collect();
-        let deleted =
-            tokio::task::spawn_blocking(move || conntrack::delete_matching(&filters)).await;
-        match deleted {
-            Ok(Ok(count)) => debug!(count, "stale udp conntrack entries deleted"),
-            Ok(Err(error)) if !self.conntrack_failed => {
-                self.conntrack_failed = true;
-                warn!(%error, "stale UDP conntrack entries not deleted: they expire on their own");
-            }
-            Ok(Err(error)) => debug!(%error, "stale udp conntrack entries not deleted"),
-            Err(error) => warn!(%error, "conntrack task failed"),
-        }
+        conntrack::delete_stale(filters, &mut self.conntrack_failed).await;
     }
 }
 

@@ -9,6 +9,7 @@ use capstan_sockets::SocketError;
 use capstan_sockets::netlink::{
     Messages, NLM_F_ACK, NLM_F_DUMP, NetfilterSocket, parse_attrs, parse_messages,
 };
+use tracing::{debug, warn};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -68,6 +69,23 @@ impl Filter {
             && self
                 .endpoint
                 .is_none_or(|endpoint| flow.reply.source.ip() == endpoint)
+    }
+}
+
+/// Deletes the UDP entries matching any of `filters` off the async threads, logging the
+/// outcome; the first failure is a warning (`warned` remembers it), later ones debug lines.
+pub(crate) async fn delete_stale(filters: Vec<Filter>, warned: &mut bool) {
+    if filters.is_empty() {
+        return;
+    }
+    match tokio::task::spawn_blocking(move || delete_matching(&filters)).await {
+        Ok(Ok(count)) => debug!(count, "stale udp conntrack entries deleted"),
+        Ok(Err(error)) if !*warned => {
+            *warned = true;
+            warn!(%error, "stale UDP conntrack entries not deleted: they expire on their own");
+        }
+        Ok(Err(error)) => debug!(%error, "stale udp conntrack entries not deleted"),
+        Err(error) => warn!(%error, "conntrack task failed"),
     }
 }
 

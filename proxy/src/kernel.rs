@@ -302,20 +302,7 @@ impl KernelTable {
                 }
             }
         }
-        if filters.is_empty() {
-            return;
-        }
-        let deleted =
-            tokio::task::spawn_blocking(move || conntrack::delete_matching(&filters)).await;
-        match deleted {
-            Ok(Ok(count)) => debug!(count, "stale udp conntrack entries deleted"),
-            Ok(Err(error)) if !self.conntrack_failed => {
-                self.conntrack_failed = true;
-                warn!(%error, "stale UDP conntrack entries not deleted: they expire on their own");
-            }
-            Ok(Err(error)) => debug!(%error, "stale udp conntrack entries not deleted"),
-            Err(error) => warn!(%error, "conntrack task failed"),
-        }
+        conntrack::delete_stale(filters, &mut self.conntrack_failed).await;
     }
 
     /// Removes every rule and element (`--cleanup-on-exit`), unless nothing was ever applied.
