@@ -1,7 +1,7 @@
 //! The kernel data path: Service traffic translated by nftables, as kube-proxy's nftables mode
 //! does, so no byte of a pod-to-Service connection passes through Capstan.
 //!
-//! [`rules`] renders each Service port (pure), [`diff`] turns the applied rules into the wanted
+//! [`rules`] renders each Service port and [`skeleton`] the fixed part of the table (pure), [`diff`] turns the applied rules into the wanted
 //! ones (pure), [`stmt`] is the rule vocabulary, and [`KernelTable`] runs the result as
 //! nf_tables netlink batches (`encode`; `nft -f` with `--kernel-programmer nft`): the first sync
 //! replaces the whole table in one transaction, every later snapshot changes only the ports
@@ -14,6 +14,7 @@ pub mod diff;
 mod encode;
 mod local_dns;
 pub mod rules;
+pub mod skeleton;
 pub mod stmt;
 #[cfg(test)]
 mod tests;
@@ -173,7 +174,7 @@ impl KernelTable {
                     script.push_str(&format!(
                         "add table inet {TABLE}\ndelete table inet {TABLE}\n"
                     ));
-                    script.push_str(&rules::skeleton(&self.settings).render());
+                    script.push_str(&skeleton::skeleton(&self.settings).render());
                 }
                 changes.render(&mut script);
                 Program::Nft(script)
@@ -182,7 +183,7 @@ impl KernelTable {
                 let mut transaction = Transaction::new();
                 if full {
                     transaction.table(true);
-                    transaction.skeleton(&rules::skeleton(&self.settings));
+                    transaction.skeleton(&skeleton::skeleton(&self.settings));
                 }
                 transaction.changes(&changes);
                 Program::Netlink(transaction)
@@ -315,14 +316,14 @@ impl KernelTable {
         };
         self.dns_interface.remove().await;
         // Every set and map: the skeleton's and the ports' (endpoint maps, affinity sets).
-        let mut sets: Vec<(String, rules::SetKind)> = rules::skeleton(&self.settings).sets;
+        let mut sets: Vec<(String, rules::SetKind)> = skeleton::skeleton(&self.settings).sets;
         sets.extend(
             applied
                 .values()
                 .flat_map(|(_, r)| r.sets.iter().map(|(name, kind)| (name.clone(), *kind))),
         );
         let program = self.program(
-            || rules::emptying(&sets),
+            || skeleton::emptying(&sets),
             |transaction| {
                 transaction.flush_rules();
                 for (name, _) in &sets {

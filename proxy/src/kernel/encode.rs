@@ -12,7 +12,8 @@ use std::net::IpAddr;
 use capstan_sockets::netlink::{Batch, Messages, NLM_F_APPEND, NLM_F_CREATE};
 
 use super::diff::Changes;
-use super::rules::{Family, MapKey, MapKind, MapRef, SetKind, Skeleton, TABLE};
+use super::rules::{Family, MapKey, MapKind, MapRef, SetKind, TABLE};
+use super::skeleton::Skeleton;
 use super::stmt::{Action, Field, Match, Net, Rule, Verdict, protocol_number};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;

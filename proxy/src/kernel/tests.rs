@@ -412,7 +412,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         script,
         "add element inet capstan-services cluster-dns4 { 10.96.0.10 }\n"
     );
-    let skeleton = rules::skeleton(&KernelSettings::default()).render();
+    let skeleton = super::skeleton::skeleton(&KernelSettings::default()).render();
     for protocol in ["tcp", "udp"] {
         assert!(skeleton.contains(&format!(
             "ip daddr @cluster-dns4 meta l4proto {protocol} th dport 53 notrack"

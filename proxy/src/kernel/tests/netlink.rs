@@ -207,7 +207,7 @@ fn by_nft(steps: &[(bool, &Changes)]) -> Vec<String> {
                     "add table inet {t}\ndelete table inet {t}\n",
                     t = rules::TABLE
                 ));
-                script.push_str(&rules::skeleton(&settings).render());
+                script.push_str(&super::super::skeleton::skeleton(&settings).render());
             }
             changes.render(&mut script);
             nft_run(&script);
@@ -224,7 +224,7 @@ fn by_netlink(steps: &[(bool, &Changes)]) -> Vec<String> {
             let mut transaction = Transaction::new();
             if *fresh {
                 transaction.table(true);
-                transaction.skeleton(&rules::skeleton(&settings));
+                transaction.skeleton(&super::super::skeleton::skeleton(&settings));
             }
             transaction.changes(changes);
             transaction.into_batch().commit().expect("netlink batch");
@@ -376,7 +376,7 @@ fn kernel_transaction_costs() {
         let started = Instant::now();
         let mut transaction = Transaction::new();
         transaction.table(true);
-        transaction.skeleton(&rules::skeleton(&settings));
+        transaction.skeleton(&super::super::skeleton::skeleton(&settings));
         transaction.changes(&full);
         let messages = transaction.len();
         transaction.into_batch().commit().expect("full");
