@@ -35,17 +35,27 @@ fn retries_turn_503s_and_resets_into_successes_and_are_counted() {
     for mode in [Mode::Status503, Mode::Reset] {
         failing.set(mode);
         let before = failing.requests();
-        for i in 0..40 {
-            assert_eq!(status(http, "/"), 200, "{mode:?} request {i}");
+        let retried_before = decisions(&capstan, "retried");
+        // Every request that meets the failing endpoint is answered 200: it was retried. How
+        // many meet it depends on the balancer, which learns to avoid a failing endpoint and
+        // probes it one choice in sixteen, so requests go on until it has been met.
+        let mut sent = 0;
+        while sent < 40 || failing.requests() == before {
+            assert_eq!(status(http, "/"), 200, "{mode:?} request {sent}");
+            sent += 1;
+            assert!(
+                sent < 1_000,
+                "{mode:?}: the failing endpoint was never tried"
+            );
         }
-        assert!(
-            failing.requests() > before,
-            "{mode:?}: the failing endpoint was tried"
-        );
+        let retried = decisions(&capstan, "retried") - retried_before;
+        assert!(retried >= 1.0, "{mode:?}: retries counted: {retried}");
     }
-    // About half of the 80 requests met the failing endpoint first and were retried.
     let retried = decisions(&capstan, "retried");
-    assert!(retried >= 10.0, "retries counted: {retried}");
+    assert!(
+        retried <= 160.0,
+        "at most two retries per request: {retried}"
+    );
     assert!(
         metric_value(&capstan.metrics(), "capstan_ingress_retries_total").unwrap_or(0.0) >= retried
     );
