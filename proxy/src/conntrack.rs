@@ -150,7 +150,7 @@ fn delete(family: u8, flows: &[Flow]) -> Result<usize, SocketError> {
     while acked < flows.len() {
         let n = socket.receive(&mut buf)?;
         for message in parse_messages(&buf[..n]) {
-            let Some((seq, errno)) = ack(message.msg_type, message.payload) else {
+            let Some((seq, errno)) = message.ack() else {
                 continue;
             };
             acked += 1;
@@ -171,16 +171,6 @@ fn delete(family: u8, flows: &[Flow]) -> Result<usize, SocketError> {
         }
     }
     Ok(deleted)
-}
-
-fn ack(msg_type: u16, payload: &[u8]) -> Option<(u32, i32)> {
-    // NLMSG_ERROR: errno, then the acknowledged message's header.
-    if msg_type != 2 || payload.len() < 20 {
-        return None;
-    }
-    let error = i32::from_ne_bytes(payload[0..4].try_into().ok()?);
-    let seq = u32::from_ne_bytes(payload[12..16].try_into().ok()?);
-    Some((seq, -error))
 }
 
 fn write_tuple(m: &mut Messages, attr: u16, tuple: &Tuple) {

@@ -1,12 +1,12 @@
 //! The kernel data path: Service traffic translated by nftables, as kube-proxy's nftables mode
 //! does, so no byte of a pod-to-Service connection passes through Capstan.
 //!
-//! [`rules`] renders each Service port and [`skeleton`] the fixed part of the table (pure), [`diff`] turns the applied rules into the wanted
-//! ones (pure), [`stmt`] is the rule vocabulary, and [`KernelTable`] runs the result as
-//! nf_tables netlink batches (`encode`; `nft -f` with `--kernel-programmer nft`): the first sync
-//! replaces the whole table in one transaction, every later snapshot changes only the ports
-//! whose compiled table changed (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per
-//! port). UDP conntrack entries that would keep sending to a removed endpoint, or bypass a
+//! [`rules`] renders each Service port and [`skeleton`] the fixed part of the table (pure),
+//! [`diff`] turns the applied rules into the wanted ones (pure), [`stmt`] is the rule
+//! vocabulary, and [`KernelTable`] runs the result as nf_tables netlink batches (`encode`; `nft
+//! -f` with `--kernel-programmer nft`): the first sync replaces the whole table in one
+//! transaction, every later snapshot changes only the ports whose compiled table changed
+//! (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per port). UDP conntrack entries that would keep sending to a removed endpoint, or bypass a
 //! Service that just got endpoints, are deleted after each sync over ctnetlink
 //! ([`crate::conntrack`]), as kube-proxy does.
 
@@ -168,26 +168,8 @@ impl KernelTable {
             return Ok(SyncReport::default());
         }
         let program = match self.settings.programmer {
-            Programmer::Nft => {
-                let mut script = String::new();
-                if full {
-                    script.push_str(&format!(
-                        "add table inet {TABLE}\ndelete table inet {TABLE}\n"
-                    ));
-                    script.push_str(&skeleton::skeleton(&self.settings).render());
-                }
-                changes.render(&mut script);
-                Program::Nft(script)
-            }
-            Programmer::Netlink => {
-                let mut transaction = Transaction::new();
-                if full {
-                    transaction.table(true);
-                    transaction.skeleton(&skeleton::skeleton(&self.settings));
-                }
-                transaction.changes(&changes);
-                Program::Netlink(transaction)
-            }
+            Programmer::Nft => Program::Nft(changes.script(&self.settings)),
+            Programmer::Netlink => Program::Netlink(Transaction::of(&changes, &self.settings)),
         };
         let size = program.size();
         let transaction_started = Instant::now();
@@ -315,7 +297,7 @@ impl KernelTable {
             return;
         };
         self.dns_interface.remove().await;
-        // Every set and map: the skeleton's and the ports' (endpoint maps, affinity sets).
+        // Every set and map: the skeleton's and the ports' (affinity sets).
         let mut sets: Vec<(String, rules::SetKind)> = skeleton::skeleton(&self.settings).sets;
         sets.extend(
             applied

@@ -57,6 +57,8 @@ pub struct Messages {
     seq: u32,
     /// The start of the message being written.
     open: Option<usize>,
+    /// The start of the last message begun.
+    last: usize,
 }
 
 impl Messages {
@@ -65,6 +67,7 @@ impl Messages {
             buf: Vec::with_capacity(4096),
             seq: 0,
             open: None,
+            last: 0,
         }
     }
 
@@ -73,6 +76,7 @@ impl Messages {
         debug_assert!(self.open.is_none(), "message left open");
         self.seq += 1;
         self.open = Some(self.buf.len());
+        self.last = self.buf.len();
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self.buf.extend_from_slice(&msg_type.to_ne_bytes());
         self.buf
@@ -136,6 +140,13 @@ impl Messages {
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 
+    /// Sets `NLM_F_ACK` on the last message begun.
+    fn ask_ack_of_last(&mut self) {
+        let flags = &mut self.buf[self.last + 6..self.last + 8];
+        let value = u16::from_ne_bytes([flags[0], flags[1]]) | NLM_F_ACK;
+        flags.copy_from_slice(&value.to_ne_bytes());
+    }
+
     pub fn last_seq(&self) -> u32 {
         self.seq
     }
@@ -159,7 +170,7 @@ impl Messages {
 pub struct Batch {
     messages: Messages,
     subsystem: u16,
-    /// Sequence number and type of each message, to name the ones the kernel refuses.
+    /// Messages between the begin and the end.
     count: usize,
 }
 
@@ -203,28 +214,13 @@ impl Batch {
         }
         // The last message asks for the one acknowledgement that ends the transaction.
         let last = self.messages.last_seq();
-        set_ack_flag(&mut self.messages.buf, last);
+        self.messages.ask_ack_of_last();
         self.messages
             .begin(NFNL_MSG_BATCH_END, 0, 0, self.subsystem);
         self.messages.end();
         let socket = NetfilterSocket::open(self.messages.len())?;
         socket.send(self.messages.bytes())?;
         socket.await_ack(last)
-    }
-}
-
-/// Sets `NLM_F_ACK` on the message numbered `seq` (the last one written).
-fn set_ack_flag(buf: &mut [u8], seq: u32) {
-    let mut offset = 0;
-    while offset + NLMSG_HDRLEN <= buf.len() {
-        let len = u32::from_ne_bytes(buf[offset..offset + 4].try_into().expect("4 bytes")) as usize;
-        let this = u32::from_ne_bytes(buf[offset + 8..offset + 12].try_into().expect("4 bytes"));
-        if this == seq {
-            let flags = u16::from_ne_bytes(buf[offset + 6..offset + 8].try_into().expect("2"));
-            buf[offset + 6..offset + 8].copy_from_slice(&(flags | NLM_F_ACK).to_ne_bytes());
-            return;
-        }
-        offset += align(len.max(NLMSG_HDRLEN));
     }
 }
 
@@ -358,7 +354,7 @@ pub struct Received<'a> {
 
 impl Received<'_> {
     /// `(sequence number of the acknowledged message, errno)` of an `NLMSG_ERROR`.
-    fn ack(&self) -> Option<(u32, i32)> {
+    pub fn ack(&self) -> Option<(u32, i32)> {
         if self.msg_type != NLMSG_ERROR || self.payload.len() < 4 + NLMSG_HDRLEN {
             return None;
         }
@@ -434,8 +430,7 @@ mod tests {
             batch.messages().attr_str(1, "table");
             batch.messages().end();
         }
-        let last = batch.messages.last_seq();
-        set_ack_flag(&mut batch.messages.buf, last);
+        batch.messages.ask_ack_of_last();
         let flags: Vec<u16> = parse_messages(batch.messages.bytes())
             .iter()
             .map(|m| m.msg_type)

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use super::rules::{Family, MapKey, MapRef, PortRules, SetKind, TABLE};
+use super::rules::{Family, KernelSettings, MapKey, MapRef, PortRules, SetKind, TABLE};
+use super::skeleton::skeleton;
 use super::stmt::{Rule, Verdict};
 
 /// Everything one sync changes, in commands grouped by the order they must run in.
@@ -27,6 +28,17 @@ pub struct Changes {
     pub(super) delete_sets: Vec<(String, SetKind)>,
     /// A full sync: the table is created afresh, so nothing needs emptying first.
     pub(super) fresh: bool,
+}
+
+/// Elements added to or deleted from one address set.
+#[derive(Debug)]
+pub(super) struct AddressSetChange {
+    pub(super) add: bool,
+    /// `hairpin4`, `cluster-dns6`, …
+    pub(super) set: String,
+    /// Keys are `ip . ip` pairs (hairpin), not single addresses.
+    pub(super) pairs: bool,
+    pub(super) ips: Vec<IpAddr>,
 }
 
 impl Changes {
@@ -97,6 +109,37 @@ impl Changes {
             .collect()
     }
 
+    /// The hairpin (`ip . ip` pairs) and cluster DNS (addresses) element changes, per set of
+    /// each family, in the order they are applied: adds before deletes, hairpin first.
+    pub(super) fn address_sets(&self) -> Vec<AddressSetChange> {
+        let changes = [
+            (true, "hairpin", true, &self.hairpin_add),
+            (false, "hairpin", true, &self.hairpin_delete),
+            (true, "cluster-dns", false, &self.local_dns_add),
+            (false, "cluster-dns", false, &self.local_dns_delete),
+        ];
+        let mut out = Vec::new();
+        for (add, set, pairs, ips) in changes {
+            for family in Family::ALL {
+                let ips: Vec<IpAddr> = ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| Family::of(*ip) == family)
+                    .collect();
+                if !ips.is_empty() {
+                    let set = format!("{set}{}", family.suffix());
+                    out.push(AddressSetChange {
+                        add,
+                        set,
+                        pairs,
+                        ips,
+                    });
+                }
+            }
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.add_sets.is_empty()
             && self.fill_chains.is_empty()
@@ -108,6 +151,18 @@ impl Changes {
             && self.local_dns_delete.is_empty()
             && self.stale_chains.is_empty()
             && self.delete_sets.is_empty()
+    }
+
+    /// The whole `nft -f` script of this transaction: for a full sync, the table replaced and
+    /// its skeleton first.
+    pub fn script(&self, settings: &KernelSettings) -> String {
+        let mut script = String::new();
+        if self.fresh {
+            let _ = writeln!(script, "add table inet {TABLE}\ndelete table inet {TABLE}");
+            script.push_str(&skeleton(settings).render());
+        }
+        self.render(&mut script);
+        script
     }
 
     /// The nft commands, appended to `out`.
@@ -160,31 +215,22 @@ impl Changes {
                 elements.join(", ")
             );
         }
-        let address_sets = [
-            ("add", "hairpin", &self.hairpin_add),
-            ("delete", "hairpin", &self.hairpin_delete),
-            ("add", "cluster-dns", &self.local_dns_add),
-            ("delete", "cluster-dns", &self.local_dns_delete),
-        ];
-        for (verb, set, ips) in address_sets {
-            for family in Family::ALL {
-                let pairs: Vec<String> = ips
-                    .iter()
-                    .filter(|ip| Family::of(**ip) == family)
-                    .map(|ip| match set {
-                        "hairpin" => format!("{ip} . {ip}"),
-                        _ => ip.to_string(),
-                    })
-                    .collect();
-                if !pairs.is_empty() {
-                    let set = format!("{set}{}", family.suffix());
-                    let _ = writeln!(
-                        out,
-                        "{verb} element {table} {set} {{ {} }}",
-                        pairs.join(", ")
-                    );
-                }
-            }
+        for change in self.address_sets() {
+            let verb = if change.add { "add" } else { "delete" };
+            let keys: Vec<String> = change
+                .ips
+                .iter()
+                .map(|ip| match change.pairs {
+                    true => format!("{ip} . {ip}"),
+                    false => ip.to_string(),
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{verb} element {table} {} {{ {} }}",
+                change.set,
+                keys.join(", ")
+            );
         }
         for name in &self.stale_chains {
             let _ = writeln!(out, "flush chain {table} {name}");

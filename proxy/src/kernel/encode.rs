@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use capstan_sockets::netlink::{Batch, Messages, NLM_F_APPEND, NLM_F_CREATE};
 
 use super::diff::Changes;
-use super::rules::{Family, MapKey, MapKind, MapRef, SetKind, TABLE};
-use super::skeleton::Skeleton;
+use super::rules::{Family, KernelSettings, MapKey, MapKind, MapRef, SetKind, TABLE};
+use super::skeleton::{Skeleton, skeleton};
 use super::stmt::{Action, Field, Match, Net, Rule, Verdict, protocol_number};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -77,6 +77,18 @@ impl Transaction {
         }
     }
 
+    /// The transaction of `changes`: for a full sync, the table replaced and its skeleton
+    /// first (what [`Changes::script`] writes as text).
+    pub(super) fn of(changes: &Changes, settings: &KernelSettings) -> Self {
+        let mut transaction = Self::new();
+        if changes.fresh {
+            transaction.replace_table();
+            transaction.skeleton(&skeleton(settings));
+        }
+        transaction.changes(changes);
+        transaction
+    }
+
     /// Messages so far.
     pub(super) fn len(&self) -> usize {
         self.batch.len()
@@ -97,23 +109,18 @@ impl Transaction {
         self.batch.messages().end();
     }
 
-    /// `add table`, then (when `fresh`) `delete table` and `add table`: the table is replaced
-    /// whole, whether or not it existed.
-    pub(super) fn table(&mut self, fresh: bool) {
-        self.begin(NEWTABLE, NLM_F_CREATE);
-        self.end();
-        if fresh {
-            self.begin(DELTABLE, 0);
-            self.end();
-            self.begin(NEWTABLE, NLM_F_CREATE);
-            self.end();
-        }
-    }
-
+    /// `add table`, `delete table`: gone, whether or not it existed.
     pub(super) fn delete_table(&mut self) {
         self.begin(NEWTABLE, NLM_F_CREATE);
         self.end();
         self.begin(DELTABLE, 0);
+        self.end();
+    }
+
+    /// The table replaced by an empty one, whether or not it existed.
+    pub(super) fn replace_table(&mut self) {
+        self.delete_table();
+        self.begin(NEWTABLE, NLM_F_CREATE);
         self.end();
     }
 
@@ -301,26 +308,16 @@ impl Transaction {
         for (map, elements) in &changes.add_elements {
             self.add_map_elements(*map, elements);
         }
-        let address_sets = [
-            (true, "hairpin", &changes.hairpin_add),
-            (false, "hairpin", &changes.hairpin_delete),
-            (true, "cluster-dns", &changes.local_dns_add),
-            (false, "cluster-dns", &changes.local_dns_delete),
-        ];
-        for (add, set, ips) in address_sets {
-            for family in Family::ALL {
-                let keys: Vec<Vec<u8>> = ips
-                    .iter()
-                    .filter(|ip| Family::of(**ip) == family)
-                    .map(|ip| match set {
-                        "hairpin" => [ip_bytes(*ip), ip_bytes(*ip)].concat(),
-                        _ => ip_bytes(*ip),
-                    })
-                    .collect();
-                if !keys.is_empty() {
-                    self.set_elements(&format!("{set}{}", family.suffix()), &keys, add);
-                }
-            }
+        for change in changes.address_sets() {
+            let keys: Vec<Vec<u8>> = change
+                .ips
+                .iter()
+                .map(|ip| match change.pairs {
+                    true => [ip_bytes(*ip), ip_bytes(*ip)].concat(),
+                    false => ip_bytes(*ip),
+                })
+                .collect();
+            self.set_elements(&change.set, &keys, change.add);
         }
         for name in &changes.stale_chains {
             self.flush_chain(name);

@@ -196,37 +196,21 @@ fn changes(old: &[PortRules], new: &[PortRules], fresh: bool) -> Changes {
     changes
 }
 
-fn by_nft(steps: &[(bool, &Changes)]) -> Vec<String> {
-    let settings = settings();
+fn by_nft(steps: &[&Changes]) -> Vec<String> {
     steps
         .iter()
-        .map(|(fresh, changes)| {
-            let mut script = String::new();
-            if *fresh {
-                script.push_str(&format!(
-                    "add table inet {t}\ndelete table inet {t}\n",
-                    t = rules::TABLE
-                ));
-                script.push_str(&super::super::skeleton::skeleton(&settings).render());
-            }
-            changes.render(&mut script);
-            nft_run(&script);
+        .map(|changes| {
+            nft_run(&changes.script(&settings()));
             nft_list()
         })
         .collect()
 }
 
-fn by_netlink(steps: &[(bool, &Changes)]) -> Vec<String> {
-    let settings = settings();
+fn by_netlink(steps: &[&Changes]) -> Vec<String> {
     steps
         .iter()
-        .map(|(fresh, changes)| {
-            let mut transaction = Transaction::new();
-            if *fresh {
-                transaction.table(true);
-                transaction.skeleton(&super::super::skeleton::skeleton(&settings));
-            }
-            transaction.changes(changes);
+        .map(|changes| {
+            let transaction = Transaction::of(changes, &settings());
             transaction.into_batch().commit().expect("netlink batch");
             nft_list()
         })
@@ -242,7 +226,7 @@ fn netlink_and_nft_write_the_same_table() {
     let (first, second) = (ports(0), ports(1));
     let full = changes(&[], &first, true);
     let step = changes(&first, &second, false);
-    let steps = [(true, &full), (false, &step)];
+    let steps = [&full, &step];
     let expected = in_new_namespace(|| by_nft(&steps));
     let written = in_new_namespace(|| by_netlink(&steps));
     for (round, (want, got)) in expected.iter().zip(&written).enumerate() {
@@ -273,7 +257,7 @@ fn a_refused_batch_changes_nothing_and_says_which_message() {
     in_new_namespace(|| {
         let first = ports(0);
         let full = changes(&[], &first, true);
-        by_netlink(&[(true, &full)]);
+        by_netlink(&[&full]);
         let before = nft_list();
         let mut transaction = Transaction::new();
         transaction.flush_chain("services");
@@ -374,10 +358,7 @@ fn kernel_transaction_costs() {
             .collect();
         let full = changes(&[], &port_rules, true);
         let started = Instant::now();
-        let mut transaction = Transaction::new();
-        transaction.table(true);
-        transaction.skeleton(&super::super::skeleton::skeleton(&settings));
-        transaction.changes(&full);
+        let transaction = Transaction::of(&full, &settings);
         let messages = transaction.len();
         transaction.into_batch().commit().expect("full");
         println!("full: {messages} messages in {:?}", started.elapsed());
