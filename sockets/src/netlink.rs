@@ -136,7 +136,12 @@ impl Messages {
     }
 
     pub fn nest_end(&mut self, start: usize) {
-        let len = (self.buf.len() - start) as u16;
+        let len = self.buf.len() - start;
+        assert!(
+            len <= usize::from(u16::MAX),
+            "nested attribute of {len} bytes"
+        );
+        let len = len as u16;
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
     }
 

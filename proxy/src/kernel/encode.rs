@@ -59,8 +59,9 @@ const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
 const TYPE_BITS: u32 = 6;
 
-/// Elements per message: a nested attribute is at most 64 KiB.
-const ELEMENTS_PER_MESSAGE: usize = 512;
+/// A message's element list is one nested attribute, at most 64 KiB: a new message starts
+/// once the list passes this many bytes (an element is under 400: a key and a chain name).
+const ELEMENT_BYTES_PER_MESSAGE: usize = 48 * 1024;
 
 /// An nf_tables transaction on Capstan's table.
 pub(super) struct Transaction {
@@ -218,41 +219,55 @@ impl Transaction {
 
     /// `add element` to a verdict map.
     pub(super) fn add_map_elements(&mut self, map: MapRef, elements: &[(MapKey, Verdict)]) {
-        for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
-            let m = self.begin(NEWSETELEM, NLM_F_CREATE);
-            m.attr_str(2, &map.name());
-            let list = m.nest_begin(3);
-            for (key, verdict) in chunk {
-                let element = m.nest_begin(1);
+        self.elements(
+            NEWSETELEM,
+            NLM_F_CREATE,
+            &map.name(),
+            elements,
+            |m, (key, verdict)| {
                 data_attr(m, 1, &map_key_bytes(*key));
                 let data = m.nest_begin(2);
                 verdict_data(m, verdict);
                 m.nest_end(data);
-                m.nest_end(element);
-            }
-            m.nest_end(list);
-            self.end();
-        }
+            },
+        );
     }
 
     /// `add element` / `delete element` of plain keys (`delete` when not `add`).
     pub(super) fn set_elements(&mut self, set: &str, keys: &[Vec<u8>], add: bool) {
-        for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
-            let (msg, flags) = if add {
-                (NEWSETELEM, NLM_F_CREATE)
-            } else {
-                (DELSETELEM, 0)
-            };
+        let (msg, flags) = if add {
+            (NEWSETELEM, NLM_F_CREATE)
+        } else {
+            (DELSETELEM, 0)
+        };
+        self.elements(msg, flags, set, keys, |m, key| data_attr(m, 1, key));
+    }
+
+    /// Element messages for `set`, as many as the elements' bytes need; `write` writes one
+    /// element's attributes.
+    fn elements<T>(
+        &mut self,
+        msg: u16,
+        flags: u16,
+        set: &str,
+        items: &[T],
+        write: impl Fn(&mut Messages, &T),
+    ) {
+        let mut rest = items;
+        while !rest.is_empty() {
             let m = self.begin(msg, flags);
             m.attr_str(2, set);
             let list = m.nest_begin(3);
-            for key in chunk {
+            let mut written = 0;
+            while written < rest.len() && m.len() - list < ELEMENT_BYTES_PER_MESSAGE {
                 let element = m.nest_begin(1);
-                data_attr(m, 1, key);
+                write(m, &rest[written]);
                 m.nest_end(element);
+                written += 1;
             }
             m.nest_end(list);
             self.end();
+            rest = &rest[written..];
         }
     }
 
@@ -665,4 +680,50 @@ fn immediate_verdict(m: &mut Messages, verdict: &Verdict) {
         verdict_data(m, verdict);
         m.nest_end(data);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use capstan_sockets::netlink::{parse_attrs, parse_messages};
+    use capstan_table::Protocol;
+
+    use super::*;
+
+    /// Ten thousand elements whose chains have names of the longest kind (kube-proxy's names
+    /// are cut at 240 bytes): split over messages whose element lists each fit a nested
+    /// attribute, and none lost.
+    #[test]
+    fn many_long_elements_are_split_over_messages_that_fit() {
+        let map = MapRef {
+            kind: MapKind::ServiceIps,
+            family: Family::V6,
+        };
+        let chain = format!("service-{}", "x".repeat(240));
+        let elements: Vec<(MapKey, Verdict)> = (0..10_000u16)
+            .map(|port| {
+                let key = MapKey {
+                    ip: Some("fd00::1".parse().unwrap()),
+                    protocol: Protocol::Tcp,
+                    port,
+                };
+                (key, Verdict::Goto(chain.clone()))
+            })
+            .collect();
+        let mut transaction = Transaction::new();
+        transaction.add_map_elements(map, &elements);
+        let mut batch = transaction.into_batch();
+        let bytes = batch.messages().bytes().to_vec();
+        let (mut messages, mut found) = (0, 0);
+        for message in parse_messages(&bytes).iter().skip(1) {
+            messages += 1;
+            for (attr, list) in parse_attrs(&message.payload[4..]) {
+                if attr == 3 {
+                    assert!(list.len() + 4 <= usize::from(u16::MAX));
+                    found += parse_attrs(list).len();
+                }
+            }
+        }
+        assert_eq!(found, 10_000);
+        assert!(messages > 40, "{messages} messages");
+    }
 }
