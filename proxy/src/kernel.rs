@@ -2,17 +2,20 @@
 //! does, so no byte of a pod-to-Service connection passes through Capstan.
 //!
 //! [`rules`] renders each Service port and [`skeleton`] the fixed part of the table (pure),
+//! [`pick`] keeps endpoint choices in map elements so endpoint changes rewrite no rule,
 //! [`diff`] turns the applied rules into the wanted ones (pure), [`stmt`] is the rule
 //! vocabulary, and [`KernelTable`] runs the result as nf_tables netlink batches (`encode`; `nft
 //! -f` with `--kernel-programmer nft`): the first sync replaces the whole table in one
 //! transaction, every later snapshot changes only the ports whose compiled table changed
-//! (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per port). UDP conntrack entries that would keep sending to a removed endpoint, or bypass a
-//! Service that just got endpoints, are deleted after each sync over ctnetlink
-//! ([`crate::conntrack`]), as kube-proxy does.
+//! (compile reuses unchanged ones by `Arc`, so finding them costs a pointer compare per port).
+//! UDP conntrack entries that would keep sending to a removed endpoint, or bypass a Service
+//! that just got endpoints, are deleted after each sync over ctnetlink ([`crate::conntrack`]),
+//! as kube-proxy does.
 
 pub mod diff;
 mod encode;
 mod local_dns;
+pub mod pick;
 pub mod rules;
 pub mod skeleton;
 pub mod stmt;
@@ -24,6 +27,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use capstan_sockets::netlink::NetfilterSocket;
 use capstan_table::{BalancePolicy, ServicePortKey, ServicePortTable, Snapshot, TrafficScope};
 use tracing::{debug, info, warn};
 
@@ -91,6 +95,13 @@ pub struct KernelTable {
     local_dns: HashMap<IpAddr, u32>,
     dns_interface: local_dns::DnsInterface,
     stale_chains: Vec<(String, Instant)>,
+    /// The endpoint-map slot of each balancing chain in the kernel.
+    slots: pick::Slots,
+    /// Endpoint maps created in the table (they stay, empty or not, until a full sync).
+    endpoint_maps: BTreeSet<pick::EndpointMap>,
+    /// The netlink socket transactions are sent on, kept open between them (see
+    /// [`Batch::commit_on`](capstan_sockets::netlink::Batch::commit_on)).
+    socket: Option<NetfilterSocket>,
     /// A conntrack cleanup failed once (warned once, then logged at debug).
     conntrack_failed: bool,
 }
@@ -118,6 +129,7 @@ impl KernelTable {
             self.hairpin.clear();
             self.local_dns.clear();
             self.stale_chains.clear();
+            self.slots.clear();
             Changes::fresh()
         } else {
             Changes::default()
@@ -136,6 +148,7 @@ impl KernelTable {
                         port,
                         &snapshot.proxy.frontends,
                         &self.settings,
+                        &mut self.slots,
                     ));
                     let old_rules = old.as_ref().map_or(&empty, |(_, r)| &**r);
                     if *old_rules != *rules {
@@ -167,13 +180,18 @@ impl KernelTable {
             self.applied = Some(next);
             return Ok(SyncReport::default());
         }
+        // Endpoint maps are created with the first range put into them.
+        if full {
+            self.endpoint_maps.clear();
+        }
+        changes.create_endpoint_maps(&mut self.endpoint_maps);
         let program = match self.settings.programmer {
             Programmer::Nft => Program::Nft(changes.script(&self.settings)),
             Programmer::Netlink => Program::Netlink(Transaction::of(&changes, &self.settings)),
         };
         let size = program.size();
         let transaction_started = Instant::now();
-        let applied = program.run().await;
+        let applied = program.run(&mut self.socket).await;
         let transaction = transaction_started.elapsed();
         if let Err(error) = applied {
             // The table is as it was; the next sync rebuilds it whole.
@@ -234,8 +252,13 @@ impl KernelTable {
                 }
             },
         );
-        match program.run().await {
-            Ok(()) => self.stale_chains.retain(|(name, _)| !ready.contains(name)),
+        match program.run(&mut self.socket).await {
+            Ok(()) => {
+                self.stale_chains.retain(|(name, _)| !ready.contains(name));
+                for name in &ready {
+                    self.slots.release(name);
+                }
+            }
             Err(error) => warn!(%error, "stale kernel chains not deleted; retrying"),
         }
     }
@@ -297,8 +320,9 @@ impl KernelTable {
             return;
         };
         self.dns_interface.remove().await;
-        // Every set and map: the skeleton's and the ports' (affinity sets).
+        // Every set and map: the skeleton's, the endpoint maps and the ports' (affinity sets).
         let mut sets: Vec<(String, rules::SetKind)> = skeleton::skeleton(&self.settings).sets;
+        sets.extend(self.endpoint_maps.iter().map(|m| (m.name(), m.kind())));
         sets.extend(
             applied
                 .values()
@@ -313,7 +337,7 @@ impl KernelTable {
                 }
             },
         );
-        match program.run().await {
+        match program.run(&mut self.socket).await {
             Ok(()) => info!(
                 "kernel data path rules removed (the empty table keeps NAT hooks for established connections)"
             ),
@@ -359,7 +383,7 @@ fn count_references(
 pub async fn remove_leftover() {
     let mut transaction = Transaction::new();
     transaction.delete_table();
-    if let Err(error) = Program::Netlink(transaction).run().await {
+    if let Err(error) = Program::Netlink(transaction).run(&mut None).await {
         debug!(%error, "no leftover kernel data path table removed");
     }
 }
@@ -388,19 +412,33 @@ impl Program {
         }
     }
 
-    async fn run(self) -> Result<(), ProxyError> {
+    /// Runs the transaction; a netlink one on `socket` (opened if `None`, and dropped after
+    /// an error so no reply of a refused batch is read as the next one's).
+    async fn run(self, socket: &mut Option<NetfilterSocket>) -> Result<(), ProxyError> {
         match self {
             Program::Nft(script) => nft(&script).await,
             Program::Netlink(transaction) => {
                 let batch = transaction.into_batch();
-                tokio::task::spawn_blocking(move || batch.commit())
-                    .await
-                    .map_err(|e| ProxyError::Capture {
-                        reason: format!("netlink task: {e}"),
-                    })?
-                    .map_err(|e| ProxyError::Capture {
-                        reason: e.to_string(),
-                    })
+                let open = socket.take();
+                let (open, result) = tokio::task::spawn_blocking(move || {
+                    let open = match open {
+                        Some(open) => open,
+                        None => match NetfilterSocket::open(0) {
+                            Ok(open) => open,
+                            Err(error) => return (None, Err(error)),
+                        },
+                    };
+                    let result = batch.commit_on(&open);
+                    (result.is_ok().then_some(open), result)
+                })
+                .await
+                .map_err(|e| ProxyError::Capture {
+                    reason: format!("netlink task: {e}"),
+                })?;
+                *socket = open;
+                result.map_err(|e| ProxyError::Capture {
+                    reason: e.to_string(),
+                })
             }
         }
     }

@@ -212,8 +212,18 @@ impl Batch {
         self.count == 0
     }
 
-    /// Sends the batch and waits for the kernel's verdict on it.
-    pub fn commit(mut self) -> Result<(), SocketError> {
+    /// Sends the batch on a socket of its own and waits for the kernel's verdict on it.
+    pub fn commit(self) -> Result<(), SocketError> {
+        let socket = NetfilterSocket::open(0)?;
+        self.commit_on(&socket)
+    }
+
+    /// Sends the batch on `socket` and waits for the kernel's verdict on it. Reusing one
+    /// socket matters: closing a netfilter socket waits for nf_tables to finish releasing the
+    /// last transaction (an RCU grace period, 8 to 16 ms), which the kernel does not make the
+    /// sender wait for otherwise. After an error, replies of the refused batch may still be
+    /// queued: use a fresh socket.
+    pub fn commit_on(mut self, socket: &NetfilterSocket) -> Result<(), SocketError> {
         if self.count == 0 {
             return Ok(());
         }
@@ -223,7 +233,7 @@ impl Batch {
         self.messages
             .begin(NFNL_MSG_BATCH_END, 0, 0, self.subsystem);
         self.messages.end();
-        let socket = NetfilterSocket::open(self.messages.len())?;
+        socket.fit(self.messages.len())?;
         socket.send(self.messages.bytes())?;
         socket.await_ack(last)
     }
@@ -252,13 +262,9 @@ impl NetfilterSocket {
         )
         .map_err(failed("open a netfilter netlink socket"))?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(failed("bind it"))?;
-        // A batch is one datagram: the send buffer must hold it whole (nft does the same).
-        let wanted = message_bytes + 64 * 1024;
-        if wanted > 200 * 1024 {
-            setsockopt(&fd, sockopt::SndBufForce, &wanted)
-                .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &wanted))
-                .map_err(failed("size its send buffer"))?;
-        }
+        let socket = Self { fd };
+        socket.fit(message_bytes)?;
+        let fd = &socket.fd;
         // Room for the error of every message of a large failing batch.
         let _ = setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20));
         setsockopt(
@@ -267,7 +273,22 @@ impl NetfilterSocket {
             &TimeVal::new(REPLY_TIMEOUT.as_secs() as _, 0),
         )
         .map_err(failed("set its timeout"))?;
-        Ok(Self { fd })
+        Ok(socket)
+    }
+
+    /// Grows the send buffer to hold `message_bytes` in one datagram: a batch is one datagram
+    /// (nft sizes its buffer the same way).
+    pub fn fit(&self, message_bytes: usize) -> Result<(), SocketError> {
+        let wanted = message_bytes + 64 * 1024;
+        if wanted > 200 * 1024 {
+            setsockopt(&self.fd, sockopt::SndBufForce, &wanted)
+                .or_else(|_| setsockopt(&self.fd, sockopt::SndBuf, &wanted))
+                .map_err(|errno| SocketError::Netlink {
+                    step: "size its send buffer",
+                    source: io::Error::from(errno),
+                })?;
+        }
+        Ok(())
     }
 
     pub fn send(&self, bytes: &[u8]) -> Result<(), SocketError> {

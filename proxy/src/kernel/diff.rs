@@ -5,8 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
+use super::pick::EndpointMap;
 use super::rules::{Family, KernelSettings, MapKey, MapRef, PortRules, SetKind, TABLE};
 use super::skeleton::skeleton;
 use super::stmt::{Rule, Verdict};
@@ -19,6 +20,9 @@ pub struct Changes {
     pub(super) fill_chains: Vec<(String, Vec<Rule>)>,
     pub(super) delete_elements: BTreeMap<MapRef, Vec<MapKey>>,
     pub(super) add_elements: BTreeMap<MapRef, Vec<(MapKey, Verdict)>>,
+    /// Endpoint-map ranges (first, last key) to delete, then to add with their endpoint.
+    pub(super) delete_ranges: BTreeMap<EndpointMap, Vec<(u32, u32)>>,
+    pub(super) add_ranges: BTreeMap<EndpointMap, Vec<(u32, u32, SocketAddr)>>,
     pub(super) hairpin_add: BTreeSet<IpAddr>,
     pub(super) hairpin_delete: BTreeSet<IpAddr>,
     pub(super) local_dns_add: BTreeSet<IpAddr>,
@@ -77,6 +81,20 @@ impl Changes {
                     .push((*element, verdict.clone()));
             }
         }
+        for (&(map, first), value) in &old.endpoint_ranges {
+            if new.endpoint_ranges.get(&(map, first)) != Some(value) {
+                let ranges = self.delete_ranges.entry(map).or_default();
+                ranges.push((first, value.0));
+            }
+        }
+        for (&(map, first), &(last, to)) in &new.endpoint_ranges {
+            if old.endpoint_ranges.get(&(map, first)) != Some(&(last, to)) {
+                self.add_ranges
+                    .entry(map)
+                    .or_default()
+                    .push((first, last, to));
+            }
+        }
         for name in old.chains.keys() {
             if !new.chains.contains_key(name) {
                 self.stale_chains.push(name.clone());
@@ -85,6 +103,16 @@ impl Changes {
         for (name, kind) in &old.sets {
             if !new.sets.contains_key(name) {
                 self.delete_sets.push((name.clone(), *kind));
+            }
+        }
+    }
+
+    /// Creates the endpoint maps ranges are added to that are not in `existing` yet (and
+    /// records them there): endpoint maps appear as slots need them.
+    pub fn create_endpoint_maps(&mut self, existing: &mut BTreeSet<EndpointMap>) {
+        for map in self.add_ranges.keys() {
+            if existing.insert(*map) {
+                self.add_sets.push((map.name(), map.kind()));
             }
         }
     }
@@ -145,6 +173,8 @@ impl Changes {
             && self.fill_chains.is_empty()
             && self.delete_elements.is_empty()
             && self.add_elements.is_empty()
+            && self.delete_ranges.is_empty()
+            && self.add_ranges.is_empty()
             && self.hairpin_add.is_empty()
             && self.hairpin_delete.is_empty()
             && self.local_dns_add.is_empty()
@@ -212,6 +242,27 @@ impl Changes {
                 out,
                 "add element {table} {} {{ {} }}",
                 map.name(),
+                elements.join(", ")
+            );
+        }
+        for (map, ranges) in &self.delete_ranges {
+            let keys: Vec<String> = ranges.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+            let map = map.name();
+            let _ = writeln!(
+                out,
+                "delete element {table} {map} {{ {} }}",
+                keys.join(", ")
+            );
+        }
+        for (map, ranges) in &self.add_ranges {
+            let elements: Vec<String> = ranges
+                .iter()
+                .map(|(a, b, to)| format!("{a}-{b} : {} . {}", to.ip(), to.port()))
+                .collect();
+            let map = map.name();
+            let _ = writeln!(
+                out,
+                "add element {table} {map} {{ {} }}",
                 elements.join(", ")
             );
         }

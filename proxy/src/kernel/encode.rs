@@ -7,11 +7,14 @@
 //! the namespace test `netlink_and_nft_write_the_same_table` lists both tables with `nft` and
 //! compares them.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use capstan_sockets::netlink::{Batch, Messages, NLM_F_APPEND, NLM_F_CREATE};
+use capstan_table::Protocol;
 
 use super::diff::Changes;
+use super::pick::BUCKETS;
+use super::pick::EndpointMap;
 use super::rules::{Family, KernelSettings, MapKey, MapKind, MapRef, SetKind, TABLE};
 use super::skeleton::{Skeleton, skeleton};
 use super::stmt::{Action, Field, Match, Net, Rule, Verdict, protocol_number};
@@ -47,12 +50,15 @@ const NFT_RETURN: i32 = -5;
 const NF_ACCEPT: u32 = 1;
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
-// Set flags.
+// Set flags, and the flag of an element closing an interval.
+const SET_INTERVAL: u32 = 0x4;
 const SET_MAP: u32 = 0x8;
+const ELEMENT_INTERVAL_END: u32 = 0x1;
 const SET_TIMEOUT: u32 = 0x10;
 const SET_EVAL: u32 = 0x20;
 
 // nft's datatype numbers (nftables, include/datatype.h), as `nft list` reads set types back.
+const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -133,6 +139,7 @@ impl Transaction {
         m.attr_str(2, name);
         let (fields, flags, timeout): (Vec<(u32, usize)>, u32, Option<u64>) = match kind {
             SetKind::Map(map) => (map_key_fields(map), SET_MAP, None),
+            SetKind::Endpoints(..) => (vec![(TYPE_INTEGER, 4)], SET_MAP | SET_INTERVAL, None),
             SetKind::Addresses(family) => (vec![addr_field(family)], 0, None),
             SetKind::AddressPairs(family) => (vec![addr_field(family); 2], 0, None),
             SetKind::Affinity(family, secs) => (
@@ -148,13 +155,20 @@ impl Transaction {
         m.attr_u32(3, flags);
         m.attr_u32(4, key_type);
         m.attr_u32(5, key_len as u32);
-        if flags & SET_MAP != 0 {
+        if let SetKind::Endpoints(family, _) = kind {
+            let (addr_type, addr_len) = addr_field(family);
+            m.attr_u32(6, addr_type << TYPE_BITS | TYPE_INET_SERVICE);
+            m.attr_u32(7, addr_len as u32 + 4);
+        } else if flags & SET_MAP != 0 {
             m.attr_u32(6, NFT_DATA_VERDICT);
             m.attr_u32(7, 0);
         }
         m.attr_u32(10, id);
         if let Some(ms) = timeout {
             m.attr_u64(11, ms);
+        }
+        if let SetKind::Endpoints(family, protocol) = kind {
+            m.attr(13, &endpoints_user_data(family, protocol));
         }
         self.end();
     }
@@ -243,6 +257,41 @@ impl Transaction {
         self.elements(msg, flags, set, keys, |m, key| data_attr(m, 1, key));
     }
 
+    /// `add element` / `delete element` of endpoint-map ranges: each range is a start element
+    /// (with the endpoint, when added) and an end element one past its last key, as nft sends
+    /// intervals.
+    pub(super) fn endpoint_ranges(
+        &mut self,
+        map: EndpointMap,
+        ranges: &[(u32, u32, Option<SocketAddr>)],
+    ) {
+        let add = ranges.first().is_some_and(|r| r.2.is_some());
+        let (msg, flags) = if add {
+            (NEWSETELEM, NLM_F_CREATE)
+        } else {
+            (DELSETELEM, 0)
+        };
+        let elements: Vec<(u32, Option<Option<SocketAddr>>)> = ranges
+            .iter()
+            .flat_map(|&(first, last, to)| [(first, Some(to)), (last + 1, None)])
+            .collect();
+        let map = map.name();
+        self.elements(msg, flags, &map, &elements, |m, &(key, start)| {
+            data_attr(m, 1, &key.to_be_bytes());
+            match start {
+                Some(to) => {
+                    if let Some(to) = to {
+                        let mut data = ip_bytes(to.ip());
+                        data.extend(to.port().to_be_bytes());
+                        data.extend([0, 0]);
+                        data_attr(m, 2, &data);
+                    }
+                }
+                None => m.attr_u32(3, ELEMENT_INTERVAL_END),
+            }
+        });
+    }
+
     /// Element messages for `set`, as many as the elements' bytes need; `write` writes one
     /// element's attributes.
     fn elements<T>(
@@ -323,6 +372,14 @@ impl Transaction {
         for (map, elements) in &changes.add_elements {
             self.add_map_elements(*map, elements);
         }
+        for (map, ranges) in &changes.delete_ranges {
+            let ranges: Vec<_> = ranges.iter().map(|&(a, b)| (a, b, None)).collect();
+            self.endpoint_ranges(*map, &ranges);
+        }
+        for (map, ranges) in &changes.add_ranges {
+            let ranges: Vec<_> = ranges.iter().map(|&(a, b, to)| (a, b, Some(to))).collect();
+            self.endpoint_ranges(*map, &ranges);
+        }
         for change in changes.address_sets() {
             let keys: Vec<Vec<u8>> = change
                 .ips
@@ -376,6 +433,59 @@ fn map_key_bytes(key: MapKey) -> Vec<u8> {
     out.extend(key.port.to_be_bytes());
     out.extend([0, 0]);
     out
+}
+
+/// The user data nft 1.0 attaches to `typeof numgen random mod 65536 : ip daddr . tcp dport`
+/// (libnftnl's `NFTNL_UDATA_SET_*` type-length-value records), from which `nft list` prints
+/// the declaration back: key and data byte order, the key's expression (numgen), the data's
+/// (a concatenation of two payload fields) and the data-interval flag.
+fn endpoints_user_data(family: Family, protocol: Protocol) -> Vec<u8> {
+    fn record(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+        out.push(kind);
+        out.push(value.len() as u8);
+        out.extend(value);
+    }
+    fn number(kind: u8, value: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        record(&mut out, kind, &value.to_ne_bytes());
+        out
+    }
+    // An expression: its nft type number, then its own records.
+    fn expression(kind: u8, expr_type: u32, body: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = number(0, expr_type);
+        record(&mut out, 1, &body.concat());
+        let mut wrapped = Vec::new();
+        record(&mut wrapped, kind, &out);
+        wrapped
+    }
+    const NUMGEN: u32 = 23;
+    const CONCAT: u32 = 13;
+    const PAYLOAD: u32 = 7;
+    // nft's protocol descriptions and header fields: ip/ip6 daddr, tcp/udp/sctp dport.
+    let (address_desc, address_field) = match family {
+        Family::V4 => (12, 12),
+        Family::V6 => (13, 9),
+    };
+    let payload =
+        |kind, desc, field| expression(kind, PAYLOAD, &[number(0, desc), number(1, field)]);
+    let numgen = [number(0, 1), number(1, BUCKETS), number(2, 0)];
+    let transport_desc = match protocol {
+        Protocol::Tcp => 8,
+        Protocol::Udp => 6,
+        Protocol::Sctp => 10,
+    };
+    let concat = [
+        payload(0, address_desc, address_field),
+        payload(1, transport_desc, 2),
+    ];
+    [
+        number(0, 1),
+        number(1, 0),
+        expression(3, NUMGEN, &numgen),
+        expression(4, CONCAT, &concat),
+        number(6, 0),
+    ]
+    .concat()
 }
 
 // === data ===
@@ -633,6 +743,38 @@ fn encode_action(
                 m.attr_u32(7, 0x2);
             });
         }
+        Action::DnatPick { map, offset } => {
+            let family = &map.family;
+            expr(m, "numgen", |m| {
+                m.attr_u32(1, REG_1);
+                m.attr_u32(2, BUCKETS);
+                m.attr_u32(3, 1);
+                m.attr_u32(4, *offset);
+            });
+            // Interval keys compare as bytes: numgen's host-order number to network order.
+            expr(m, "byteorder", |m| {
+                m.attr_u32(1, REG_1);
+                m.attr_u32(2, REG_1);
+                m.attr_u32(3, 1);
+                m.attr_u32(4, 4);
+                m.attr_u32(5, 4);
+            });
+            lookup(m, &map.name(), Some(REG_1));
+            let port_reg = match family {
+                Family::V4 => reg_after(4),
+                Family::V6 => REG_2,
+            };
+            expr(m, "nat", |m| {
+                m.attr_u32(1, 1);
+                m.attr_u32(2, u32::from(nfproto(*family)));
+                m.attr_u32(3, REG_1);
+                m.attr_u32(4, REG_1);
+                m.attr_u32(5, port_reg);
+                m.attr_u32(6, port_reg);
+                // NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED
+                m.attr_u32(7, 0x3);
+            });
+        }
         Action::RememberSource { family, set } => {
             family_check(m, *family);
             let (offset, len) = addr_offset(*family, Field::Source);
@@ -688,6 +830,37 @@ mod tests {
     use capstan_table::Protocol;
 
     use super::*;
+
+    /// The endpoint maps' user data is byte for byte what nft 1.0.6 sent for the same
+    /// declarations (captured with `nft --debug=mnl add map …`).
+    #[test]
+    fn endpoint_map_user_data_is_what_nft_writes() {
+        let hex = |text: &str| -> Vec<u8> {
+            text.split(' ')
+                .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+                .collect()
+        };
+        let common = "00 04 01 00 00 00 01 04 00 00 00 00 03 1a 00 04 17 00 00 00 01 12 00 04 01 00 00 00 01 04 00 00 01 00 02 04 00 00 00 00 04 34 00 04 0d 00 00 00 01 2c 00 14 00 04 07 00 00 00 01 0c";
+        let tail = |desc: &str| {
+            format!(
+                "01 14 00 04 07 00 00 00 01 0c 00 04 {desc} 00 00 00 01 04 02 00 00 00 06 04 00 00 00 00"
+            )
+        };
+        let v4 = "00 04 0c 00 00 00 01 04 0c 00 00 00";
+        let v6 = "00 04 0d 00 00 00 01 04 09 00 00 00";
+        let cases = [
+            (Family::V4, Protocol::Tcp, v4, "08"),
+            (Family::V6, Protocol::Tcp, v6, "08"),
+            (Family::V4, Protocol::Udp, v4, "06"),
+            (Family::V4, Protocol::Sctp, v4, "0a"),
+        ];
+        if cfg!(target_endian = "little") {
+            for (family, protocol, address, desc) in cases {
+                let want = hex(&format!("{common} {address} {}", tail(desc)));
+                assert_eq!(endpoints_user_data(family, protocol), want);
+            }
+        }
+    }
 
     /// Ten thousand elements whose chains have names of the longest kind (kube-proxy's names
     /// are cut at 240 bytes): split over messages whose element lists each fit a nested

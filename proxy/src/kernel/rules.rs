@@ -22,6 +22,7 @@ use capstan_table::{
     ServicePortTable, TrafficScope, WhenEmpty,
 };
 
+use super::pick::{self, EndpointMap, Slots};
 use super::stmt::{Action, Field, Match, Net, Rule, Verdict, protocol_name};
 use crate::source::Prefix;
 
@@ -88,6 +89,9 @@ pub struct PortRules {
     pub elements: BTreeMap<(MapRef, MapKey), Verdict>,
     /// ClientIP affinity sets by name.
     pub sets: BTreeMap<String, SetKind>,
+    /// Endpoint choices in the `endpoints-*` maps ([`super::pick`]): (map, first key) →
+    /// (last key, endpoint).
+    pub endpoint_ranges: BTreeMap<(EndpointMap, u32), (u32, SocketAddr)>,
     /// Endpoint addresses that may be reached through this port (for the hairpin sets).
     pub hairpin: BTreeSet<IpAddr>,
     /// UDP only: the frontends and the endpoints traffic is translated to, for conntrack.
@@ -117,6 +121,9 @@ pub enum SetKind {
     AddressPairs(Family),
     /// ClientIP affinity: source addresses, forgotten after the timeout (seconds).
     Affinity(Family, u64),
+    /// Endpoint choices: `numgen` key ranges → `address . port` ([`super::pick`]), one map per
+    /// family and protocol (nft 1.0 refuses a `th dport` map after a protocol match).
+    Endpoints(Family, Protocol),
 }
 
 /// What conntrack may hold for a UDP Service port.
@@ -246,7 +253,7 @@ impl SetKind {
     /// `map` or `set`, as nft declares it.
     pub fn keyword(self) -> &'static str {
         match self {
-            SetKind::Map(_) => "map",
+            SetKind::Map(_) | SetKind::Endpoints(..) => "map",
             SetKind::Addresses(_) | SetKind::AddressPairs(_) | SetKind::Affinity(..) => "set",
         }
     }
@@ -265,6 +272,13 @@ impl fmt::Display for SetKind {
                 f,
                 "type {}; flags dynamic,timeout; timeout {timeout}s;",
                 family.addr_type()
+            ),
+            SetKind::Endpoints(family, protocol) => write!(
+                f,
+                "typeof numgen random mod {} : {} daddr . {} dport; flags interval;",
+                pick::BUCKETS,
+                family.selector(),
+                protocol_name(*protocol)
             ),
         }
     }
@@ -290,11 +304,12 @@ pub(super) fn source_in(net: Net) -> Match {
 }
 
 /// The rules of one Service port on the kernel path. `targets` gives each frontend's
-/// `loadBalancerSourceRanges`.
+/// `loadBalancerSourceRanges`; `slots` the endpoint-map slot of each balancing chain.
 pub fn render_port(
     port: &ServicePortTable,
     targets: &HashMap<Frontend, FrontendTarget>,
     settings: &KernelSettings,
+    slots: &mut Slots,
 ) -> PortRules {
     let mut rules = PortRules::default();
     let mut udp = UdpTranslation::default();
@@ -334,7 +349,7 @@ pub fn render_port(
                 .collect(),
             base: chain_base(&port.key, family),
         };
-        render.render(&frontends, targets, &mut rules);
+        render.render(&frontends, targets, &mut rules, slots);
         if port.key.protocol == Protocol::Udp {
             udp.frontends.extend(frontends.iter().map(|(f, _)| f.addr));
             let sets = [&port.internal, &port.external];
@@ -391,6 +406,7 @@ impl FamilyRender<'_> {
         frontends: &[(Frontend, TrafficScope)],
         targets: &HashMap<Frontend, FrontendTarget>,
         rules: &mut PortRules,
+        slots: &mut Slots,
     ) {
         let (internal, internal_empty) = eligible(&self.port.internal, self.family);
         let (external, external_empty) = eligible(&self.port.external, self.family);
@@ -402,7 +418,7 @@ impl FamilyRender<'_> {
         let internal_chain = format!("service-{}", self.base);
         if !internal.is_empty() {
             let mut chain = self.masquerade_outside_pods(frontends);
-            chain.extend(self.balance(&internal, rules));
+            chain.extend(self.balance(&internal_chain, &internal, rules, slots));
             rules.chains.insert(internal_chain.clone(), chain);
         }
         let external_set_chain = if external.is_empty() {
@@ -416,7 +432,7 @@ impl FamilyRender<'_> {
                 "cluster"
             };
             let name = format!("{role}-{}", self.base);
-            let chain = self.balance(&external, rules);
+            let chain = self.balance(&name, &external, rules, slots);
             rules.chains.insert(name.clone(), chain);
             Some(name)
         };
@@ -550,19 +566,25 @@ impl FamilyRender<'_> {
         chain
     }
 
-    /// The rules choosing one of `endpoints` (not empty) and translating to it: a cascade, as
-    /// kube-proxy's iptables mode (`statistic --mode random --probability`): rule `j` of `N`
-    /// takes the packet with probability 1/(N-j), the last one always, which is uniform. With
-    /// ClientIP affinity, kube-proxy's shape: a chain and a timeout set per endpoint, the sets
-    /// checked first, and the cascade jumping to the endpoint chains.
+    /// The rules of `chain` choosing one of `endpoints` (not empty) and translating to it.
     ///
-    /// No map: the kernel creates a set per anonymous map (`numgen … map { … }`), and both
-    /// naming a set and binding a shared named map to a rule cost time in the number of sets
-    /// or elements, so ten thousand Services took 40 s (anonymous maps) or 19 s (one named map)
-    /// where the cascade's rules load in under 4 s. A named value map per port, written over
-    /// netlink (an endpoint replaced would then be one map element, not a chain rewrite), was
-    /// measured too: 28.7 s for the first sync of 10,000 ports, against 1.4 s for the cascade.
-    fn balance(&self, endpoints: &[&Endpoint], rules: &mut PortRules) -> Vec<Rule> {
+    /// Without affinity: one rule looking the choice up in the shared `endpoints` map, in the
+    /// chain's slot ([`super::pick`]), so endpoint changes are map elements only. Per-port
+    /// maps were measured first and dropped: the kernel finds sets by walking a list, so ten
+    /// thousand named maps took 28.7 s to create (anonymous ones, kube-proxy's, 40 s).
+    ///
+    /// With ClientIP affinity, or once every slot is taken: a cascade, as kube-proxy's
+    /// iptables mode (`statistic --mode random --probability`): rule `j` of `N` takes the
+    /// packet with probability 1/(N-j), the last one always, which is uniform. Affinity takes
+    /// kube-proxy's shape: a chain and a timeout set per endpoint, the sets checked first, and
+    /// the cascade jumping to the endpoint chains.
+    fn balance(
+        &self,
+        chain: &str,
+        endpoints: &[&Endpoint],
+        rules: &mut PortRules,
+        slots: &mut Slots,
+    ) -> Vec<Rule> {
         let protocol = self.port.key.protocol;
         rules.hairpin.extend(endpoints.iter().map(|e| e.addr.ip()));
         let cascade = |choices: Vec<(Vec<Match>, Action)>| -> Vec<Rule> {
@@ -581,7 +603,18 @@ impl FamilyRender<'_> {
         let dnat =
             |endpoint: &Endpoint| (vec![Match::L4Proto(protocol)], Action::Dnat(endpoint.addr));
         let Some(timeout) = self.port.affinity else {
-            return cascade(endpoints.iter().map(|e| dnat(e)).collect());
+            let Some(slot) = slots.of(chain) else {
+                return cascade(endpoints.iter().map(|e| dnat(e)).collect());
+            };
+            let offset = slot * pick::BUCKETS;
+            let map = EndpointMap::of(self.family, protocol, offset);
+            for ((first, last), endpoint) in pick::ranges(offset, endpoints.len()).zip(endpoints) {
+                rules
+                    .endpoint_ranges
+                    .insert((map, first), (last, endpoint.addr));
+            }
+            let pick = Action::DnatPick { map, offset };
+            return vec![Rule::new(vec![Match::L4Proto(protocol)], pick)];
         };
         let mut chain = Vec::new();
         let mut choices = Vec::new();

@@ -78,6 +78,12 @@ pub enum Action {
     },
     /// `dnat ip to 10.0.0.1:80`.
     Dnat(SocketAddr),
+    /// `dnat ip to numgen random mod 65536 offset OFFSET map @endpoints4`: a uniform choice
+    /// among the endpoints of one slot of the endpoint map ([`super::pick`]).
+    DnatPick {
+        map: super::pick::EndpointMap,
+        offset: u32,
+    },
     /// `update @set { ip saddr }`.
     RememberSource {
         family: Family,
@@ -229,6 +235,13 @@ impl fmt::Display for Action {
                 write!(f, "meta l4proto . th dport vmap @{map}")
             }
             Action::Dnat(to) => write!(f, "dnat {} to {to}", Family::of(to.ip()).selector()),
+            Action::DnatPick { map, offset } => write!(
+                f,
+                "dnat {} to numgen random mod {} offset {offset} map @{}",
+                map.family.selector(),
+                super::pick::BUCKETS,
+                map.name()
+            ),
             Action::RememberSource { family, set } => {
                 write!(f, "update @{set} {{ {} saddr }}", family.selector())
             }

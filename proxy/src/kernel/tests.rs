@@ -101,6 +101,7 @@ fn chain(rules: &PortRules, prefix: &str) -> Vec<String> {
 
 #[test]
 fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masquerading() {
+    let mut slots = super::pick::Slots::default();
     let both = set(&["10.244.1.5:8080", "10.244.2.5:8080"], WhenEmpty::Reject);
     let port = port(
         vec![
@@ -110,7 +111,7 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
         both.clone(),
         both,
     );
-    let rules = render_port(&port, &HashMap::new(), &pods());
+    let rules = render_port(&port, &HashMap::new(), &pods(), &mut slots);
     let service = element(&rules, MapKind::ServiceIps, "10.96.0.10 . tcp . 80").expect("VIP");
     assert!(service.starts_with("goto service-") && service.ends_with("-default/web/tcp/http"));
     let node_port = element(&rules, MapKind::NodePorts, "tcp . 30080").expect("NodePort");
@@ -119,10 +120,18 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
         chain(&rules, "service-"),
         [
             "ip daddr 10.96.0.10 th dport 80 jump mark-unless-pod4",
-            // kube-proxy iptables-mode's cascade: 1/2, then the rest.
-            "numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.244.1.5:8080",
-            "meta l4proto tcp dnat ip to 10.244.2.5:8080",
+            // The choice is looked up in the chain's slot of the endpoint map.
+            "meta l4proto tcp dnat ip to numgen random mod 65536 offset 0 map @endpoints-tcp4-0",
         ]
+    );
+    let ranges: Vec<String> = rules
+        .endpoint_ranges
+        .iter()
+        .map(|((_, first), (last, to))| format!("{first}-{last} : {to}"))
+        .collect();
+    assert_eq!(
+        ranges,
+        ["0-32767 : 10.244.1.5:8080", "32768-65535 : 10.244.2.5:8080"]
     );
     // External traffic under a Cluster policy is always masqueraded (it may cross nodes).
     let external = chain(&rules, "external-");
@@ -133,6 +142,7 @@ fn a_cluster_ip_and_node_port_dispatch_to_one_random_choice_with_kube_proxy_masq
 
 #[test]
 fn no_endpoints_rejects_and_no_local_endpoints_drops_what_is_not_short_circuited() {
+    let mut slots = super::pick::Slots::default();
     let none = port(
         vec![
             frontend("10.96.0.11:80", TrafficScope::Internal),
@@ -141,7 +151,7 @@ fn no_endpoints_rejects_and_no_local_endpoints_drops_what_is_not_short_circuited
         set(&[], WhenEmpty::Reject),
         set(&[], WhenEmpty::Reject),
     );
-    let rules = render_port(&none, &HashMap::new(), &pods());
+    let rules = render_port(&none, &HashMap::new(), &pods(), &mut slots);
     assert!(rules.chains.is_empty(), "{:?}", rules.chains);
     let reject = Some("goto reject-chain".to_owned());
     assert_eq!(
@@ -164,7 +174,7 @@ fn no_endpoints_rejects_and_no_local_endpoints_drops_what_is_not_short_circuited
         set(&[], WhenEmpty::Drop),
     );
     local.external_local = true;
-    let rules = render_port(&local, &HashMap::new(), &pods());
+    let rules = render_port(&local, &HashMap::new(), &pods(), &mut slots);
     let drop = Some("drop".to_owned());
     assert_eq!(
         element(&rules, MapKind::NoEndpointNodePorts, "tcp . 30082"),
@@ -180,6 +190,7 @@ fn no_endpoints_rejects_and_no_local_endpoints_drops_what_is_not_short_circuited
 
 #[test]
 fn client_ip_affinity_takes_kube_proxy_endpoint_chains_and_timeout_sets() {
+    let mut slots = super::pick::Slots::default();
     let both = set(&["10.244.1.5:8080", "10.244.2.5:8080"], WhenEmpty::Reject);
     let mut sticky = port(
         vec![frontend("10.96.0.13:80", TrafficScope::Internal)],
@@ -187,7 +198,12 @@ fn client_ip_affinity_takes_kube_proxy_endpoint_chains_and_timeout_sets() {
         both,
     );
     sticky.affinity = Some(Duration::from_secs(10800));
-    let rules = render_port(&sticky, &HashMap::new(), &KernelSettings::default());
+    let rules = render_port(
+        &sticky,
+        &HashMap::new(),
+        &KernelSettings::default(),
+        &mut slots,
+    );
     assert_eq!(rules.sets.len(), 2);
     assert!(
         rules
@@ -211,6 +227,7 @@ fn client_ip_affinity_takes_kube_proxy_endpoint_chains_and_timeout_sets() {
 
 #[test]
 fn load_balancer_source_ranges_filter_load_balancer_ips_of_their_family_only() {
+    let mut slots = super::pick::Slots::default();
     let one = set(&["[fd00::5]:8080"], WhenEmpty::Reject);
     let lb = frontend("[2001:db8::1]:443", TrafficScope::External);
     let port = port(vec![lb], one.clone(), one);
@@ -232,7 +249,7 @@ fn load_balancer_source_ranges_filter_load_balancer_ips_of_their_family_only() {
             ),
         },
     )]);
-    let rules = render_port(&port, &targets, &KernelSettings::default());
+    let rules = render_port(&port, &targets, &KernelSettings::default(), &mut slots);
     let firewall = chain(&rules, "firewall-");
     assert_eq!(firewall, ["ip6 saddr 2001:db8:1::/48 return", "drop"]);
     let map = MapRef {
@@ -252,7 +269,8 @@ fn load_balancer_source_ranges_filter_load_balancer_ips_of_their_family_only() {
 }
 
 #[test]
-fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
+fn an_endpoint_change_is_endpoint_map_elements_and_rewrites_no_rule() {
+    let mut slots = super::pick::Slots::default();
     let vip = frontend("10.96.0.10:80", TrafficScope::Internal);
     let before = set(&["10.244.1.5:8080", "10.244.2.5:8080"], WhenEmpty::Reject);
     let after = set(&["10.244.1.5:8080", "10.244.3.5:8080"], WhenEmpty::Reject);
@@ -261,26 +279,26 @@ fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
         &port(vec![vip], before.clone(), before),
         &HashMap::new(),
         &settings,
+        &mut slots,
     );
     let new = render_port(
         &port(vec![vip], after.clone(), after),
         &HashMap::new(),
         &settings,
+        &mut slots,
     );
     let mut changes = Changes::default();
     changes.port(&old, &new);
     let mut script = String::new();
     changes.render(&mut script);
-    let lines: Vec<&str> = script.lines().collect();
-    assert_eq!(lines.len(), 4, "{script}");
-    assert!(lines[0].starts_with("add chain inet capstan-services service-"));
-    assert!(lines[1].starts_with("flush chain inet capstan-services service-"));
-    assert!(
-        lines[2].ends_with("numgen random mod 2 == 0 meta l4proto tcp dnat ip to 10.244.1.5:8080")
+    assert!(changes.filled_chains().is_empty(), "{script}");
+    assert_eq!(
+        script,
+        "delete element inet capstan-services endpoints-tcp4-0 { 32768-65535 }\n\
+         add element inet capstan-services endpoints-tcp4-0 { 32768-65535 : 10.244.3.5 . 8080 }\n"
     );
-    assert!(lines[3].ends_with("meta l4proto tcp dnat ip to 10.244.3.5:8080"));
 
-    // The port removed: its element goes, and its chain is emptied (deleted a second later).
+    // The port removed: its elements go, and its chain is emptied (deleted a second later).
     let mut changes = Changes::default();
     changes.port(&new, &PortRules::default());
     let mut script = String::new();
@@ -290,11 +308,13 @@ fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
         Some("delete element inet capstan-services service-ips4 { 10.96.0.10 . tcp . 80 }")
     );
     assert_eq!(changes.stale_chains.len(), 1);
-    assert!(
-        script
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.starts_with("flush chain"))
+    let lines: Vec<&str> = script.lines().skip(1).collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "delete element inet capstan-services endpoints-tcp4-0 { 0-32767, 32768-65535 }",
+            "flush chain inet capstan-services service-UARQTUAX-default/web/tcp/http",
+        ]
     );
 
     // Unchanged rules change nothing.
@@ -305,6 +325,7 @@ fn an_endpoint_change_rewrites_one_chain_and_no_map_element() {
 
 #[test]
 fn chain_names_are_kube_proxy_shaped_stable_and_within_nftables_limits() {
+    let mut slots = super::pick::Slots::default();
     let long = "n".repeat(63);
     let key = ServicePortKey {
         service: ServiceKey::new(&long, &long),
@@ -317,8 +338,18 @@ fn chain_names_are_kube_proxy_shaped_stable_and_within_nftables_limits() {
         set(&["10.244.1.5:53"], WhenEmpty::Reject),
     );
     table.key = key;
-    let first = render_port(&table, &HashMap::new(), &KernelSettings::default());
-    let again = render_port(&table, &HashMap::new(), &KernelSettings::default());
+    let first = render_port(
+        &table,
+        &HashMap::new(),
+        &KernelSettings::default(),
+        &mut slots,
+    );
+    let again = render_port(
+        &table,
+        &HashMap::new(),
+        &KernelSettings::default(),
+        &mut slots,
+    );
     assert_eq!(first, again);
     for name in first.chains.keys() {
         assert!(name.len() <= 255, "{name}");
@@ -358,6 +389,7 @@ fn only_ports_the_kernel_can_balance_take_the_kernel_path() {
 /// other ports (CoreDNS's metrics on 9153) stay ordinary Service ports.
 #[test]
 fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_not() {
+    let mut slots = super::pick::Slots::default();
     let settings = KernelSettings {
         cluster_dns: Some(ServiceKey::new("default", "web")),
         ..pods()
@@ -368,7 +400,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         none.clone(),
         none.clone(),
     );
-    let rules = render_port(&dns, &HashMap::new(), &settings);
+    let rules = render_port(&dns, &HashMap::new(), &settings, &mut slots);
     assert!(
         rules.elements.is_empty() && rules.chains.is_empty(),
         "{rules:?}"
@@ -386,7 +418,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         none.clone(),
         none,
     );
-    let rules = render_port(&metrics, &HashMap::new(), &settings);
+    let rules = render_port(&metrics, &HashMap::new(), &settings, &mut slots);
     assert!(rules.local_dns.is_empty());
     assert_eq!(
         element(
@@ -398,7 +430,7 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
         Some("goto reject-chain")
     );
     // Another Service on port 53 is an ordinary Service.
-    let rules = render_port(&dns, &HashMap::new(), &pods());
+    let rules = render_port(&dns, &HashMap::new(), &pods(), &mut slots);
     assert!(rules.local_dns.is_empty() && !rules.elements.is_empty());
 
     let mut changes = Changes::default();
@@ -420,10 +452,12 @@ fn the_cluster_dns_service_port_53_is_answered_locally_and_its_other_ports_are_n
     }
 }
 
-/// The cascade is uniform: rule `j` of `N` fires with probability 1/(N-j) among the packets
-/// that reach it, so every endpoint gets 1/N (kube-proxy's iptables-mode probabilities).
+/// The cascade (affinity, or every endpoint-map slot taken) is uniform: rule `j` of `N` fires
+/// with probability 1/(N-j) among the packets that reach it, so every endpoint gets 1/N
+/// (kube-proxy's iptables-mode probabilities).
 #[test]
 fn the_random_cascade_gives_every_endpoint_an_equal_share() {
+    let mut slots = super::pick::Slots::exhausted();
     let addrs: Vec<String> = (1..=7).map(|i| format!("10.244.1.{i}:80")).collect();
     let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let all = set(&refs, WhenEmpty::Reject);
@@ -432,6 +466,7 @@ fn the_random_cascade_gives_every_endpoint_an_equal_share() {
         &port(vec![vip], all.clone(), all),
         &HashMap::new(),
         &KernelSettings::default(),
+        &mut slots,
     );
     let chain = chain(&rules, "service-");
     assert_eq!(chain.len(), 7);

@@ -90,6 +90,7 @@ fn target(ranges: Vec<ipnet::IpNet>) -> FrontendTarget {
 /// Every shape of rule the data path writes: ClusterIP and NodePort, affinity, a `Local`
 /// policy, LoadBalancer source ranges on both families, UDP, no endpoints, IPv6.
 fn ports(generation: u8) -> Vec<PortRules> {
+    let mut slots = super::super::pick::Slots::default();
     let settings = settings();
     let mut out = Vec::new();
     let web_endpoints: Vec<String> = (1..=3 + generation)
@@ -108,7 +109,7 @@ fn ports(generation: u8) -> Vec<PortRules> {
     let mut targets = HashMap::new();
     let lb = frontend("192.0.2.10:80", TrafficScope::External).0;
     targets.insert(lb, target(vec!["198.51.100.0/24".parse().expect("range")]));
-    out.push(render_port(&web, &targets, &settings));
+    out.push(render_port(&web, &targets, &settings, &mut slots));
     let mut sticky = port(
         vec![frontend("10.96.0.11:443", TrafficScope::Internal)],
         set(&["10.244.2.1:8443", "10.244.2.2:8443"], WhenEmpty::Reject),
@@ -116,7 +117,7 @@ fn ports(generation: u8) -> Vec<PortRules> {
     );
     sticky.key.service.name = "sticky".into();
     sticky.affinity = Some(Duration::from_secs(10800));
-    out.push(render_port(&sticky, &HashMap::new(), &settings));
+    out.push(render_port(&sticky, &HashMap::new(), &settings, &mut slots));
     let mut local = port(
         vec![
             frontend("10.96.0.12:80", TrafficScope::Internal),
@@ -127,7 +128,7 @@ fn ports(generation: u8) -> Vec<PortRules> {
     );
     local.key.service.name = "local".into();
     local.external_local = true;
-    out.push(render_port(&local, &HashMap::new(), &settings));
+    out.push(render_port(&local, &HashMap::new(), &settings, &mut slots));
     let mut dns = port(
         vec![frontend("[fd00:96::a]:53", TrafficScope::Internal)],
         set(&["[fd00:10:244::5]:53"], WhenEmpty::Reject),
@@ -137,7 +138,7 @@ fn ports(generation: u8) -> Vec<PortRules> {
     dns.key.protocol = Protocol::Udp;
     dns.frontends[0].0.protocol = Protocol::Udp;
     if generation == 0 {
-        out.push(render_port(&dns, &HashMap::new(), &settings));
+        out.push(render_port(&dns, &HashMap::new(), &settings, &mut slots));
     }
     let mut empty = port(
         vec![
@@ -148,7 +149,7 @@ fn ports(generation: u8) -> Vec<PortRules> {
         set(&[], WhenEmpty::Reject),
     );
     empty.key.service.name = "empty".into();
-    out.push(render_port(&empty, &HashMap::new(), &settings));
+    out.push(render_port(&empty, &HashMap::new(), &settings, &mut slots));
     let mut lb6 = port(
         vec![frontend("[2001:db8::1]:443", TrafficScope::External)],
         set(&["[fd00:10:244::7]:443"], WhenEmpty::Reject),
@@ -160,7 +161,7 @@ fn ports(generation: u8) -> Vec<PortRules> {
         lb6.frontends[0].0,
         target(vec!["2001:db8:1::/48".parse().expect("range")]),
     );
-    out.push(render_port(&lb6, &targets, &settings));
+    out.push(render_port(&lb6, &targets, &settings, &mut slots));
     out
 }
 
@@ -193,6 +194,14 @@ fn changes(old: &[PortRules], new: &[PortRules], fresh: bool) -> Changes {
         ["10.96.0.10".parse().expect("ip")].into(),
         Default::default(),
     );
+    let mut maps = std::collections::BTreeSet::new();
+    if !fresh {
+        maps.extend(
+            old.iter()
+                .flat_map(|p| p.endpoint_ranges.keys().map(|(m, _)| *m)),
+        );
+    }
+    changes.create_endpoint_maps(&mut maps);
     changes
 }
 
@@ -244,8 +253,18 @@ fn netlink_and_nft_write_the_same_table() {
             );
         }
     }
-    assert!(expected[0].contains("dnat ip to 10.244.1.3:8080"));
-    assert!(expected[1].contains("dnat ip to 10.244.1.4:8080"));
+    // Three endpoints, then four: each a third, then a quarter of a slot's 65,536 keys.
+    assert!(
+        expected[0].contains("0-21844 : 10.244.1.1 . 8080"),
+        "{}",
+        expected[0]
+    );
+    assert!(
+        expected[1].contains("49152-65535 : 10.244.1.4 . 8080"),
+        "{}",
+        expected[1]
+    );
+    assert!(expected[0].contains("dnat ip to numgen random mod 65536 map @endpoints-tcp4-0"));
 }
 
 #[test]
@@ -323,7 +342,8 @@ fn stale_udp_conntrack_entries_are_deleted_over_netlink() {
 }
 
 /// Where an incremental transaction's time goes on a table of 10,000 Services × 10 endpoints:
-/// an address-set element (no chain reachable changes) against one Service chain rewritten.
+/// an address-set element, one endpoint replaced (endpoint-map elements) and one Service
+/// chain rewritten (which makes the kernel validate every chain reachable from a base chain).
 /// Run: `cargo test --release -p capstan-proxy kernel_transaction_costs -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement"]
@@ -338,31 +358,36 @@ fn kernel_transaction_costs() {
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(10_000);
-        let port_rules: Vec<PortRules> = (0..count)
-            .map(|i| {
-                let eps: Vec<String> = (1..=10)
-                    .map(|e| format!("10.244.{}.{e}:8080", i % 250))
-                    .collect();
-                let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
-                let mut p = port(
-                    vec![frontend(
-                        &format!("10.{}.{}.{}:80", 100 + i / 65_536, (i / 256) % 256, i % 256),
-                        TrafficScope::Internal,
-                    )],
-                    set(&refs, WhenEmpty::Reject),
-                    set(&refs, WhenEmpty::Reject),
-                );
-                p.key.service.name = format!("svc-{i}").into();
-                render_port(&p, &HashMap::new(), &settings)
-            })
-            .collect();
+        let mut slots = super::super::pick::Slots::default();
+        let mut render = |i: u32, first_endpoint: u32| {
+            let eps: Vec<String> = (first_endpoint..first_endpoint + 10)
+                .map(|e| format!("10.244.{}.{e}:8080", i % 250))
+                .collect();
+            let refs: Vec<&str> = eps.iter().map(String::as_str).collect();
+            let mut p = port(
+                vec![frontend(
+                    &format!("10.{}.{}.{}:80", 100 + i / 65_536, (i / 256) % 256, i % 256),
+                    TrafficScope::Internal,
+                )],
+                set(&refs, WhenEmpty::Reject),
+                set(&refs, WhenEmpty::Reject),
+            );
+            p.key.service.name = format!("svc-{i}").into();
+            render_port(&p, &HashMap::new(), &settings, &mut slots)
+        };
+        let port_rules: Vec<PortRules> = (0..count).map(|i| render(i, 1)).collect();
+        let socket = capstan_sockets::netlink::NetfilterSocket::open(0).expect("socket");
         let full = changes(&[], &port_rules, true);
         let started = Instant::now();
         let transaction = Transaction::of(&full, &settings);
         let messages = transaction.len();
-        transaction.into_batch().commit().expect("full");
+        transaction.into_batch().commit_on(&socket).expect("full");
         println!("full: {messages} messages in {:?}", started.elapsed());
-        for (round, port) in port_rules.iter().enumerate().take(3) {
+        let rounds = std::env::var("ROUNDS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(3);
+        for (round, port) in port_rules.iter().enumerate().take(rounds) {
             let started = Instant::now();
             let mut transaction = Transaction::new();
             let ip = format!("10.96.9.{round}").parse().expect("ip");
@@ -371,18 +396,32 @@ fn kernel_transaction_costs() {
                 _ => unreachable!(),
             };
             transaction.set_elements("cluster-dns4", &[key], true);
-            transaction.into_batch().commit().expect("element");
+            transaction
+                .into_batch()
+                .commit_on(&socket)
+                .expect("element");
             let element = started.elapsed();
+            // One endpoint of the port replaced: map elements only.
+            let replaced = render(round as u32, 2);
+            let mut step = Changes::default();
+            step.port(port, &replaced);
+            assert!(step.filled_chains().is_empty(), "no rule rewritten");
+            let started = Instant::now();
+            Transaction::of(&step, &settings)
+                .into_batch()
+                .commit_on(&socket)
+                .expect("endpoint");
+            let endpoint = started.elapsed();
             let (name, rules) = port.chains.iter().next().expect("chain");
             let started = Instant::now();
             let mut transaction = Transaction::new();
             transaction.flush_chain(name);
-            for rule in rules.iter().skip(1) {
+            for rule in rules {
                 transaction.add_rule(name, rule);
             }
-            transaction.into_batch().commit().expect("chain");
+            transaction.into_batch().commit_on(&socket).expect("chain");
             println!(
-                "address-set element: {element:?}; one chain rewritten: {:?}",
+                "address-set element: {element:?}; endpoint replaced: {endpoint:?}; one chain rewritten: {:?}",
                 started.elapsed()
             );
         }
