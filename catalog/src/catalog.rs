@@ -225,6 +225,15 @@ impl Catalog {
         self.revisions().map(|(source, _, object)| (source, object))
     }
 
+    /// Objects over every source.
+    pub fn len(&self) -> usize {
+        self.sources.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every object with its source and revision, sources in order.
     pub fn revisions(&self) -> impl Iterator<Item = (&SourceId, Revision, &Object)> {
         self.sources.iter().flat_map(|(source, objects)| {

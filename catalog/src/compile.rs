@@ -1,8 +1,7 @@
 //! The pure compile step: catalog + previous snapshot → next snapshot.
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, DefaultHasher, Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -16,6 +15,10 @@ use crate::{
     Catalog, EndpointSlice, Object, Revision, Service, ServiceKind, ServicePort, SliceEndpoint,
     SourceId, TargetPort, TrafficDistribution, TrafficPolicy,
 };
+
+/// A map keyed by names, hashed fast (the keys come from the API server, but a map lives for
+/// one compile and its hasher is seeded per process).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Node-level settings that shape the compiled tables.
 #[derive(Clone, Debug, Default)]
@@ -48,10 +51,12 @@ pub fn compile(
     generation: Generation,
 ) -> Snapshot {
     let mut problems = Vec::new();
-    let mut services: BTreeMap<&ServiceKey, (&SourceId, &Service)> = BTreeMap::new();
-    let mut slices: HashMap<&ServiceKey, Vec<&EndpointSlice>> = HashMap::new();
-    // The catalog revisions each Service's tables are built from: its own, then its slices'.
-    let mut revisions: HashMap<&ServiceKey, Inputs> = HashMap::new();
+    // Collected, then sorted and built in one pass: the catalog yields each source's objects
+    // in key order, so the sort is a merge of runs and no insert searches the tree.
+    let mut listed: Vec<(&ServiceKey, (&SourceId, &Service))> = Vec::new();
+    // What each Service's tables are built from: its revision, its slices and theirs.
+    let mut revisions: FastMap<&ServiceKey, Inputs> = FastMap::default();
+    revisions.reserve(catalog.len());
     // Options shape every table too (they are fixed in a running agent, not in every caller).
     let options_print = {
         let mut hasher = DefaultHasher::new();
@@ -63,27 +68,18 @@ pub fn compile(
     let mut secrets = BTreeMap::new();
     for (source, revision, object) in catalog.revisions() {
         match object {
-            Object::Service(service) => match services.entry(&service.key) {
-                Entry::Vacant(entry) => {
-                    entry.insert((source, service));
-                    revisions.entry(&service.key).or_default().service = revision;
+            Object::Service(service) => {
+                listed.push((&service.key, (source, service)));
+                let inputs = revisions.entry(&service.key).or_default();
+                // The first source's definition is the one used.
+                if inputs.service == Revision::default() {
+                    inputs.service = revision;
                 }
-                Entry::Occupied(entry) => problems.push(Problem {
-                    object: format!("Service {}", service.key),
-                    message: format!(
-                        "defined by sources {} and {source}; using {}",
-                        entry.get().0,
-                        entry.get().0
-                    ),
-                }),
-            },
+            }
             Object::EndpointSlice(slice) => {
-                slices.entry(&slice.service).or_default().push(slice);
-                revisions
-                    .entry(&slice.service)
-                    .or_default()
-                    .slices
-                    .push(revision);
+                let inputs = revisions.entry(&slice.service).or_default();
+                inputs.slices.push(revision);
+                inputs.slice_objects.push(slice);
             }
             Object::Ingress(ingress) => ingresses.push(ingress),
             Object::IngressClass(class) => classes.push(class),
@@ -95,27 +91,69 @@ pub fn compile(
         }
     }
 
-    let previous_ports = previous.map(|s| &s.proxy.ports);
+    // Stable: of two sources defining a Service, the first listed stays first.
+    listed.sort_by(|a, b| a.0.cmp(b.0));
+    listed.dedup_by(|later, first| {
+        let duplicate = later.0 == first.0;
+        if duplicate {
+            problems.push(Problem {
+                object: format!("Service {}", first.0),
+                message: format!(
+                    "defined by sources {} and {}; using {}",
+                    (first.1).0,
+                    (later.1).0,
+                    (first.1).0
+                ),
+            });
+        }
+        duplicate
+    });
+    let services: BTreeMap<&ServiceKey, (&SourceId, &Service)> = listed.into_iter().collect();
+
+    // Ports are visited in key order (Services in order, each one's ports sorted by name and
+    // protocol), so the previous snapshot's ports are found by walking them alongside.
+    let mut previous_ports = previous
+        .map(|s| s.proxy.ports.iter())
+        .into_iter()
+        .flatten()
+        .peekable();
+    let mut ports = Vec::new();
     let mut proxy = ProxyTable::default();
+    // DNS reads every Service, and the slices of headless ones only: while those are unchanged,
+    // the previous table (and its serial) stands. Revisions are unique to each version of each
+    // object, so the ordered revisions say which Services there are without their names.
+    let mut dns_hasher = fingerprint_hasher(options_print);
     for (&key, &(_, service)) in &services {
+        let service_inputs = revisions.get(key);
+        if let Some(inputs) = service_inputs {
+            inputs.service.hash(&mut dns_hasher);
+            if service.is_headless() {
+                inputs.slices.hash(&mut dns_hasher);
+            }
+        }
         if matches!(service.kind, ServiceKind::ExternalName(_)) {
             continue;
         }
-        let service_slices = slices.get(key).map(Vec::as_slice).unwrap_or_default();
-        let inputs = revisions
-            .get(key)
-            .map_or(0, |inputs| inputs.fingerprint(options_print));
+        let service_slices = service_inputs
+            .map(|i| i.slice_objects.as_slice())
+            .unwrap_or_default();
+        let inputs = service_inputs.map_or(0, |inputs| inputs.fingerprint(options_print));
         let source_ranges = source_ranges(service);
         if let Some(check) = health_check(service, service_slices, options) {
             proxy.health_checks.insert(check.0, check.1);
         }
-        for port in &service.ports {
+        let mut service_ports: Vec<&ServicePort> = service.ports.iter().collect();
+        service_ports.sort_by(|a, b| (&a.name, a.protocol).cmp(&(&b.name, b.protocol)));
+        for port in service_ports {
             let port_key = ServicePortKey {
                 service: key.clone(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
             };
-            let carried = previous_ports.and_then(|ports| ports.get(&port_key));
+            while previous_ports.next_if(|(k, _)| **k < port_key).is_some() {}
+            let carried = previous_ports
+                .next_if(|(k, _)| **k == port_key)
+                .map(|(_, table)| table);
             let ours = service.proxied_by(options.proxy_name.as_deref());
             let mut frontends = if ours {
                 frontends(service, port, options)
@@ -160,18 +198,20 @@ pub fn compile(
                 };
                 proxy.frontends.insert(frontend, target);
             }
-            proxy.ports.insert(table.key.clone(), table);
+            ports.push((table.key.clone(), table));
         }
     }
+    // In key order already; equal keys (a Service listing one port twice) keep the last.
+    proxy.ports = ports.into_iter().collect();
 
-    // DNS reads every Service, and the slices of headless ones only: while those are unchanged,
-    // the previous table (and its serial) stands.
-    let dns_inputs = dns_fingerprint(&services, &revisions, options_print);
+    // Never 0, the fingerprint of tables built outside compile.
+    let dns_inputs = dns_hasher.finish() | 1;
     let dns = match previous.map(|s| &s.dns) {
         Some(dns) if dns.inputs == dns_inputs => dns.clone(),
         _ => {
             // The serial only needs to change with the data; 32 bits of the generation do.
-            let mut table = dns::compile_dns(&services, &slices, &options.dns, generation.0 as u32);
+            let mut table =
+                dns::compile_dns(&services, &revisions, &options.dns, generation.0 as u32);
             table.inputs = dns_inputs;
             Arc::new(table)
         }
@@ -197,18 +237,18 @@ pub fn compile(
     }
 }
 
-/// The catalog revisions one Service's tables depend on.
+/// What one Service's tables are built from.
 #[derive(Debug, Default)]
-struct Inputs {
+pub(crate) struct Inputs<'a> {
     service: Revision,
-    /// Its slices', in catalog order (which is stable).
+    /// Its slices' revisions, in catalog order (which is stable).
     slices: Vec<Revision>,
+    slice_objects: Vec<&'a EndpointSlice>,
 }
 
-impl Inputs {
+impl Inputs<'_> {
     fn fingerprint(&self, options: u64) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        options.hash(&mut hasher);
+        let mut hasher = fingerprint_hasher(options);
         self.service.hash(&mut hasher);
         self.slices.hash(&mut hasher);
         // Never 0, the fingerprint of tables built outside compile.
@@ -216,24 +256,12 @@ impl Inputs {
     }
 }
 
-/// What the DNS table depends on: the options, every Service (by name and revision) and the
-/// slices of the headless ones.
-fn dns_fingerprint(
-    services: &BTreeMap<&ServiceKey, (&SourceId, &Service)>,
-    revisions: &HashMap<&ServiceKey, Inputs>,
-    options: u64,
-) -> u64 {
-    let mut hasher = DefaultHasher::new();
+/// A hasher for fingerprints, started with the options' own: fingerprints are compared within
+/// one process only, so a fixed seed will do.
+fn fingerprint_hasher(options: u64) -> impl Hasher {
+    let mut hasher = foldhash::fast::FixedState::with_seed(0x6361_7073_7461_6e21).build_hasher();
     options.hash(&mut hasher);
-    for (key, (_, service)) in services {
-        key.hash(&mut hasher);
-        let inputs = revisions.get(key);
-        inputs.map(|i| i.service).hash(&mut hasher);
-        if service.is_headless() {
-            inputs.map(|i| &i.slices).hash(&mut hasher);
-        }
-    }
-    hasher.finish() | 1
+    hasher
 }
 
 /// This node, as topology-aware routing sees it.

@@ -1,7 +1,7 @@
 //! Compiles Services and EndpointSlices into the authoritative DNS table, following the
 //! Kubernetes DNS-Based Service Discovery specification 1.1.0 (and CoreDNS where it is silent).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -41,7 +41,7 @@ pub(crate) fn normalize(name: &str) -> String {
 
 pub(crate) fn compile_dns(
     services: &BTreeMap<&ServiceKey, (&SourceId, &Service)>,
-    slices: &HashMap<&ServiceKey, Vec<&EndpointSlice>>,
+    inputs: &super::FastMap<&ServiceKey, super::Inputs<'_>>,
     options: &DnsOptions,
     serial: u32,
 ) -> DnsTable {
@@ -68,8 +68,10 @@ pub(crate) fn compile_dns(
     table.node_mut(&format!("svc.{cluster}"));
 
     for (_, service) in services.values() {
-        let no_slices = Vec::new();
-        let service_slices = slices.get(&service.key).unwrap_or(&no_slices);
+        let service_slices = inputs
+            .get(&service.key)
+            .map(|i| i.slice_objects.as_slice())
+            .unwrap_or_default();
         match (service.origin, &standalone) {
             (Origin::Kubernetes, _) => {
                 add_cluster_service(&mut table, &cluster, service, service_slices);
