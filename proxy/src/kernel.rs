@@ -82,13 +82,16 @@ const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 /// One Service port's applied rules, with the compiled table they were rendered from.
 type Applied = (Arc<ServicePortTable>, Arc<PortRules>);
 
+/// Applied rules by Service port: every sync looks each port up, so hashed fast.
+type AppliedPorts = HashMap<ServicePortKey, Applied, foldhash::fast::RandomState>;
+
 /// The programmer of [`TABLE`]: remembers what it applied.
 #[derive(Debug, Default)]
 pub struct KernelTable {
     settings: KernelSettings,
     /// Applied rules by Service port, with the compiled table they came from. `None` until the
     /// first sync, and after a failed one (the next sync is full).
-    applied: Option<HashMap<ServicePortKey, Applied>>,
+    applied: Option<AppliedPorts>,
     /// Ports referring to each endpoint address, for the hairpin sets.
     hairpin: HashMap<IpAddr, u32>,
     /// Ports (UDP and TCP) of the cluster DNS Service referring to each of its ClusterIPs.
@@ -135,7 +138,7 @@ impl KernelTable {
             Changes::default()
         };
         let empty = PortRules::default();
-        let mut next = HashMap::with_capacity(ports.len());
+        let mut next = AppliedPorts::with_capacity_and_hasher(ports.len(), Default::default());
         let (mut hairpin_old, mut hairpin_new) = (Vec::new(), Vec::new());
         let (mut dns_old, mut dns_new) = (Vec::new(), Vec::new());
         let mut udp_changes = Vec::new();

@@ -25,6 +25,8 @@ use crate::source::Links;
 use crate::{ProxyError, Workers};
 use capstan_sockets::PortLock;
 
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// How often frontends that failed to bind are retried when no new snapshot arrives.
 const BIND_RETRY: Duration = Duration::from_secs(5);
 const BACKLOG: i32 = 4096;
@@ -140,12 +142,13 @@ pub async fn run_listeners(
                 .collect(),
             _ => Vec::new(),
         };
-        let in_kernel: HashSet<Frontend> = kernel_ports
+        // Every snapshot visits every frontend: hashed fast (foldhash, seeded per process).
+        let in_kernel: FastSet<Frontend> = kernel_ports
             .iter()
             .flat_map(|port| port.frontends.iter().map(|(frontend, _)| *frontend))
             .collect();
-        let wanted: HashSet<Frontend> = match (capture, &snapshot) {
-            (CaptureMode::Off, _) | (_, None) => HashSet::new(),
+        let wanted: FastSet<Frontend> = match (capture, &snapshot) {
+            (CaptureMode::Off, _) | (_, None) => FastSet::default(),
             (CaptureMode::Bind | CaptureMode::Nftables, Some(snapshot)) => snapshot
                 .proxy
                 .frontends
