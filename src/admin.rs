@@ -365,6 +365,8 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
             "max_ejection_percent": port.outlier.max_ejection_percent,
         }),
         "max_requests_per_endpoint": port.max_requests_per_endpoint,
+        "max_connections_per_endpoint": port.max_connections_per_endpoint,
+        "rejected_overloaded": c.overloaded.load(Ordering::Relaxed),
         "frontends": frontends,
         "endpoints": endpoints,
         "connections": c.connections.load(Ordering::Relaxed),

@@ -298,6 +298,12 @@ impl Collector for ProxyCollector {
                 &[("reason", "connect_failed"), ("blame", "upstream")],
                 &c.upstream_failures,
             );
+            ports.counter(
+                "proxy_rejected_connections",
+                &labels,
+                &[("reason", "overloaded"), ("blame", "upstream")],
+                &c.overloaded,
+            );
             ports.counter("proxy_idle_timeouts", &labels, &[], &c.idle_timeouts);
             let now = capstan_proxy::now_ms();
             for endpoint in port.endpoints.iter() {

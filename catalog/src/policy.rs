@@ -2,6 +2,7 @@
 //! Service annotations (`capstan.dev/<key>`) and `capstan.yaml` `policy:` maps (`<key>`). Every
 //! value is checked; the first bad one is refused with the key and what was expected.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,9 @@ pub struct ServicePolicy {
     pub health: Option<ActiveHealthCheck>,
     pub outlier: OutlierPolicy,
     /// Circuit breaking: requests in flight per endpoint at most.
-    pub max_requests_per_endpoint: Option<u32>,
+    pub max_requests_per_endpoint: Option<NonZeroU32>,
+    /// Circuit breaking on the L4 path: connections open per endpoint at most.
+    pub max_connections_per_endpoint: Option<NonZeroU32>,
 }
 
 /// Keys of a route's (an Ingress's) policy.
@@ -63,6 +66,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "outlier-consecutive-gateway-errors",
     "outlier-max-ejection-percent",
     "max-requests-per-endpoint",
+    "max-connections-per-endpoint",
 ];
 
 type Keys<'a> = &'a [(&'a str, &'a str)];
@@ -172,9 +176,14 @@ pub fn service_policy(pairs: Keys<'_>, known: &[&str]) -> Result<ServicePolicy, 
     if let Some(v) = get(pairs, "outlier-max-ejection-percent") {
         outlier.max_ejection_percent = number(v, "outlier-max-ejection-percent", 0..=100)?;
     }
-    policy.max_requests_per_endpoint = get(pairs, "max-requests-per-endpoint")
-        .map(|v| number(v, "max-requests-per-endpoint", 1..=1_000_000))
-        .transpose()?;
+    let limit = |key: &str| -> Result<Option<NonZeroU32>, String> {
+        get(pairs, key)
+            .map(|v| number(v, key, 1..=1_000_000).map(NonZeroU32::new))
+            .transpose()
+            .map(Option::flatten)
+    };
+    policy.max_requests_per_endpoint = limit("max-requests-per-endpoint")?;
+    policy.max_connections_per_endpoint = limit("max-connections-per-endpoint")?;
     Ok(policy)
 }
 

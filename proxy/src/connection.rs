@@ -52,13 +52,22 @@ pub(crate) async fn serve(
         return reset(client);
     }
 
-    let Some((endpoint, upstream)) = connect(&port, eligible, peer, links.as_deref()).await else {
-        counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
-        return reset(client);
+    let (endpoint, upstream) = match connect(&port, eligible, peer, links.as_deref()).await {
+        Ok(connected) => connected,
+        Err(Unserved::Overloaded) => {
+            counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, service = %port.key, "every endpoint at its connection limit");
+            return reset(client);
+        }
+        Err(Unserved::Failed) => {
+            counters.upstream_failures.fetch_add(1, Ordering::Relaxed);
+            return reset(client);
+        }
     };
     debug!(%peer, service = %port.key, endpoint = %endpoint.addr, "connected");
     let _active = Gauge::up(&counters.active);
-    let _in_flight = Gauge::up(&endpoint.stats.in_flight);
+    // Taken by `connect` (a slot under the endpoint's connection limit).
+    let _in_flight = Gauge(&endpoint.stats.in_flight);
     let end = relay(
         client,
         upstream,
@@ -77,32 +86,72 @@ pub(crate) async fn serve(
     }
 }
 
+/// Why a connection got no endpoint.
+enum Unserved {
+    /// Every endpoint left was at `max-connections-per-endpoint`.
+    Overloaded,
+    /// No endpoint could be connected to.
+    Failed,
+}
+
 /// Tries up to [`MAX_ATTEMPTS`] distinct endpoints; each failure ejects that endpoint.
+/// Endpoints at their connection limit are passed over without an attempt. On success the
+/// endpoint's `in_flight` count includes this connection.
 async fn connect(
     port: &ServicePortTable,
     eligible: &[Arc<Endpoint>],
     peer: SocketAddr,
     links: Option<&Links>,
-) -> Option<(Arc<Endpoint>, TcpStream)> {
+) -> Result<(Arc<Endpoint>, TcpStream), Unserved> {
     let mut rng = fastrand::Rng::new();
-    let mut tried = Vec::new();
-    while tried.len() < MAX_ATTEMPTS {
-        let endpoint = balance::choose(port, eligible, peer.ip(), &tried, now_ms(), &mut rng)?;
+    let mut passed_over = Vec::new();
+    let mut attempts = 0;
+    let limit = port.max_connections_per_endpoint.map(u64::from);
+    while attempts < MAX_ATTEMPTS {
+        let Some(endpoint) =
+            balance::choose(port, eligible, peer.ip(), &passed_over, now_ms(), &mut rng)
+        else {
+            break;
+        };
+        passed_over.push(endpoint.addr);
+        if !reserve(&endpoint.stats.in_flight, limit) {
+            continue;
+        }
+        attempts += 1;
         endpoint.stats.chosen.fetch_add(1, Ordering::Relaxed);
         let source = links.and_then(|links| links.source_for(peer.ip(), &endpoint));
         match connect_one(endpoint.addr, source, port.timeouts.connect).await {
             Ok(stream) => {
                 endpoint.stats.record_success();
-                return Some((endpoint, stream));
+                return Ok((endpoint, stream));
             }
             Err(error) => {
+                endpoint.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let until = endpoint.stats.record_failure(now_ms(), &port.timeouts);
                 debug!(%peer, service = %port.key, %error, eject_ms = until.saturating_sub(now_ms()), "connect failed");
-                tried.push(endpoint.addr);
             }
         }
     }
-    None
+    // Nothing was attempted although endpoints were there: all full.
+    Err(match (attempts, limit) {
+        (0, Some(_)) => Unserved::Overloaded,
+        _ => Unserved::Failed,
+    })
+}
+
+/// Takes one of `counter`'s places under `limit` (any number without one).
+fn reserve(counter: &AtomicU64, limit: Option<u64>) -> bool {
+    match limit {
+        None => {
+            counter.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        Some(max) => counter
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok(),
+    }
 }
 
 /// Connects to `addr`, from `source` when given (the client's address) or else the node's.

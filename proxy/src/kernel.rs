@@ -57,7 +57,9 @@ pub fn kernel_capable(port: &ServicePortTable) -> bool {
         let ip = frontend.addr.ip();
         !(ip.is_loopback() || ip.is_unspecified() && *scope == TrafficScope::Internal)
     };
-    port.policy == BalancePolicy::Random && port.frontends.iter().all(served)
+    port.policy == BalancePolicy::Random
+        && port.max_connections_per_endpoint.is_none()
+        && port.frontends.iter().all(served)
 }
 
 /// What one sync did.

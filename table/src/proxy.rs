@@ -55,6 +55,10 @@ pub struct ServicePortTable {
     /// Circuit breaking: requests in flight per endpoint at most; when every endpoint is at the
     /// limit the ingress answers 503. `None`: no limit.
     pub max_requests_per_endpoint: Option<u32>,
+    /// Circuit breaking on the user-space L4 path: connections open per endpoint at most
+    /// (Envoy's `max_connections`, per endpoint); a connection finding every endpoint full is
+    /// reset. Services with it stay in user space (the kernel cannot count).
+    pub max_connections_per_endpoint: Option<u32>,
     /// Every endpoint known for this port, with its conditions (for dumps and metrics).
     pub endpoints: Arc<[Arc<Endpoint>]>,
     /// Endpoints eligible for traffic arriving on a ClusterIP.
@@ -149,6 +153,8 @@ pub struct PortCounters {
     pub source_denied: AtomicU64,
     /// Connections closed because every connect attempt failed.
     pub upstream_failures: AtomicU64,
+    /// Connections reset because every endpoint was at `max-connections-per-endpoint`.
+    pub overloaded: AtomicU64,
     pub idle_timeouts: AtomicU64,
 }
 
@@ -205,6 +211,7 @@ impl ServicePortTable {
             health: None,
             outlier: OutlierPolicy::default(),
             max_requests_per_endpoint: None,
+            max_connections_per_endpoint: None,
             endpoints,
             internal: set.clone(),
             external: set,

@@ -240,3 +240,40 @@ async fn backends_given_by_name_are_resolved() {
         assert_eq!(exchange(listen, b"x").await.expect("served"), "named");
     }
 }
+
+/// `max-connections-per-endpoint` (Envoy's `max_connections` circuit breaker, per endpoint): with
+/// every endpoint at its limit a new connection is reset at once and counted; a slot freed by a
+/// closed connection serves the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_at_their_connection_limit_take_no_more_and_new_connections_are_reset() {
+    let backends = [Backend::start("a").await, Backend::start("b").await];
+    let listen = frontend();
+    let dir = TempDir::new("connection-limit");
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let policy = "    policy:\n      max-connections-per-endpoint: '1'\n";
+    let config = dir.write("capstan.yaml", &config_one("web", listen, &addrs, policy));
+    let capstan = Capstan::start(&["--config", path_str(&config)]);
+    capstan.wait_listening(listen);
+    let (first, one) = greet(listen, None).await.expect("first connection");
+    let (_second, other) = greet(listen, None).await.expect("second connection");
+    assert_ne!(one, other, "one connection per endpoint");
+    let refused = greet(listen, None).await;
+    assert!(refused.is_err(), "every endpoint full: {refused:?}");
+    let metrics = capstan.metrics();
+    let overloaded = "capstan_proxy_rejected_connections_total{service=\"standalone/web\",port=\"\",protocol=\"TCP\",reason=\"overloaded\",blame=\"upstream\"} 1";
+    assert!(metrics.contains(overloaded), "{metrics}");
+    drop(first);
+    let mut served = None;
+    for _ in 0..100 {
+        if let Ok((_, name)) = greet(listen, None).await {
+            served = Some(name);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        served,
+        Some(one),
+        "the freed endpoint takes the next connection"
+    );
+}

@@ -167,7 +167,11 @@ fn sticky_cookie_and_circuit_breaking_keys() {
         assert!(error.contains(expected), "{error}");
     }
     let service = service_policy(&[("max-requests-per-endpoint", "2")], &[]).expect("valid");
-    assert_eq!(service.max_requests_per_endpoint, Some(2));
+    assert_eq!(service.max_requests_per_endpoint.map(u32::from), Some(2));
+    let service = service_policy(&[("max-connections-per-endpoint", "3")], &[]).expect("valid");
+    assert_eq!(service.max_connections_per_endpoint.map(u32::from), Some(3));
+    let refused = service_policy(&[("max-connections-per-endpoint", "0")], &[]);
+    assert!(refused.is_err(), "{refused:?}");
 }
 
 #[test]

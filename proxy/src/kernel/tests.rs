@@ -60,6 +60,7 @@ fn port(
         health: None,
         outlier: Default::default(),
         max_requests_per_endpoint: None,
+        max_connections_per_endpoint: None,
         endpoints: internal.endpoints.clone(),
         internal,
         external,
