@@ -344,7 +344,8 @@ fn stale_udp_conntrack_entries_are_deleted_over_netlink() {
 /// Where an incremental transaction's time goes on a table of 10,000 Services × 10 endpoints:
 /// an address-set element, one endpoint replaced (endpoint-map elements) and one Service
 /// chain rewritten (which makes the kernel validate every chain reachable from a base chain).
-/// Run: `cargo test --release -p capstan-proxy kernel_transaction_costs -- --ignored --nocapture`.
+/// Run: `PORTS=10000 ROUNDS=3 cargo test --release -p capstan-proxy kernel_transaction_costs --
+/// --ignored --nocapture` (the defaults).
 #[test]
 #[ignore = "measurement"]
 fn kernel_transaction_costs() {
