@@ -11,10 +11,7 @@ use tracing::{debug, info, warn};
 use crate::kube_proxy::SyncClock;
 use crate::telemetry::Metrics;
 
-/// Snapshots are published at most once per this window: a change after a quiet period is
-/// compiled at once, and changes arriving within the window of the last publish wait for its
-/// end and are compiled together (kube-proxy's `BoundedFrequencyRunner`, with a 10 ms
-/// `minSyncPeriod`).
+/// Updates arriving within this window of the first one are compiled together.
 const DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// Owns the catalog; the only code that stores snapshots.
@@ -38,28 +35,17 @@ impl Publisher {
     /// Runs until every update sender is gone. Publishes nothing until every source has synced.
     pub async fn run(mut self, mut updates: mpsc::Receiver<Update>) {
         let mut published = false;
-        let mut last_publish: Option<tokio::time::Instant> = None;
         while let Some(update) = updates.recv().await {
             let arrived = Instant::now();
             let mut changed = self.catalog.apply(update);
-            // What is queued already goes into this compile.
-            while let Ok(update) = updates.try_recv() {
-                changed |= self.catalog.apply(update);
-            }
-            // Too soon after the last publish: gather until the window ends.
-            let now = tokio::time::Instant::now();
-            if let Some(deadline) = last_publish
-                .map(|at| at + DEBOUNCE)
-                .filter(|deadline| *deadline > now)
-            {
-                loop {
-                    tokio::select! {
-                        next = updates.recv() => match next {
-                            Some(update) => changed |= self.catalog.apply(update),
-                            None => break,
-                        },
-                        () = tokio::time::sleep_until(deadline) => break,
-                    }
+            let deadline = tokio::time::Instant::now() + DEBOUNCE;
+            loop {
+                tokio::select! {
+                    next = updates.recv() => match next {
+                        Some(update) => changed |= self.catalog.apply(update),
+                        None => break,
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
                 }
             }
             if !self.catalog.all_synced(self.sources.iter()) {
@@ -68,7 +54,6 @@ impl Publisher {
             }
             if changed || !published {
                 let generation = self.publish();
-                last_publish = Some(tokio::time::Instant::now());
                 if published {
                     self.metrics
                         .sync_seconds
