@@ -10,7 +10,6 @@
 use std::net::{IpAddr, SocketAddr};
 
 use capstan_sockets::netlink::{Batch, Messages, NLM_F_APPEND, NLM_F_CREATE};
-use capstan_table::Protocol;
 
 use super::diff::Changes;
 use super::pick::BUCKETS;
@@ -435,59 +434,6 @@ fn map_key_bytes(key: MapKey) -> Vec<u8> {
     out
 }
 
-/// The user data nft 1.0 attaches to `typeof numgen random mod 65536 : ip daddr . tcp dport`
-/// (libnftnl's `NFTNL_UDATA_SET_*` type-length-value records), from which `nft list` prints
-/// the declaration back: key and data byte order, the key's expression (numgen), the data's
-/// (a concatenation of two payload fields) and the data-interval flag.
-fn endpoints_user_data(family: Family, protocol: Protocol) -> Vec<u8> {
-    fn record(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
-        out.push(kind);
-        out.push(value.len() as u8);
-        out.extend(value);
-    }
-    fn number(kind: u8, value: u32) -> Vec<u8> {
-        let mut out = Vec::new();
-        record(&mut out, kind, &value.to_ne_bytes());
-        out
-    }
-    // An expression: its nft type number, then its own records.
-    fn expression(kind: u8, expr_type: u32, body: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = number(0, expr_type);
-        record(&mut out, 1, &body.concat());
-        let mut wrapped = Vec::new();
-        record(&mut wrapped, kind, &out);
-        wrapped
-    }
-    const NUMGEN: u32 = 23;
-    const CONCAT: u32 = 13;
-    const PAYLOAD: u32 = 7;
-    // nft's protocol descriptions and header fields: ip/ip6 daddr, tcp/udp/sctp dport.
-    let (address_desc, address_field) = match family {
-        Family::V4 => (12, 12),
-        Family::V6 => (13, 9),
-    };
-    let payload =
-        |kind, desc, field| expression(kind, PAYLOAD, &[number(0, desc), number(1, field)]);
-    let numgen = [number(0, 1), number(1, BUCKETS), number(2, 0)];
-    let transport_desc = match protocol {
-        Protocol::Tcp => 8,
-        Protocol::Udp => 6,
-        Protocol::Sctp => 10,
-    };
-    let concat = [
-        payload(0, address_desc, address_field),
-        payload(1, transport_desc, 2),
-    ];
-    [
-        number(0, 1),
-        number(1, 0),
-        expression(3, NUMGEN, &numgen),
-        expression(4, CONCAT, &concat),
-        number(6, 0),
-    ]
-    .concat()
-}
-
 // === data ===
 
 /// `attr { NFTA_DATA_VALUE bytes }`.
@@ -825,78 +771,7 @@ fn immediate_verdict(m: &mut Messages, verdict: &Verdict) {
 }
 
 #[cfg(test)]
-mod tests {
-    use capstan_sockets::netlink::{parse_attrs, parse_messages};
-    use capstan_table::Protocol;
+mod tests;
+mod user_data;
 
-    use super::*;
-
-    /// The endpoint maps' user data is byte for byte what nft 1.0.6 sent for the same
-    /// declarations (captured with `nft --debug=mnl add map …`).
-    #[test]
-    fn endpoint_map_user_data_is_what_nft_writes() {
-        let hex = |text: &str| -> Vec<u8> {
-            text.split(' ')
-                .map(|b| u8::from_str_radix(b, 16).expect("hex"))
-                .collect()
-        };
-        let common = "00 04 01 00 00 00 01 04 00 00 00 00 03 1a 00 04 17 00 00 00 01 12 00 04 01 00 00 00 01 04 00 00 01 00 02 04 00 00 00 00 04 34 00 04 0d 00 00 00 01 2c 00 14 00 04 07 00 00 00 01 0c";
-        let tail = |desc: &str| {
-            format!(
-                "01 14 00 04 07 00 00 00 01 0c 00 04 {desc} 00 00 00 01 04 02 00 00 00 06 04 00 00 00 00"
-            )
-        };
-        let v4 = "00 04 0c 00 00 00 01 04 0c 00 00 00";
-        let v6 = "00 04 0d 00 00 00 01 04 09 00 00 00";
-        let cases = [
-            (Family::V4, Protocol::Tcp, v4, "08"),
-            (Family::V6, Protocol::Tcp, v6, "08"),
-            (Family::V4, Protocol::Udp, v4, "06"),
-            (Family::V4, Protocol::Sctp, v4, "0a"),
-        ];
-        if cfg!(target_endian = "little") {
-            for (family, protocol, address, desc) in cases {
-                let want = hex(&format!("{common} {address} {}", tail(desc)));
-                assert_eq!(endpoints_user_data(family, protocol), want);
-            }
-        }
-    }
-
-    /// Ten thousand elements whose chains have names of the longest kind (kube-proxy's names
-    /// are cut at 240 bytes): split over messages whose element lists each fit a nested
-    /// attribute, and none lost.
-    #[test]
-    fn many_long_elements_are_split_over_messages_that_fit() {
-        let map = MapRef {
-            kind: MapKind::ServiceIps,
-            family: Family::V6,
-        };
-        let chain = format!("service-{}", "x".repeat(240));
-        let elements: Vec<(MapKey, Verdict)> = (0..10_000u16)
-            .map(|port| {
-                let key = MapKey {
-                    ip: Some("fd00::1".parse().unwrap()),
-                    protocol: Protocol::Tcp,
-                    port,
-                };
-                (key, Verdict::Goto(chain.clone()))
-            })
-            .collect();
-        let mut transaction = Transaction::new();
-        transaction.add_map_elements(map, &elements);
-        let mut batch = transaction.into_batch();
-        let bytes = batch.messages().bytes().to_vec();
-        let (mut messages, mut found) = (0, 0);
-        for message in parse_messages(&bytes).iter().skip(1) {
-            messages += 1;
-            for (attr, list) in parse_attrs(&message.payload[4..]) {
-                if attr == 3 {
-                    assert!(list.len() + 4 <= usize::from(u16::MAX));
-                    found += parse_attrs(list).len();
-                }
-            }
-        }
-        assert_eq!(found, 10_000);
-        assert!(messages > 40, "{messages} messages");
-    }
-}
+use user_data::endpoints_user_data;
