@@ -222,10 +222,13 @@ fn ingress_json(table: &IngressTable) -> Value {
                 "host": &*route.host,
                 "path": &*route.path,
                 "backend": format!("{service}:{port}"),
-                "protocol": match route.protocol {
-                    UpstreamProtocol::Http1 => "http/1.1",
-                    UpstreamProtocol::H2c => "h2c",
+                "protocol": match (route.protocol, route.tls.is_some()) {
+                    (UpstreamProtocol::Http1, false) => "http/1.1",
+                    (UpstreamProtocol::Http2, false) => "h2c",
+                    (UpstreamProtocol::Http1, true) => "http/1.1 over TLS",
+                    (UpstreamProtocol::Http2, true) => "h2 over TLS",
                 },
+                "upstream_tls": route.tls.as_deref().map(upstream_tls_json),
                 "endpoints": route.upstream.as_ref().map_or(0, |u| u.internal.endpoints.len()),
                 "policy": route_policy_json(&route.policy),
             })
@@ -418,5 +421,20 @@ fn route_policy_json(policy: &capstan_table::RoutePolicy) -> Value {
         })),
         "sticky_cookie": policy.sticky.as_ref().map(|s| json!({"name": &*s.name, "max_age_seconds": s.max_age.map(|d| d.as_secs())})),
         "allow_source_ranges": policy.allow_sources.as_ref().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>()),
+    })
+}
+
+/// How a route speaks TLS to its endpoints, for `/debug/snapshot`.
+fn upstream_tls_json(tls: &capstan_table::UpstreamTls) -> serde_json::Value {
+    let verify = match &tls.verify {
+        capstan_table::UpstreamVerify::Roots(roots) => format!("{} CA certificates", roots.len()),
+        capstan_table::UpstreamVerify::System => "system CA certificates".into(),
+        capstan_table::UpstreamVerify::Off => "off".into(),
+    };
+    json!({
+        "server_name": &*tls.server_name,
+        "verify": verify,
+        "source": tls.source.as_deref(),
+        "client_certificate": tls.client_certificate.as_ref().map(|c| &*c.source),
     })
 }

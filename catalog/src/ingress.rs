@@ -39,6 +39,9 @@ pub struct TlsSecret {
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub certificate: TlsCertificate,
+    /// `ca.crt` when present (cert-manager writes it): what endpoints are checked against when a
+    /// route names this Secret in `backend-tls-secret`.
+    pub ca: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
 }
 
 /// One `spec.rules[]` entry.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_table::{
-    ActiveHealthCheck, Cors, Hsts, OutlierPolicy, RateLimit, RetryOn, RoutePolicy, StickyCookie,
+    ActiveHealthCheck, BackendPolicy, BackendProtocol, Cors, Hsts, OutlierPolicy, RateLimit,
+    RetryOn, RoutePolicy, StickyCookie,
 };
 
 /// The prefix of Capstan's annotations.
@@ -52,6 +53,10 @@ pub const ROUTE_KEYS: &[&str] = &[
     "cors-allow-headers",
     "cors-allow-credentials",
     "cors-max-age",
+    "backend-protocol",
+    "backend-tls-server-name",
+    "backend-tls-verify",
+    "backend-tls-secret",
 ];
 
 /// Keys of a Service's policy (besides `load-balancer`).
@@ -129,6 +134,7 @@ pub fn route_policy(pairs: Keys<'_>, known: &[&str]) -> Result<RoutePolicy, Stri
     policy.sticky = sticky_cookie(pairs)?;
     policy.hsts = hsts(pairs)?;
     policy.cors = cors(pairs)?;
+    policy.backend = backend(pairs)?;
     Ok(policy)
 }
 
@@ -320,6 +326,56 @@ fn sticky_cookie(pairs: Keys<'_>) -> Result<Option<StickyCookie>, String> {
 }
 
 /// `hsts-max-age` turns HSTS on; `hsts-include-subdomains` and `hsts-preload` add directives.
+/// `backend-protocol` and `backend-tls-*`: ingress-nginx's `backend-protocol`, `proxy-ssl-name`,
+/// `proxy-ssl-verify` and `proxy-ssl-secret`, with verification on by default.
+fn backend(pairs: Keys<'_>) -> Result<BackendPolicy, String> {
+    let mut backend = BackendPolicy::default();
+    if let Some(v) = get(pairs, "backend-protocol") {
+        backend.protocol = Some(match v.trim().to_ascii_uppercase().as_str() {
+            "HTTP" => BackendProtocol::Http,
+            "HTTPS" => BackendProtocol::Https,
+            "GRPC" => BackendProtocol::Grpc,
+            "GRPCS" => BackendProtocol::Grpcs,
+            _ => {
+                return Err(format!(
+                    "backend-protocol {v:?}: use HTTP, HTTPS, GRPC or GRPCS"
+                ));
+            }
+        });
+    }
+    if let Some(v) = get(pairs, "backend-tls-server-name") {
+        let name = v.trim().trim_end_matches('.');
+        if rustls_pki_types::ServerName::try_from(name).is_err() {
+            return Err(format!(
+                "backend-tls-server-name {v:?} is not a DNS name or an IP address"
+            ));
+        }
+        backend.tls_server_name = Some(name.to_ascii_lowercase().into());
+    }
+    if let Some(v) = get(pairs, "backend-tls-verify") {
+        backend.tls_verify = boolean(v, "backend-tls-verify")?;
+    }
+    if let Some(v) = get(pairs, "backend-tls-secret") {
+        let name = v.trim();
+        if name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "backend-tls-secret {v:?}: name a kubernetes.io/tls Secret in the same namespace"
+            ));
+        }
+        backend.tls_secret = Some(name.into());
+    }
+    let tls = backend.protocol.is_some_and(BackendProtocol::is_tls);
+    let tls_key = pairs.iter().find(|(k, _)| k.starts_with("backend-tls-"));
+    if let Some((key, _)) = tls_key
+        && !tls
+    {
+        return Err(format!(
+            "{key} needs backend-protocol HTTPS or GRPCS (the endpoints are spoken to in cleartext)"
+        ));
+    }
+    Ok(backend)
+}
+
 fn hsts(pairs: Keys<'_>) -> Result<Option<Hsts>, String> {
     let flag = |key: &str| get(pairs, key).map_or(Ok(false), |v| boolean(v, key));
     let Some(max_age) = get(pairs, "hsts-max-age") else {

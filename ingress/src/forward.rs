@@ -31,6 +31,7 @@ use crate::headers::{self, BadRequest, Forwarding};
 use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
 use crate::routing::{Routed, normalize_host, route_host};
+use crate::upstream_tls::TlsClients;
 
 /// ACME HTTP-01 challenges must reach their solver over plain HTTP (ingress-nginx exempts them
 /// from the https redirect too).
@@ -53,6 +54,8 @@ pub(crate) struct Forwarder {
     shared: Arc<Shared>,
     http1: Client<HttpConnector, RequestBody>,
     h2c: Client<HttpConnector, RequestBody>,
+    /// Clients for routes that speak TLS to their endpoints.
+    tls: TlsClients,
     /// The inline client's settings (its pool is the worker thread's).
     inline: http1::ClientSettings,
 }
@@ -112,6 +115,7 @@ impl Forwarder {
         Self {
             http1: client(false),
             h2c: client(true),
+            tls: TlsClients::new(connector.clone(), shared.config.upstream_idle_timeout),
             inline,
             shared,
         }
@@ -200,7 +204,10 @@ impl Forwarder {
         let (mut parts, body) = request.into_parts();
         // Bodiless requests to HTTP/1.1 upstreams take the inline client, which writes the
         // upstream head straight from the client's headers; the others get them rewritten.
-        let inline = route.protocol == UpstreamProtocol::Http1 && !upgrade && body.is_end_stream();
+        let inline = route.protocol == UpstreamProtocol::Http1
+            && route.tls.is_none()
+            && !upgrade
+            && body.is_end_stream();
         let inline = upstream_headers(&mut parts, conn, &host, inline, upgrade);
         let body = match self.request_body(&route, body, declared, upgrade).await {
             Ok(body) => body,
@@ -274,7 +281,14 @@ impl Forwarder {
             Routed::NotFound => return Err(Early::Reply(StatusCode::NOT_FOUND, "no route\n")),
         };
         let Some(upstream) = route.upstream.clone() else {
-            return Err(Early::Unserved(route, "backend service not found\n"));
+            let tls_unusable =
+                route.tls.is_none() && route.policy.backend.protocol.is_some_and(|p| p.is_tls());
+            let text = if tls_unusable {
+                "backend TLS settings unusable (see /debug/snapshot problems)\n"
+            } else {
+                "backend service not found\n"
+            };
+            return Err(Early::Unserved(route, text));
         };
         if upstream.internal.endpoints.is_empty() {
             return Err(Early::Unserved(route, "no ready endpoints\n"));

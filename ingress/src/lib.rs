@@ -28,6 +28,7 @@ pub mod proxy_protocol;
 mod routing;
 mod server;
 mod tls;
+mod upstream_tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;

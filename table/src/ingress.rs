@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::histogram::{HTTP_BUCKETS, Histogram};
-use crate::{RoutePolicy, RouteState, ServiceKey, ServicePortTable, TlsCertificate};
+use crate::{RoutePolicy, RouteState, ServiceKey, ServicePortTable, TlsCertificate, UpstreamTls};
 
 /// Every Ingress route of one snapshot.
 #[derive(Debug, Default)]
@@ -65,8 +65,11 @@ pub struct Route {
     /// The backend's Service port in this snapshot, with its endpoints; `None` when the Service
     /// or the port does not exist (503).
     pub upstream: Option<Arc<ServicePortTable>>,
-    /// How to speak to the endpoints, from the Service port's `appProtocol`.
+    /// The HTTP version spoken to the endpoints: the route's `backend-protocol`, else the Service
+    /// port's `appProtocol`.
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (`backend-protocol: HTTPS` or `GRPCS`); `None`: cleartext.
+    pub tls: Option<Arc<UpstreamTls>>,
     /// Retries, rate limits and request limits (the declaring Ingress's annotations).
     pub policy: Arc<RoutePolicy>,
     /// Counters carried over by `compile` from the previous snapshot's route with the same
@@ -82,8 +85,9 @@ pub enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive (what ingress-nginx speaks to every backend).
     #[default]
     Http1,
-    /// HTTP/2 with prior knowledge: `appProtocol: kubernetes.io/h2c` (gRPC backends).
-    H2c,
+    /// HTTP/2: with prior knowledge in cleartext (`appProtocol: kubernetes.io/h2c`,
+    /// `backend-protocol: GRPC`), or by ALPN `h2` over TLS (`backend-protocol: GRPCS`).
+    Http2,
 }
 
 /// Per-route traffic counters, exported on `/metrics`.

@@ -34,13 +34,13 @@ pub use ingress::{
 };
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use policy::{
-    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, CLIENT_LIMITERS_SWEEP_AT, Cors, Gcra, Hsts,
-    OutlierPolicy, RateLimit, RetryBudget, RetryOn, RetryPolicy, RoutePolicy, RouteState,
-    StickyCookie, endpoint_cookie,
+    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, BackendPolicy, BackendProtocol,
+    CLIENT_LIMITERS_SWEEP_AT, Cors, Gcra, Hsts, OutlierPolicy, RateLimit, RetryBudget, RetryOn,
+    RetryPolicy, RoutePolicy, RouteState, StickyCookie, endpoint_cookie,
 };
 pub use proxy::{
     AffinityEntry, BalancePolicy, EndpointSet, FrontendTarget, HealthCheck, PortCounters,
     ProxyTable, ServicePortState, ServicePortTable, Timeouts, WhenEmpty,
 };
 pub use snapshot::{Generation, Problem, Snapshot, SnapshotHandle};
-pub use tls::TlsCertificate;
+pub use tls::{TlsCertificate, UpstreamTls, UpstreamVerify, ca_bundle_from_pem};

@@ -27,6 +27,61 @@ pub struct RoutePolicy {
     pub hsts: Option<Hsts>,
     /// CORS answered at the edge; `None`: requests and responses pass untouched.
     pub cors: Option<Cors>,
+    /// How the endpoints are spoken to, when the route says (TLS to upstreams).
+    pub backend: BackendPolicy,
+}
+
+/// How a route's endpoints are spoken to, when the route says so (ingress-nginx's
+/// `backend-protocol` and `proxy-ssl-*` annotations); otherwise the Service port's `appProtocol`
+/// decides, in cleartext.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPolicy {
+    /// `None`: from the Service port's `appProtocol`.
+    pub protocol: Option<BackendProtocol>,
+    /// SNI and the name the certificate is checked against; `None`: the Service's DNS name
+    /// `<service>.<namespace>.svc`.
+    pub tls_server_name: Option<Arc<str>>,
+    /// Check the endpoint's certificate (default); `false` is ingress-nginx's default
+    /// (`proxy-ssl-verify: off`).
+    pub tls_verify: bool,
+    /// A `kubernetes.io/tls` Secret in the route's namespace: its `ca.crt` is what the
+    /// endpoint's certificate is checked against, its `tls.crt` and `tls.key` the client
+    /// certificate (ingress-nginx's `proxy-ssl-secret`).
+    pub tls_secret: Option<Arc<str>>,
+    /// CA certificates read from a PEM file (`capstan.yaml`'s `backend-tls-ca-file`), with
+    /// the file's path.
+    pub tls_ca: Option<(Arc<str>, Arc<[rustls_pki_types::CertificateDer<'static>]>)>,
+}
+
+/// ingress-nginx's `backend-protocol` values that Capstan speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 in cleartext.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 in cleartext with prior knowledge (h2c).
+    Grpc,
+    /// HTTP/2 over TLS (ALPN `h2`).
+    Grpcs,
+}
+
+impl Default for BackendPolicy {
+    fn default() -> Self {
+        Self {
+            protocol: None,
+            tls_server_name: None,
+            tls_verify: true,
+            tls_secret: None,
+            tls_ca: None,
+        }
+    }
+}
+
+impl BackendProtocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, BackendProtocol::Https | BackendProtocol::Grpcs)
+    }
 }
 
 /// HTTP Strict Transport Security (RFC 6797): sent only on responses over TLS.

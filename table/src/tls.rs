@@ -65,6 +65,72 @@ impl fmt::Debug for TlsCertificate {
     }
 }
 
+/// How Capstan speaks TLS to a route's endpoints (`backend-protocol: HTTPS` or `GRPCS`): the
+/// name it sends as SNI and checks the certificate against, what it trusts, and the client
+/// certificate it presents when asked. Plain data: the ingress plane builds its rustls client
+/// from it once per worker.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and the name the endpoint's certificate must be valid for: a DNS name or an IP address.
+    pub server_name: Arc<str>,
+    pub verify: UpstreamVerify,
+    /// Presented when an endpoint asks for a client certificate (mutual TLS).
+    pub client_certificate: Option<TlsCertificate>,
+    /// The Secret or file the trust roots came from, for `/debug/snapshot`.
+    pub source: Option<Arc<str>>,
+}
+
+/// What an endpoint's certificate is checked against.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UpstreamVerify {
+    /// These CA certificates (a Secret's `ca.crt`, a PEM file).
+    Roots(Arc<[CertificateDer<'static>]>),
+    /// The system's trust store.
+    System,
+    /// Not checked (`backend-tls-verify: "false"`, ingress-nginx's `proxy-ssl-verify: off`); the
+    /// handshake's signatures still are.
+    Off,
+}
+
+/// Parses a PEM bundle of CA certificates: at least one, every block well formed.
+pub fn ca_bundle_from_pem(pem: &[u8]) -> Result<Arc<[CertificateDer<'static>]>, String> {
+    let roots = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("CA PEM: {e}"))?;
+    if roots.is_empty() {
+        return Err("CA PEM: no CERTIFICATE block".into());
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (_, unusable) = store.add_parsable_certificates(roots.iter().cloned());
+    if unusable > 0 {
+        return Err(format!(
+            "CA PEM: {unusable} certificate(s) cannot be parsed"
+        ));
+    }
+    Ok(roots.into())
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.server_name)
+            .field("verify", &self.verify)
+            .field("client_certificate", &self.client_certificate)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Debug for UpstreamVerify {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamVerify::Roots(roots) => write!(f, "Roots({} certificates)", roots.len()),
+            UpstreamVerify::System => f.write_str("System"),
+            UpstreamVerify::Off => f.write_str("Off"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

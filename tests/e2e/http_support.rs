@@ -83,9 +83,9 @@ impl Drop for HttpBackend {
     }
 }
 
-type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub(crate) type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-async fn answer(
+pub(crate) async fn answer(
     name: &'static str,
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {

@@ -24,3 +24,4 @@ mod resilience;
 mod resilience_support;
 mod support;
 mod udp;
+mod upstream_tls;

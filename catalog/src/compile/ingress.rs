@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use capstan_table::{
-    Backend, BackendPort, IngressTable, Problem, Protocol, ProxyTable, Route, RouteConflict,
-    RoutePolicy, RouteState, RouteStats, ServiceKey, ServicePortKey, UpstreamProtocol,
+    Backend, BackendPolicy, BackendPort, BackendProtocol, IngressTable, Problem, Protocol,
+    ProxyTable, Route, RouteConflict, RoutePolicy, RouteState, RouteStats, ServiceKey,
+    ServicePortKey, UpstreamProtocol, UpstreamTls, UpstreamVerify,
 };
 
 use crate::{Ingress, IngressBackend, IngressClass, Origin, Service, SourceId, TlsSecret};
@@ -30,8 +31,14 @@ impl Default for IngressOptions {
     }
 }
 
-/// A previous route's counters and live state, kept by the route with the same identity.
-type Carried<'a> = (&'a Arc<RouteStats>, &'a Arc<RouteState>);
+/// A previous route's counters, live state and upstream TLS settings, kept by the route with the
+/// same identity (the TLS settings while they are equal, so each worker's TLS connection pool for
+/// them survives the swap).
+type Carried<'a> = (
+    &'a Arc<RouteStats>,
+    &'a Arc<RouteState>,
+    &'a Option<Arc<UpstreamTls>>,
+);
 
 /// What the Ingress table is compiled from.
 pub(crate) struct IngressInputs<'a> {
@@ -76,7 +83,10 @@ pub(crate) fn compile_ingress(
     let carried: HashMap<(&str, &str, &str), Carried<'_>> = previous
         .into_iter()
         .flat_map(IngressTable::routes)
-        .map(|r| ((&*r.ingress, &*r.host, &*r.path), (&r.stats, &r.state)))
+        .map(|r| {
+            let carried = (&r.stats, &r.state, &r.tls);
+            ((&*r.ingress, &*r.host, &*r.path), carried)
+        })
         .collect();
 
     let mut table = IngressTable {
@@ -94,11 +104,24 @@ pub(crate) fn compile_ingress(
                            host: &str,
                            path: &str,
                            policy: &Option<Arc<RoutePolicy>>| {
-            let (upstream, protocol, missing) = upstream(backend, services, proxy);
+            let (mut upstream, app_protocol, missing) = upstream(backend, services, proxy);
             messages.extend(missing);
-            let (stats, state) = carried
-                .get(&(&*id, host, path))
-                .map_or_else(Default::default, |(s, t)| (Arc::clone(s), Arc::clone(t)));
+            let previous = carried.get(&(&*id, host, path));
+            let (stats, state) =
+                previous.map_or_else(Default::default, |(s, t, _)| (Arc::clone(s), Arc::clone(t)));
+            let policy = policy.clone().unwrap_or_else(|| ingress.policy.clone());
+            let protocol = upstream_protocol(&policy.backend, app_protocol);
+            let tls = upstream_tls(&policy.backend, &backend.service, secrets)
+                .unwrap_or_else(|problem| {
+                    // Fail closed: a route that must speak TLS it cannot set up serves nothing.
+                    messages.push(problem);
+                    upstream = None;
+                    None
+                })
+                .map(|tls| match previous {
+                    Some((_, _, Some(old))) if **old == tls => Arc::clone(old),
+                    _ => Arc::new(tls),
+                });
             Arc::new(Route {
                 ingress: id.clone(),
                 host: host.into(),
@@ -109,7 +132,8 @@ pub(crate) fn compile_ingress(
                 },
                 upstream,
                 protocol,
-                policy: policy.clone().unwrap_or_else(|| ingress.policy.clone()),
+                tls,
+                policy,
                 stats,
                 state,
             })
@@ -196,6 +220,67 @@ pub(crate) fn compile_ingress(
     table
 }
 
+/// The HTTP version spoken to a route's endpoints: its `backend-protocol`, else the port's.
+fn upstream_protocol(backend: &BackendPolicy, app_protocol: UpstreamProtocol) -> UpstreamProtocol {
+    match backend.protocol {
+        None => app_protocol,
+        Some(BackendProtocol::Http | BackendProtocol::Https) => UpstreamProtocol::Http1,
+        Some(BackendProtocol::Grpc | BackendProtocol::Grpcs) => UpstreamProtocol::Http2,
+    }
+}
+
+/// The TLS a route speaks to its endpoints (`None`: cleartext), or why it cannot: its
+/// `backend-tls-secret` is missing, or has no `ca.crt` while verification is on. The name
+/// checked defaults to the Service's DNS name, `<service>.<namespace>.svc`.
+fn upstream_tls(
+    backend: &BackendPolicy,
+    service: &ServiceKey,
+    secrets: &BTreeMap<(&str, &str), &TlsSecret>,
+) -> Result<Option<UpstreamTls>, String> {
+    if !backend.protocol.is_some_and(BackendProtocol::is_tls) {
+        return Ok(None);
+    }
+    let secret = match &backend.tls_secret {
+        None => None,
+        Some(name) => Some(
+            secrets
+                .get(&(&*service.namespace, &**name))
+                .ok_or_else(|| {
+                    format!(
+                        "backend-tls-secret {}/{name} not found (or not kubernetes.io/tls); the route answers 503",
+                        service.namespace
+                    )
+                })?,
+        ),
+    };
+    let secret_id = || secret.map(|s| Arc::from(format!("{}/{}", s.namespace, s.name)));
+    let (verify, source) = match (&backend.tls_ca, secret) {
+        _ if !backend.tls_verify => (UpstreamVerify::Off, secret_id()),
+        (Some((file, roots)), _) => (UpstreamVerify::Roots(roots.clone()), Some(file.clone())),
+        (None, Some(secret)) => match &secret.ca {
+            Some(roots) => (UpstreamVerify::Roots(roots.clone()), secret_id()),
+            None => {
+                return Err(format!(
+                    "backend-tls-secret {}/{} has no ca.crt to check endpoints against (add it, or set backend-tls-verify: \"false\"); the route answers 503",
+                    secret.namespace, secret.name
+                ));
+            }
+        },
+        (None, None) => (UpstreamVerify::System, None),
+    };
+    let server_name = backend.tls_server_name.clone().unwrap_or_else(|| {
+        format!("{}.{}.svc", service.name, service.namespace)
+            .to_ascii_lowercase()
+            .into()
+    });
+    Ok(Some(UpstreamTls {
+        server_name,
+        verify,
+        client_certificate: secret.map(|s| s.certificate.clone()),
+        source,
+    }))
+}
+
 /// The Service port a backend names, and why there is none.
 fn upstream(
     backend: &IngressBackend,
@@ -236,8 +321,11 @@ fn upstream(
         protocol: Protocol::Tcp,
     };
     let protocol = match port.app_protocol.as_deref() {
-        Some("kubernetes.io/h2c") => UpstreamProtocol::H2c,
+        Some("kubernetes.io/h2c") => UpstreamProtocol::Http2,
         _ => UpstreamProtocol::Http1,
     };
     (proxy.ports.get(&key).cloned(), protocol, None)
 }
+
+#[cfg(test)]
+mod tests;

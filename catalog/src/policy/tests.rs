@@ -213,3 +213,61 @@ fn hsts_and_cors_keys() {
         assert!(error.contains(expected), "{error}");
     }
 }
+
+#[test]
+fn backend_tls_keys_are_read_and_need_a_tls_protocol() {
+    let policy = route_policy(
+        &[
+            ("backend-protocol", "grpcs"),
+            ("backend-tls-server-name", "API.internal."),
+            ("backend-tls-verify", "false"),
+            ("backend-tls-secret", "upstream-ca"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    let backend = &policy.backend;
+    assert_eq!(backend.protocol, Some(BackendProtocol::Grpcs));
+    assert_eq!(backend.tls_server_name.as_deref(), Some("api.internal"));
+    assert!(!backend.tls_verify);
+    assert_eq!(backend.tls_secret.as_deref(), Some("upstream-ca"));
+    assert!(
+        RoutePolicy::default().backend.tls_verify,
+        "verification is on by default"
+    );
+
+    for (pairs, expected) in [
+        (
+            &[("backend-protocol", "FCGI")][..],
+            "use HTTP, HTTPS, GRPC or GRPCS",
+        ),
+        (
+            &[
+                ("backend-protocol", "HTTP"),
+                ("backend-tls-verify", "false"),
+            ][..],
+            "backend-tls-verify needs backend-protocol HTTPS or GRPCS",
+        ),
+        (
+            &[("backend-tls-secret", "ca")][..],
+            "backend-tls-secret needs backend-protocol",
+        ),
+        (
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("backend-tls-server-name", "a b"),
+            ][..],
+            "not a DNS name or an IP address",
+        ),
+        (
+            &[
+                ("backend-protocol", "HTTPS"),
+                ("backend-tls-secret", "other/ca"),
+            ][..],
+            "in the same namespace",
+        ),
+    ] {
+        let error = route_policy(pairs, &[]).unwrap_err();
+        assert!(error.contains(expected), "{pairs:?}: {error}");
+    }
+}

@@ -295,17 +295,26 @@ impl Forwarder {
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str());
-        let Ok(uri) = Uri::try_from(format!("http://{addr}{path_and_query}")) else {
+        let route = request.route;
+        let scheme = if route.tls.is_some() { "https" } else { "http" };
+        let Ok(uri) = Uri::try_from(format!("{scheme}://{addr}{path_and_query}")) else {
             return Outcome::Reset("invalid request target".into());
+        };
+        let version = match route.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::Http2 => Version::HTTP_2,
+        };
+        let tls_client = match &route.tls {
+            None => None,
+            Some(tls) => match self.tls.get(tls, route.protocol) {
+                Ok(client) => Some(client),
+                Err(error) => return Outcome::Connect(format!("upstream TLS: {error}")),
+            },
         };
         let body = match &mut request.body {
             Body::Replayable(None) => RequestBody::Empty,
             Body::Replayable(Some(bytes)) => RequestBody::Full(Some(bytes.clone())),
             Body::Streamed(body) => body.take().unwrap_or(RequestBody::Empty),
-        };
-        let (client, version) = match request.route.protocol {
-            UpstreamProtocol::Http1 => (&self.http1, Version::HTTP_11),
-            UpstreamProtocol::H2c => (&self.h2c, Version::HTTP_2),
         };
         let mut upstream = Request::new(body);
         *upstream.method_mut() = request.parts.method.clone();
@@ -316,7 +325,12 @@ impl Forwarder {
         } else {
             request.parts.headers.clone()
         };
-        match tokio::time::timeout(timeout, client.request(upstream)).await {
+        let response = match (&tls_client, route.protocol) {
+            (Some(client), _) => client.request(upstream),
+            (None, UpstreamProtocol::Http1) => self.http1.request(upstream),
+            (None, UpstreamProtocol::Http2) => self.h2c.request(upstream),
+        };
+        match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => Outcome::Response(response.map(UpstreamBody::Hyper)),
             Ok(Err(error)) if error.is_connect() => Outcome::Connect(error.to_string()),
             Ok(Err(error)) if is_refused(&error) => Outcome::Refused(error.to_string()),

@@ -21,6 +21,7 @@ fn to(service: &str) -> Arc<Route> {
         },
         upstream: None,
         protocol: UpstreamProtocol::Http1,
+        tls: None,
         policy: Arc::default(),
         stats: Arc::default(),
         state: Arc::default(),

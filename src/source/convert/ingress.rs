@@ -180,7 +180,7 @@ pub fn tls_secret(object: &core::Secret) -> Result<Option<TlsSecret>, Error> {
     if name.is_empty() {
         return Err(err("metadata.name is required".into()));
     }
-    let field = |key: &str| -> Result<&[u8], Error> {
+    let optional = |key: &str| -> Option<&[u8]> {
         object
             .string_data
             .as_ref()
@@ -193,14 +193,19 @@ pub fn tls_secret(object: &core::Secret) -> Result<Option<TlsSecret>, Error> {
                     .and_then(|d| d.get(key))
                     .map(|b| &b.0[..])
             })
-            .ok_or_else(|| err(format!("data.{key} is required")))
     };
+    let field = |key: &str| optional(key).ok_or_else(|| err(format!("data.{key} is required")));
     let source = format!("{namespace}/{name}");
     let certificate =
         TlsCertificate::from_pem(&source, field("tls.crt")?, field("tls.key")?).map_err(err)?;
+    let ca = optional("ca.crt")
+        .filter(|pem| !pem.trim_ascii().is_empty())
+        .map(|pem| capstan_table::ca_bundle_from_pem(pem).map_err(|e| err(format!("ca.crt: {e}"))))
+        .transpose()?;
     Ok(Some(TlsSecret {
         namespace: namespace.into(),
         name: name.into(),
         certificate,
+        ca,
     }))
 }

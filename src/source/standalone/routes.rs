@@ -9,7 +9,9 @@ use std::sync::Arc;
 use capstan_catalog::{
     Ingress, IngressBackend, IngressPath, IngressRule, IngressTls, Origin, TlsSecret, route_policy,
 };
-use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
+use capstan_table::{
+    BackendPort, PathType, RoutePolicy, ServiceKey, TlsCertificate, ca_bundle_from_pem,
+};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -91,10 +93,9 @@ pub(super) fn convert(
                 service: ServiceKey::new(NAMESPACE, service),
                 port: BackendPort::Number(0),
             },
-            policy: Some(Arc::new(
-                route_policy(&super::policy_pairs(&route.policy), &[])
-                    .map_err(|reason| fail(format!("route to {service:?}: policy: {reason}")))?,
-            )),
+            policy: Some(Arc::new(policy(dir, route).map_err(|reason| {
+                fail(format!("route to {service:?}: policy: {reason}"))
+            })?)),
         };
         match rules.iter_mut().find(|r| r.host == host) {
             Some(rule) => rule.paths.push(path),
@@ -107,18 +108,7 @@ pub(super) fn convert(
             let Some(host) = host else {
                 return Err(fail("a route with tls: needs a host".into()));
             };
-            let read = |file: &str| {
-                let path = dir.join(file);
-                match std::fs::metadata(&path) {
-                    Ok(m) if m.is_file() && m.len() <= MAX_PEM_BYTES => {
-                        std::fs::read(&path).map_err(|e| fail(format!("tls file {file}: {e}")))
-                    }
-                    Ok(_) => Err(fail(format!(
-                        "tls file {file}: not a regular file of at most {MAX_PEM_BYTES} bytes"
-                    ))),
-                    Err(e) => Err(fail(format!("tls file {file}: {e}"))),
-                }
-            };
+            let read = |file: &str| read_pem(dir, file).map_err(fail);
             let name = format!("route-{}", host.replace('*', "wildcard"));
             let certificate = TlsCertificate::from_pem(
                 &format!("{}", dir.join(&files.cert).display()),
@@ -131,6 +121,7 @@ pub(super) fn convert(
                     namespace: NAMESPACE.into(),
                     name: name.as_str().into(),
                     certificate,
+                    ca: None,
                 });
                 tls.push(IngressTls {
                     hosts: vec![host],
@@ -151,4 +142,34 @@ pub(super) fn convert(
     };
     ingress.validate().map_err(|e| (None, e.to_string()))?;
     Ok((Some(ingress), secrets))
+}
+
+/// A route's `policy:`: the Ingress annotations' keys, and `backend-tls-ca-file`, a PEM bundle
+/// of the CAs that endpoints spoken to over TLS are checked against.
+fn policy(dir: &Path, route: &RouteSchema) -> Result<RoutePolicy, String> {
+    let mut policy = route_policy(&super::policy_pairs(&route.policy), &[CA_FILE_KEY])?;
+    if let Some(file) = route.policy.get(CA_FILE_KEY) {
+        let roots = ca_bundle_from_pem(&read_pem(dir, file)?)
+            .map_err(|e| format!("{CA_FILE_KEY} {file}: {e}"))?;
+        let path = dir.join(file).display().to_string();
+        policy.backend.tls_ca = Some((path.into(), roots));
+    }
+    Ok(policy)
+}
+
+/// The policy key naming a CA bundle file (`capstan.yaml` only).
+const CA_FILE_KEY: &str = "backend-tls-ca-file";
+
+/// A PEM file of at most [`MAX_PEM_BYTES`], relative to the config file's directory.
+fn read_pem(dir: &Path, file: &str) -> Result<Vec<u8>, String> {
+    let path = dir.join(file);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() && m.len() <= MAX_PEM_BYTES => {
+            std::fs::read(&path).map_err(|e| format!("tls file {file}: {e}"))
+        }
+        Ok(_) => Err(format!(
+            "tls file {file}: not a regular file of at most {MAX_PEM_BYTES} bytes"
+        )),
+        Err(e) => Err(format!("tls file {file}: {e}")),
+    }
 }
