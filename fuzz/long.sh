@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 MINUTES=${1:-10}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(manifests config dns_query http1_response policy proxy_header cookie)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(manifests config dns_query http1_response policy proxy_header cookie htpasswd)
 export PATH="$HOME/.cargo/bin:$PATH"
 rustup run nightly rustc --version >/dev/null 2>&1 || { echo "fuzz long: needs a nightly toolchain"; exit 1; }
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked

@@ -10,7 +10,7 @@ if ! rustup run nightly rustc --version >/dev/null 2>&1; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for target in manifests config dns_query http1_response policy proxy_header cookie; do
+for target in manifests config dns_query http1_response policy proxy_header cookie htpasswd; do
   mkdir -p "corpus/$target"
   cp -n corpus-seed/"$target"/* "corpus/$target/" 2>/dev/null || true
   # --dev: unoptimised build. The smoke run is about reaching the parsers with sanitizers on, and

@@ -229,6 +229,12 @@ fn ingress_json(table: &IngressTable) -> Value {
                     (UpstreamProtocol::Http2, true) => "h2 over TLS",
                 },
                 "upstream_tls": route.tls.as_deref().map(upstream_tls_json),
+                "basic_auth": route.basic_auth.as_deref().map(|auth| json!({
+                    "users": auth.users.users.len(),
+                    "source": &*auth.users.source,
+                    "realm": &*auth.realm,
+                })),
+                "unusable": route.unusable,
                 "endpoints": route.upstream.as_ref().map_or(0, |u| u.internal.endpoints.len()),
                 "policy": route_policy_json(&route.policy),
             })

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use convert::{
-    BALANCE_ANNOTATION, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, SERVICE_NAME_LABEL,
-    SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, endpoint_slice, ingress, ingress_class,
-    parse_balance, service, tls_secret,
+    BALANCE_ANNOTATION, BASIC_AUTH_LABEL, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION,
+    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, auth_secret, endpoint_slice,
+    ingress, ingress_class, parse_balance, secret, service, tls_secret,
 };
 pub use kube::{ApiHealth, KubeSource, NodeFacts};
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};

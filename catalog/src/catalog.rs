@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use capstan_table::ServiceKey;
 
-use crate::{EndpointSlice, Ingress, IngressClass, Service, TlsSecret};
+use crate::{AuthSecret, EndpointSlice, Ingress, IngressClass, Service, TlsSecret};
 
 /// Which source an update comes from. Each source owns its objects: a reset from one source
 /// never touches another's.
@@ -22,6 +22,7 @@ pub enum Object {
     Ingress(Ingress),
     IngressClass(IngressClass),
     TlsSecret(TlsSecret),
+    AuthSecret(AuthSecret),
 }
 
 /// The identity of a catalog object within its source.
@@ -117,6 +118,10 @@ impl Object {
             },
             Object::IngressClass(class) => ObjectId::IngressClass(class.name.clone()),
             Object::TlsSecret(secret) => ObjectId::Secret {
+                namespace: secret.namespace.clone(),
+                name: secret.name.clone(),
+            },
+            Object::AuthSecret(secret) => ObjectId::Secret {
                 namespace: secret.namespace.clone(),
                 name: secret.name.clone(),
             },

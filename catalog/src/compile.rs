@@ -66,6 +66,7 @@ pub fn compile(
     let mut ingresses = Vec::new();
     let mut classes = Vec::new();
     let mut secrets = BTreeMap::new();
+    let mut auth_secrets = BTreeMap::new();
     for (source, revision, object) in catalog.revisions() {
         match object {
             Object::Service(service) => {
@@ -85,6 +86,11 @@ pub fn compile(
             Object::IngressClass(class) => classes.push(class),
             Object::TlsSecret(secret) => {
                 secrets
+                    .entry((&*secret.namespace, &*secret.name))
+                    .or_insert(secret);
+            }
+            Object::AuthSecret(secret) => {
+                auth_secrets
                     .entry((&*secret.namespace, &*secret.name))
                     .or_insert(secret);
             }
@@ -221,6 +227,7 @@ pub fn compile(
             ingresses,
             classes: &classes,
             secrets: &secrets,
+            auth_secrets: &auth_secrets,
             services: &services,
             proxy: &proxy,
             previous: previous.map(|s| &*s.ingress),

@@ -44,6 +44,14 @@ pub struct TlsSecret {
     pub ca: Option<Arc<[rustls_pki_types::CertificateDer<'static>]>>,
 }
 
+/// A basic-auth Secret (labelled `capstan.dev/basic-auth: "true"`), its users already parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthSecret {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub users: capstan_table::Htpasswd,
+}
+
 /// One `spec.rules[]` entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IngressRule {

@@ -19,7 +19,8 @@ pub use catalog::{Catalog, Object, ObjectId, Revision, SourceId, Update};
 pub use compile::{CompileOptions, DnsOptions, IngressOptions, NodeTopology, categorize, compile};
 pub use error::CatalogError;
 pub use ingress::{
-    Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls, TlsSecret,
+    AuthSecret, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls,
+    TlsSecret,
 };
 pub use model::{
     EndpointSlice, Origin, Service, ServiceKind, ServicePort, SliceEndpoint, SlicePort, TargetPort,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capstan_table::{
-    ActiveHealthCheck, BackendPolicy, BackendProtocol, Cors, Hsts, OutlierPolicy, RateLimit,
-    RetryOn, RoutePolicy, StickyCookie,
+    ActiveHealthCheck, BackendPolicy, BackendProtocol, BasicAuthPolicy, Cors, Hsts, OutlierPolicy,
+    RateLimit, RetryOn, RoutePolicy, StickyCookie,
 };
 
 /// The prefix of Capstan's annotations.
@@ -57,6 +57,10 @@ pub const ROUTE_KEYS: &[&str] = &[
     "backend-tls-server-name",
     "backend-tls-verify",
     "backend-tls-secret",
+    "auth-type",
+    "auth-secret",
+    "auth-secret-type",
+    "auth-realm",
 ];
 
 /// Keys of a Service's policy (besides `load-balancer`).
@@ -135,6 +139,7 @@ pub fn route_policy(pairs: Keys<'_>, known: &[&str]) -> Result<RoutePolicy, Stri
     policy.hsts = hsts(pairs)?;
     policy.cors = cors(pairs)?;
     policy.backend = backend(pairs)?;
+    policy.basic_auth = basic_auth(pairs)?;
     Ok(policy)
 }
 
@@ -374,6 +379,45 @@ fn backend(pairs: Keys<'_>) -> Result<BackendPolicy, String> {
         ));
     }
     Ok(backend)
+}
+
+/// `auth-type: basic` with `auth-secret` (a Secret's name) and `auth-realm`, as ingress-nginx
+/// reads them; `auth-secret-type` (`auth-file` or `auth-map`) is accepted, and the Secret's shape
+/// decides. Without `auth-secret` the users come from elsewhere (`capstan.yaml`'s `auth-file`).
+fn basic_auth(pairs: Keys<'_>) -> Result<Option<BasicAuthPolicy>, String> {
+    let kind = get(pairs, "auth-type").map(str::trim);
+    match kind {
+        None => {
+            if let Some((key, _)) = pairs.iter().find(|(k, _)| k.starts_with("auth-")) {
+                return Err(format!("{key} needs auth-type: basic"));
+            }
+            return Ok(None);
+        }
+        Some("basic") => {}
+        Some(other) => return Err(format!("auth-type {other:?}: only basic is supported")),
+    }
+    if let Some(v) = get(pairs, "auth-secret-type")
+        && !matches!(v.trim(), "auth-file" | "auth-map")
+    {
+        return Err(format!("auth-secret-type {v:?}: use auth-file or auth-map"));
+    }
+    let secret = match get(pairs, "auth-secret").map(str::trim) {
+        Some(name) if name.is_empty() || name.contains('/') => {
+            return Err(format!(
+                "auth-secret {name:?}: name a Secret in the same namespace"
+            ));
+        }
+        name => name.map(Arc::from),
+    };
+    let realm = get(pairs, "auth-realm").unwrap_or("Authentication Required");
+    if realm.contains(['"', '\\']) || realm.contains(char::is_control) {
+        return Err("auth-realm must not contain quotes, backslashes or control characters".into());
+    }
+    Ok(Some(BasicAuthPolicy {
+        secret,
+        file: None,
+        realm: realm.into(),
+    }))
 }
 
 fn hsts(pairs: Keys<'_>) -> Result<Option<Hsts>, String> {

@@ -24,6 +24,7 @@ mod attempt;
 
 use crate::IngressConfig;
 use crate::admission::{self, Refused};
+use crate::auth;
 use crate::body::{self, RequestBody, ResponseBody};
 use crate::completion::{AccessLog, Completion, LogEntry};
 use crate::edge;
@@ -198,6 +199,9 @@ impl Forwarder {
         if let Err(refused) = admission::admit(&route, conn.peer.ip(), declared, now_us) {
             return refuse(done, refused);
         }
+        if auth::check(&route, request.headers().get(header::AUTHORIZATION)).is_err() {
+            return unauthorized(done, &route);
+        }
 
         let upgrade = headers::is_upgrade(&request);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -280,15 +284,12 @@ impl Forwarder {
             Routed::Route(route) | Routed::Default(route) => route.clone(),
             Routed::NotFound => return Err(Early::Reply(StatusCode::NOT_FOUND, "no route\n")),
         };
-        let Some(upstream) = route.upstream.clone() else {
-            let tls_unusable =
-                route.tls.is_none() && route.policy.backend.protocol.is_some_and(|p| p.is_tls());
-            let text = if tls_unusable {
-                "backend TLS settings unusable (see /debug/snapshot problems)\n"
-            } else {
-                "backend service not found\n"
-            };
+        if route.unusable {
+            let text = "route settings unusable: a Secret is missing or incomplete\n";
             return Err(Early::Unserved(route, text));
+        }
+        let Some(upstream) = route.upstream.clone() else {
+            return Err(Early::Unserved(route, "backend service not found\n"));
         };
         if upstream.internal.endpoints.is_empty() {
             return Err(Early::Unserved(route, "no ready endpoints\n"));
@@ -446,6 +447,17 @@ fn refuse(done: Completion, refused: Refused) -> Response<ResponseBody> {
             response
         }
     }
+}
+
+/// 401 with the route's `WWW-Authenticate` challenge.
+fn unauthorized(done: Completion, route: &Route) -> Response<ResponseBody> {
+    let mut response = reply(done, StatusCode::UNAUTHORIZED, "authentication required\n");
+    if let Some(auth) = &route.basic_auth {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, auth::challenge(auth));
+    }
+    response
 }
 
 /// A short answer of Capstan's own.

@@ -13,6 +13,7 @@
 //! (balance, listeners, clock). Each request loads the snapshot once and never locks.
 
 mod admission;
+mod auth;
 mod body;
 mod completion;
 mod edge;

@@ -86,7 +86,10 @@ impl TlsClients {
         let held_elsewhere: Vec<bool> = current
             .iter()
             .map(|e| {
-                let ours = current.iter().filter(|o| Arc::ptr_eq(&o.tls, &e.tls)).count();
+                let ours = current
+                    .iter()
+                    .filter(|o| Arc::ptr_eq(&o.tls, &e.tls))
+                    .count();
                 Arc::strong_count(&e.tls) > ours
             })
             .collect();

@@ -19,8 +19,8 @@ use crate::Error;
 mod ingress;
 
 pub use ingress::{
-    DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, TLS_SECRET_TYPE, ingress, ingress_class,
-    tls_secret,
+    BASIC_AUTH_LABEL, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, TLS_SECRET_TYPE,
+    auth_secret, ingress, ingress_class, secret, tls_secret,
 };
 
 /// Annotation choosing the load-balancing policy of a Service.

@@ -240,6 +240,16 @@ impl KubeSource {
             },
             context(SECRETS),
         ));
+        // Basic-auth Secrets: only those labelled for Capstan reach this node.
+        tokio::spawn(watch::run(
+            Api::<core::Secret>::all(client.clone()),
+            watcher::Config::default().labels(&format!("{}=true", convert::BASIC_AUTH_LABEL)),
+            Kind {
+                id: |o: &core::Secret| namespaced(&o.metadata, Namespaced::Secret),
+                convert: |o| convert::auth_secret(o).map(|s| s.map(Object::AuthSecret)),
+            },
+            context(AUTH_SECRETS),
+        ));
         tokio::spawn(probe(
             self.client.clone(),
             self.health.clone(),
@@ -253,12 +263,14 @@ const ENDPOINT_SLICES: &str = "endpointslices";
 const INGRESSES: &str = "ingresses";
 const INGRESS_CLASSES: &str = "ingressclasses";
 const SECRETS: &str = "secrets";
-const KINDS: [&str; 5] = [
+const AUTH_SECRETS: &str = "basic-auth-secrets";
+const KINDS: [&str; 6] = [
     SERVICES,
     ENDPOINT_SLICES,
     INGRESSES,
     INGRESS_CLASSES,
     SECRETS,
+    AUTH_SECRETS,
 ];
 
 fn source_id(kind: &str) -> SourceId {

@@ -177,8 +177,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, Error> {
             }
             ("v1", "Secret") => {
                 let secret: core::Secret = serde_saphyr::from_str(document).map_err(yaml_error)?;
-                let secret = convert::tls_secret(&secret).map_err(|e| fail(None, e.to_string()))?;
-                objects.extend(secret.map(Object::TlsSecret));
+                let secret = convert::secret(&secret).map_err(|e| fail(None, e.to_string()))?;
+                objects.extend(secret);
             }
             _ => {} // Deployments, ConfigMaps...: not ours.
         }
@@ -225,8 +225,8 @@ fn convert_json(item: serde_json::Value, objects: &mut Vec<Object>) -> Result<()
         }
         ("v1", "Secret") => {
             let secret: core::Secret = serde_json::from_value(item).map_err(|e| e.to_string())?;
-            let secret = convert::tls_secret(&secret).map_err(|e| e.to_string())?;
-            objects.extend(secret.map(Object::TlsSecret));
+            let secret = convert::secret(&secret).map_err(|e| e.to_string())?;
+            objects.extend(secret);
         }
         _ => {}
     }

@@ -63,6 +63,7 @@ impl Collector for IngressCollector {
                     ("rate_limited", &state.rate_limited),
                     ("body_too_large", &state.body_too_large),
                     ("source_denied", &state.source_denied),
+                    ("unauthorized", &state.unauthorized),
                     ("circuit_open", &state.overloaded),
                 ] {
                     decisions.push((with(&labels, "decision", decision), load(counter)));

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::histogram::{HTTP_BUCKETS, Histogram};
-use crate::{RoutePolicy, RouteState, ServiceKey, ServicePortTable, TlsCertificate, UpstreamTls};
+use crate::{
+    BasicAuth, RoutePolicy, RouteState, ServiceKey, ServicePortTable, TlsCertificate, UpstreamTls,
+};
 
 /// Every Ingress route of one snapshot.
 #[derive(Debug, Default)]
@@ -70,6 +72,12 @@ pub struct Route {
     pub protocol: UpstreamProtocol,
     /// TLS to the endpoints (`backend-protocol: HTTPS` or `GRPCS`); `None`: cleartext.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Basic authentication in force; `None`: none asked.
+    pub basic_auth: Option<Arc<BasicAuth>>,
+    /// A setting of the route could not be put in force (a missing TLS or basic-auth Secret, a
+    /// Secret without `ca.crt`): the route answers 503 rather than serve without it. The reason
+    /// is among the snapshot's problems.
+    pub unusable: bool,
     /// Retries, rate limits and request limits (the declaring Ingress's annotations).
     pub policy: Arc<RoutePolicy>,
     /// Counters carried over by `compile` from the previous snapshot's route with the same

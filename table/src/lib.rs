@@ -13,6 +13,7 @@
 //! Everything here is plain data plus lock-free atomics, so it can be built by the pure `compile`
 //! step and read by every plane without locks.
 
+mod auth;
 mod dns;
 mod endpoint;
 mod histogram;
@@ -23,6 +24,7 @@ mod proxy;
 mod snapshot;
 mod tls;
 
+pub use auth::{BasicAuth, Htpasswd, PasswordHash, VERIFIED_CAPACITY, base64_decode};
 pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
 pub use endpoint::{
     Endpoint, EndpointConditions, EndpointStats, LATENCY_DECAY_MS, TopologyHints, millis,
@@ -34,7 +36,7 @@ pub use ingress::{
 };
 pub use key::{Frontend, Protocol, ServiceKey, ServicePortKey, TrafficScope};
 pub use policy::{
-    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, BackendPolicy, BackendProtocol,
+    ActiveHealthCheck, BUDGET_WINDOW_SECONDS, BackendPolicy, BackendProtocol, BasicAuthPolicy,
     CLIENT_LIMITERS_SWEEP_AT, Cors, Gcra, Hsts, OutlierPolicy, RateLimit, RetryBudget, RetryOn,
     RetryPolicy, RoutePolicy, RouteState, StickyCookie, endpoint_cookie,
 };

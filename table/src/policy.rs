@@ -29,6 +29,19 @@ pub struct RoutePolicy {
     pub cors: Option<Cors>,
     /// How the endpoints are spoken to, when the route says (TLS to upstreams).
     pub backend: BackendPolicy,
+    /// HTTP basic authentication (ingress-nginx's `auth-type: basic`); `None`: off.
+    pub basic_auth: Option<BasicAuthPolicy>,
+}
+
+/// Where a route's basic-auth users come from, and the realm it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuthPolicy {
+    /// A Secret in the route's namespace labelled `capstan.dev/basic-auth: "true"`
+    /// (ingress-nginx's `auth-secret`).
+    pub secret: Option<Arc<str>>,
+    /// Users read from an htpasswd file (`capstan.yaml`'s `auth-file`).
+    pub file: Option<crate::Htpasswd>,
+    pub realm: Arc<str>,
 }
 
 /// How a route's endpoints are spoken to, when the route says so (ingress-nginx's
@@ -241,6 +254,8 @@ pub struct RouteState {
     pub rate_limited: AtomicU64,
     pub body_too_large: AtomicU64,
     pub source_denied: AtomicU64,
+    /// Requests answered 401: no or wrong basic-auth credentials.
+    pub unauthorized: AtomicU64,
     /// Requests answered 503 because every endpoint was at its request limit.
     pub overloaded: AtomicU64,
 }

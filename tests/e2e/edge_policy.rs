@@ -313,3 +313,98 @@ fn cors_preflights_are_answered_at_the_edge_and_hsts_goes_over_tls_only() {
         "{head}"
     );
 }
+
+/// A basic-auth Secret (ingress-nginx's `auth-file` shape) labelled for Capstan.
+fn auth_secret(dir: &TempDir, lines: &str) {
+    dir.write(
+        "users.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\ntype: Opaque\n\
+             metadata: {{name: web-users, namespace: demo, labels: {{capstan.dev/basic-auth: \"true\"}}}}\n\
+             stringData:\n  auth: |\n{}",
+            lines
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>()
+        ),
+    );
+}
+
+/// `alice`'s password is `password` (Apache's documented `$apr1$` example), `bob`'s `s3cret`.
+const USERS: &str = "alice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nbob:{PLAIN}s3cret\n";
+
+#[test]
+fn basic_auth_from_a_secret_challenges_admits_its_users_and_follows_secret_changes() {
+    let backend = FaultyBackend::start("private", Mode::Ok);
+    let dir = TempDir::new("basic-auth");
+    write_manifests(
+        &dir,
+        &[backend.addr],
+        &[],
+        &[
+            ("auth-type", "basic"),
+            ("auth-secret", "web-users"),
+            ("auth-realm", "Staff only"),
+        ],
+    );
+    auth_secret(&dir, USERS);
+    let (capstan, http) = start(&dir);
+    let url = format!("http://{http}/");
+    let curl = |args: &[&str]| crate::http_support::curl(&[args, &[url.as_str()]].concat());
+
+    let (code, _, head) = curl(&[]);
+    assert_eq!(code, 401, "{}", capstan.logs());
+    assert!(
+        head.contains("www-authenticate: Basic realm=\"Staff only\", charset=\"UTF-8\""),
+        "{head}"
+    );
+    assert_eq!(curl(&["-u", "alice:wrong"]).0, 401);
+    assert_eq!(curl(&["-u", "mallory:password"]).0, 401);
+    let (code, body, _) = curl(&["-u", "alice:password"]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("private"), "{body}");
+    assert_eq!(curl(&["-u", "bob:s3cret"]).0, 200);
+    assert_eq!(decisions(&capstan, "unauthorized"), 3.0);
+
+    // alice leaves the Secret: her remembered credentials go with the old setting.
+    auth_secret(&dir, "bob:{PLAIN}s3cret\n");
+    eventually(Duration::from_secs(10), || {
+        (curl(&["-u", "alice:password"]).0 == 401).then_some(())
+    })
+    .unwrap_or_else(|| panic!("alice still admitted\n{}", capstan.logs()));
+    assert_eq!(curl(&["-u", "bob:s3cret"]).0, 200);
+
+    // Without its Secret the route fails closed, and says why.
+    std::fs::remove_file(dir.path("users.yaml")).expect("remove");
+    eventually(Duration::from_secs(10), || {
+        (curl(&["-u", "bob:s3cret"]).0 == 503).then_some(())
+    })
+    .unwrap_or_else(|| panic!("never 503\n{}", capstan.logs()));
+    let problems = capstan.snapshot()["problems"].to_string();
+    assert!(
+        problems.contains("auth-secret demo/web-users not found"),
+        "{problems}"
+    );
+}
+
+#[test]
+fn a_standalone_route_admits_the_users_of_its_htpasswd_file() {
+    let backend = HttpBackend::start("files");
+    let dir = TempDir::new("basic-auth-file");
+    dir.write("users.htpasswd", USERS);
+    let config = dir.write(
+        "capstan.yaml",
+        &format!(
+            "services:\n  app:\n    listen: '{}'\n    backends: ['{}']\n\
+             routes:\n  - service: app\n    policy:\n      auth-type: basic\n      auth-file: users.htpasswd\n",
+            crate::support::frontend(),
+            backend.addr
+        ),
+    );
+    let capstan = Capstan::start(&["--config", path_str(&config), "--http", "127.0.0.1:0"]);
+    let http = capstan.ingress_addrs().0.expect("http listener");
+    let url = format!("http://{http}/");
+    assert_eq!(crate::http_support::curl(&[url.as_str()]).0, 401);
+    let (code, body, _) = crate::http_support::curl(&["-u", "alice:password", url.as_str()]);
+    assert_eq!(code, 200, "{body}");
+}

@@ -273,7 +273,7 @@ fn https_and_grpcs_upstreams_verified_with_sni_client_certificates_and_pooled_co
     // A missing Secret fails closed, named on /debug/snapshot; the rest keeps serving.
     let (status, body, _) = get(http, "missing.example");
     assert_eq!(status, 503, "{body}");
-    assert!(body.contains("backend TLS"), "{body}");
+    assert!(body.contains("route settings unusable"), "{body}");
     let problems = capstan.snapshot()["problems"].to_string();
     assert!(
         problems.contains("backend-tls-secret demo/absent not found"),

@@ -6,12 +6,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use capstan_table::{
-    Backend, BackendPolicy, BackendPort, BackendProtocol, IngressTable, Problem, Protocol,
-    ProxyTable, Route, RouteConflict, RoutePolicy, RouteState, RouteStats, ServiceKey,
+    Backend, BackendPolicy, BackendPort, BackendProtocol, BasicAuth, IngressTable, Problem,
+    Protocol, ProxyTable, Route, RouteConflict, RoutePolicy, RouteState, RouteStats, ServiceKey,
     ServicePortKey, UpstreamProtocol, UpstreamTls, UpstreamVerify,
 };
 
-use crate::{Ingress, IngressBackend, IngressClass, Origin, Service, SourceId, TlsSecret};
+use crate::{
+    AuthSecret, Ingress, IngressBackend, IngressClass, Origin, Service, SourceId, TlsSecret,
+};
 
 /// Which Ingresses are Capstan's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +40,7 @@ type Carried<'a> = (
     &'a Arc<RouteStats>,
     &'a Arc<RouteState>,
     &'a Option<Arc<UpstreamTls>>,
+    &'a Option<Arc<BasicAuth>>,
 );
 
 /// What the Ingress table is compiled from.
@@ -46,6 +49,8 @@ pub(crate) struct IngressInputs<'a> {
     pub classes: &'a [&'a IngressClass],
     /// `kubernetes.io/tls` Secrets by namespace and name.
     pub secrets: &'a BTreeMap<(&'a str, &'a str), &'a TlsSecret>,
+    /// Basic-auth Secrets by namespace and name.
+    pub auth_secrets: &'a BTreeMap<(&'a str, &'a str), &'a AuthSecret>,
     pub services: &'a BTreeMap<&'a ServiceKey, (&'a SourceId, &'a Service)>,
     pub proxy: &'a ProxyTable,
     /// For carrying route counters over.
@@ -61,6 +66,7 @@ pub(crate) fn compile_ingress(
         mut ingresses,
         classes,
         secrets,
+        auth_secrets,
         services,
         proxy,
         previous,
@@ -84,7 +90,7 @@ pub(crate) fn compile_ingress(
         .into_iter()
         .flat_map(IngressTable::routes)
         .map(|r| {
-            let carried = (&r.stats, &r.state, &r.tls);
+            let carried = (&r.stats, &r.state, &r.tls, &r.basic_auth);
             ((&*r.ingress, &*r.host, &*r.path), carried)
         })
         .collect();
@@ -107,21 +113,33 @@ pub(crate) fn compile_ingress(
             let (mut upstream, app_protocol, missing) = upstream(backend, services, proxy);
             messages.extend(missing);
             let previous = carried.get(&(&*id, host, path));
-            let (stats, state) =
-                previous.map_or_else(Default::default, |(s, t, _)| (Arc::clone(s), Arc::clone(t)));
+            let (stats, state) = previous.map_or_else(Default::default, |(s, t, ..)| {
+                (Arc::clone(s), Arc::clone(t))
+            });
             let policy = policy.clone().unwrap_or_else(|| ingress.policy.clone());
             let protocol = upstream_protocol(&policy.backend, app_protocol);
+            // Fail closed: a route whose TLS or authentication cannot be set up serves nothing.
+            let mut unusable = false;
             let tls = upstream_tls(&policy.backend, &backend.service, secrets)
                 .unwrap_or_else(|problem| {
-                    // Fail closed: a route that must speak TLS it cannot set up serves nothing.
                     messages.push(problem);
-                    upstream = None;
+                    unusable = true;
                     None
                 })
                 .map(|tls| match previous {
-                    Some((_, _, Some(old))) if **old == tls => Arc::clone(old),
+                    Some((_, _, Some(old), _)) if **old == tls => Arc::clone(old),
                     _ => Arc::new(tls),
                 });
+            let previous_auth = previous.and_then(|(.., auth)| auth.as_ref());
+            let basic_auth = basic_auth(&policy, &ingress.namespace, auth_secrets, previous_auth)
+                .unwrap_or_else(|problem| {
+                    messages.push(problem);
+                    unusable = true;
+                    None
+                });
+            if unusable {
+                upstream = None;
+            }
             Arc::new(Route {
                 ingress: id.clone(),
                 host: host.into(),
@@ -133,6 +151,8 @@ pub(crate) fn compile_ingress(
                 upstream,
                 protocol,
                 tls,
+                basic_auth,
+                unusable,
                 policy,
                 stats,
                 state,
@@ -278,6 +298,38 @@ fn upstream_tls(
         verify,
         client_certificate: secret.map(|s| s.certificate.clone()),
         source,
+    }))
+}
+
+/// The basic authentication a route asks for (`None`: none), or why it cannot be had: its
+/// Secret is missing. Kept as the previous snapshot's `Arc` (and its remembered credentials)
+/// while the users and realm are the same.
+fn basic_auth(
+    policy: &RoutePolicy,
+    namespace: &str,
+    auth_secrets: &BTreeMap<(&str, &str), &AuthSecret>,
+    previous: Option<&Arc<BasicAuth>>,
+) -> Result<Option<Arc<BasicAuth>>, String> {
+    let Some(auth) = &policy.basic_auth else {
+        return Ok(None);
+    };
+    let users = match (&auth.file, &auth.secret) {
+        (Some(users), _) => users,
+        (None, Some(name)) => &auth_secrets
+            .get(&(namespace, &**name))
+            .ok_or_else(|| {
+                format!(
+                    "auth-secret {namespace}/{name} not found (a Secret labelled capstan.dev/basic-auth: \"true\"); the route answers 503"
+                )
+            })?
+            .users,
+        (None, None) => {
+            return Err("auth-type basic without auth-secret; the route answers 503".into());
+        }
+    };
+    Ok(Some(match previous {
+        Some(old) if old.same_setting(users, &auth.realm) => Arc::clone(old),
+        _ => Arc::new(BasicAuth::new(users.clone(), auth.realm.clone())),
     }))
 }
 

@@ -271,3 +271,47 @@ fn backend_tls_keys_are_read_and_need_a_tls_protocol() {
         assert!(error.contains(expected), "{pairs:?}: {error}");
     }
 }
+
+#[test]
+fn basic_auth_keys_are_read_as_ingress_nginx_names_them() {
+    let policy = route_policy(
+        &[
+            ("auth-type", "basic"),
+            ("auth-secret", "users"),
+            ("auth-secret-type", "auth-map"),
+            ("auth-realm", "Staff"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    let auth = policy.basic_auth.expect("basic auth");
+    assert_eq!(auth.secret.as_deref(), Some("users"));
+    assert_eq!(&*auth.realm, "Staff");
+    let default = route_policy(&[("auth-type", "basic")], &[]).expect("valid");
+    assert_eq!(
+        &*default.basic_auth.expect("basic").realm,
+        "Authentication Required"
+    );
+    for (pairs, expected) in [
+        (
+            &[("auth-secret", "users")][..],
+            "auth-secret needs auth-type: basic",
+        ),
+        (&[("auth-type", "digest")][..], "only basic is supported"),
+        (
+            &[("auth-type", "basic"), ("auth-secret", "other/users")][..],
+            "in the same namespace",
+        ),
+        (
+            &[("auth-type", "basic"), ("auth-realm", "say \"hi\"")][..],
+            "must not contain quotes",
+        ),
+        (
+            &[("auth-type", "basic"), ("auth-secret-type", "auth-url")][..],
+            "use auth-file or auth-map",
+        ),
+    ] {
+        let error = route_policy(pairs, &[]).unwrap_err();
+        assert!(error.contains(expected), "{pairs:?}: {error}");
+    }
+}

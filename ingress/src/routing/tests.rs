@@ -22,6 +22,8 @@ fn to(service: &str) -> Arc<Route> {
         upstream: None,
         protocol: UpstreamProtocol::Http1,
         tls: None,
+        basic_auth: None,
+        unusable: false,
         policy: Arc::default(),
         stats: Arc::default(),
         state: Arc::default(),

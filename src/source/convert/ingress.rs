@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use capstan_catalog::{
-    ANNOTATION_PREFIX, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls,
-    Origin, TlsSecret, capstan_annotations, route_policy,
+    ANNOTATION_PREFIX, AuthSecret, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule,
+    IngressTls, Object, Origin, TlsSecret, capstan_annotations, route_policy,
 };
-use capstan_table::{BackendPort, PathType, ServiceKey, TlsCertificate};
+use capstan_table::{BackendPort, Htpasswd, PathType, ServiceKey, TlsCertificate};
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
 
@@ -208,4 +208,74 @@ pub fn tls_secret(object: &core::Secret) -> Result<Option<TlsSecret>, Error> {
         certificate,
         ca,
     }))
+}
+
+/// The label that makes a Secret a basic-auth Secret Capstan reads. Only labelled Secrets are
+/// watched (a label selector on the server), so other Secrets never reach this node.
+pub const BASIC_AUTH_LABEL: &str = "capstan.dev/basic-auth";
+
+/// Converts a basic-auth Secret (labelled `capstan.dev/basic-auth: "true"`, not
+/// `kubernetes.io/tls`); others are not Capstan's (`None`). Its users are ingress-nginx's
+/// `auth-file` (htpasswd lines under the key `auth`) or, without that key, its `auth-map` (each
+/// key a user, each value a hash); they are parsed here, so a broken Secret is rejected with its
+/// reason and the last good one keeps being served.
+pub fn auth_secret(object: &core::Secret) -> Result<Option<AuthSecret>, Error> {
+    let labelled = object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(BASIC_AUTH_LABEL))
+        .is_some_and(|v| v == "true");
+    if !labelled || object.type_.as_deref() == Some(TLS_SECRET_TYPE) {
+        return Ok(None);
+    }
+    let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    let source = format!("{namespace}/{name}");
+    let err = |reason: String| Error::Convert {
+        kind: "Secret",
+        name: source.clone(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(err("metadata.name is required".into()));
+    }
+    let mut data: Vec<(&str, &[u8])> = Vec::new();
+    for (key, value) in object.data.iter().flatten() {
+        data.push((key, &value.0));
+    }
+    for (key, value) in object.string_data.iter().flatten() {
+        data.retain(|(k, _)| k != key);
+        data.push((key, value.as_bytes()));
+    }
+    let text = |key: &str, bytes: &[u8]| {
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| err(format!("data.{key} is not UTF-8")))
+    };
+    let users = match data.iter().find(|(k, _)| *k == "auth") {
+        Some((key, bytes)) => Htpasswd::from_lines(&source, &text(key, bytes)?),
+        None => {
+            let pairs = data
+                .iter()
+                .map(|(key, bytes)| Ok((*key, text(key, bytes)?)))
+                .collect::<Result<Vec<_>, Error>>()?;
+            Htpasswd::from_pairs(&source, pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        }
+    }
+    .map_err(err)?;
+    Ok(Some(AuthSecret {
+        namespace: namespace.into(),
+        name: name.into(),
+        users,
+    }))
+}
+
+/// A Secret as Capstan reads it: a `kubernetes.io/tls` Secret, a basic-auth Secret, or not
+/// Capstan's (`None`).
+pub fn secret(object: &core::Secret) -> Result<Option<Object>, Error> {
+    if let Some(tls) = tls_secret(object)? {
+        return Ok(Some(Object::TlsSecret(tls)));
+    }
+    Ok(auth_secret(object)?.map(Object::AuthSecret))
 }

@@ -266,3 +266,44 @@ fn capstan_annotations_become_policy_and_bad_ones_refuse_the_object() {
         "{typo}"
     );
 }
+
+fn secret_yaml(yaml: &str) -> core::Secret {
+    serde_saphyr::from_str(yaml).expect("valid yaml")
+}
+
+#[test]
+fn labelled_secrets_are_basic_auth_users_as_auth_file_or_auth_map() {
+    let labels = "labels: {capstan.dev/basic-auth: \"true\"}";
+    let file = secret_yaml(&format!(
+        "metadata: {{name: users, namespace: shop, {labels}}}\nstringData:\n  auth: |\n    alice:{{PLAIN}}a\n    bob:{{PLAIN}}b\n"
+    ));
+    let users = auth_secret(&file).expect("valid").expect("ours").users;
+    assert_eq!(users.users.len(), 2);
+    assert_eq!(&*users.source, "shop/users");
+    // auth-map: each key a user (`data` is base64: `{PLAIN}c`).
+    let map = secret_yaml(&format!(
+        "metadata: {{name: map, namespace: shop, {labels}}}\ndata: {{carol: e1BMQUlOfWM=}}\n"
+    ));
+    let users = auth_secret(&map).expect("valid").expect("ours").users;
+    assert_eq!(users.users["carol"].scheme(), "plain");
+
+    // Unlabelled, or TLS: not a basic-auth Secret.
+    let unlabelled =
+        secret_yaml("metadata: {name: x, namespace: shop}\nstringData: {auth: \"a:{PLAIN}b\"}\n");
+    assert_eq!(auth_secret(&unlabelled).expect("ok"), None);
+    assert!(secret(&unlabelled).expect("ok").is_none());
+    let tls = secret_yaml(&format!(
+        "metadata: {{name: t, namespace: shop, {labels}}}\ntype: kubernetes.io/tls\n"
+    ));
+    assert_eq!(auth_secret(&tls).expect("ok"), None);
+
+    // A broken one is refused with the user and reason.
+    let broken = secret_yaml(&format!(
+        "metadata: {{name: b, namespace: shop, {labels}}}\nstringData: {{auth: \"dave:$1$abc$def\"}}\n"
+    ));
+    let error = auth_secret(&broken).unwrap_err().to_string();
+    assert!(
+        error.contains("user dave: unsupported hash scheme"),
+        "{error}"
+    );
+}

@@ -10,7 +10,7 @@ use capstan_catalog::{
     Ingress, IngressBackend, IngressPath, IngressRule, IngressTls, Origin, TlsSecret, route_policy,
 };
 use capstan_table::{
-    BackendPort, PathType, RoutePolicy, ServiceKey, TlsCertificate, ca_bundle_from_pem,
+    BackendPort, Htpasswd, PathType, RoutePolicy, ServiceKey, TlsCertificate, ca_bundle_from_pem,
 };
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -144,10 +144,22 @@ pub(super) fn convert(
     Ok((Some(ingress), secrets))
 }
 
-/// A route's `policy:`: the Ingress annotations' keys, and `backend-tls-ca-file`, a PEM bundle
-/// of the CAs that endpoints spoken to over TLS are checked against.
+/// A route's `policy:`: the Ingress annotations' keys; `backend-tls-ca-file`, a PEM bundle of the
+/// CAs that endpoints spoken to over TLS are checked against; and `auth-file`, an htpasswd file
+/// of the users `auth-type: basic` admits.
 fn policy(dir: &Path, route: &RouteSchema) -> Result<RoutePolicy, String> {
-    let mut policy = route_policy(&super::policy_pairs(&route.policy), &[CA_FILE_KEY])?;
+    let pairs = super::policy_pairs(&route.policy);
+    let mut policy = route_policy(&pairs, &[CA_FILE_KEY, AUTH_FILE_KEY])?;
+    if let Some(file) = route.policy.get(AUTH_FILE_KEY)
+        && let Some(auth) = &mut policy.basic_auth
+    {
+        let text = String::from_utf8(read_pem(dir, file)?)
+            .map_err(|_| format!("{AUTH_FILE_KEY} {file}: not UTF-8"))?;
+        let path = dir.join(file).display().to_string();
+        let users = Htpasswd::from_lines(&path, &text)
+            .map_err(|e| format!("{AUTH_FILE_KEY} {file}: {e}"))?;
+        auth.file = Some(users);
+    }
     if let Some(file) = route.policy.get(CA_FILE_KEY) {
         let roots = ca_bundle_from_pem(&read_pem(dir, file)?)
             .map_err(|e| format!("{CA_FILE_KEY} {file}: {e}"))?;
@@ -159,8 +171,11 @@ fn policy(dir: &Path, route: &RouteSchema) -> Result<RoutePolicy, String> {
 
 /// The policy key naming a CA bundle file (`capstan.yaml` only).
 const CA_FILE_KEY: &str = "backend-tls-ca-file";
+/// The policy key naming an htpasswd file (`capstan.yaml` only).
+const AUTH_FILE_KEY: &str = "auth-file";
 
-/// A PEM file of at most [`MAX_PEM_BYTES`], relative to the config file's directory.
+/// A PEM (or htpasswd) file of at most [`MAX_PEM_BYTES`], relative to the config file's
+/// directory.
 fn read_pem(dir: &Path, file: &str) -> Result<Vec<u8>, String> {
     let path = dir.join(file);
     match std::fs::metadata(&path) {
