@@ -232,6 +232,10 @@ pub struct RunArgs {
     /// kube-proxy's metrics endpoint (`/metrics`, `/proxyMode`), or `off`.
     #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_METRICS", default_value = "127.0.0.1:10249", value_parser = parse_listen)]
     pub metrics: Listen,
+    /// CoreDNS's metrics endpoint (`/metrics` with CoreDNS's names, `/health`, `/ready`), or
+    /// `off`; served while cluster DNS is on.
+    #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_DNS_METRICS", default_value = "0.0.0.0:9153", value_parser = parse_listen)]
+    pub dns_metrics: Listen,
     /// Cluster DNS listen address (UDP and TCP), or `off`.
     #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_DNS", default_value = "0.0.0.0:53", value_parser = parse_listen)]
     pub dns: Listen,

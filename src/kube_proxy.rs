@@ -66,6 +66,11 @@ impl SyncClock {
         self.node_eligible.load(Ordering::Relaxed)
     }
 
+    /// Whether a snapshot has been served yet.
+    pub(crate) fn has_published(&self) -> bool {
+        self.last().is_some()
+    }
+
     fn last(&self) -> Option<u64> {
         match self.last_published.load(Ordering::Relaxed) {
             0 => None,
@@ -80,7 +85,7 @@ pub async fn serve_healthz(
     clock: Arc<SyncClock>,
     shutdown: CancellationToken,
 ) {
-    serve(listener, shutdown, move |request| {
+    serve_http(listener, shutdown, move |request| {
         let livez = request.uri().path() == "/livez";
         match request.uri().path() {
             "/healthz" | "/livez" => healthz(&clock, !livez),
@@ -96,7 +101,7 @@ pub async fn serve_metrics(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    serve(listener, shutdown, move |request| {
+    serve_http(listener, shutdown, move |request| {
         match request.uri().path() {
             "/metrics" => Response::builder()
                 .header(
@@ -177,7 +182,7 @@ async fn serve_health_check(
     clock: Arc<SyncClock>,
     shutdown: CancellationToken,
 ) {
-    serve(listener, shutdown, move |_request| {
+    serve_http(listener, shutdown, move |_request| {
         let snapshot = snapshots.load();
         let Some(check) = snapshot
             .as_ref()
@@ -292,7 +297,7 @@ fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// A small HTTP/1.1 server: `answer` for every request, until `shutdown`.
-async fn serve<F>(listener: TcpListener, shutdown: CancellationToken, answer: F)
+pub(crate) async fn serve_http<F>(listener: TcpListener, shutdown: CancellationToken, answer: F)
 where
     F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {

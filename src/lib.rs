@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod config;
 mod conntrack_sysctl;
+mod coredns;
 mod error;
 pub mod kube_proxy;
 pub mod publish;
@@ -200,10 +201,35 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             snapshots.clone(),
             config.zones.clone(),
             forwarder.clone(),
-            dns_metrics,
+            dns_metrics.clone(),
         ));
         let addr = capstan_dns::serve(&config, workers.handles(), handler, &shutdown)?;
         info!(%addr, upstreams = ?forwarder.upstreams().iter().map(|u| u.addr).collect::<Vec<_>>(), "dns listening");
+        if let Some(metrics_addr) = args.dns_metrics.addr() {
+            let registry = Arc::new(telemetry::coredns::coredns_registry(
+                telemetry::coredns::CoreDnsCollector {
+                    metrics: dns_metrics,
+                    forwarder: Some(forwarder.clone()),
+                    server: format!("dns://{addr}"),
+                    family: if addr.is_ipv4() { "1" } else { "2" },
+                },
+            ));
+            let listener = TcpListener::bind(metrics_addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    what: "dns metrics",
+                    addr: metrics_addr,
+                    source,
+                })?;
+            let local = listener.local_addr().unwrap_or(metrics_addr);
+            info!(addr = %local, "dns metrics listening");
+            tokio::spawn(coredns::serve(
+                listener,
+                registry,
+                clock.clone(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(forwarder.clone().probe_down_upstreams(shutdown.clone()));
     }
     tokio::spawn(capstan_ingress::health::run(

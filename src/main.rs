@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             capstan::telemetry::init_logging(&args.log);
+            capstan::telemetry::coredns::count_panics();
             runtime.block_on(async {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signals(shutdown.clone()));

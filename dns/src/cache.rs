@@ -74,6 +74,20 @@ impl Cache {
         self.entries.is_empty()
     }
 
+    /// Entries holding positive and negative answers (CoreDNS's `success` and `denial`), counted
+    /// by walking the cache: for scrapes, not for the query path.
+    pub fn counts(&self) -> (usize, usize) {
+        let entries = self.entries.pin();
+        let denial = entries
+            .values()
+            .filter(|e| {
+                e.reply.metadata.response_code == ResponseCode::NXDomain
+                    || e.reply.answers.is_empty()
+            })
+            .count();
+        (entries.len().saturating_sub(denial), denial)
+    }
+
     /// The live entry for `key` at `now_ms`.
     pub fn get(&self, key: &CacheKey, now_ms: u64) -> Option<Cached> {
         let entries = self.entries.pin();

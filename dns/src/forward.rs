@@ -129,6 +129,11 @@ impl Forwarder {
         self.cache.len()
     }
 
+    /// Positive and negative answers in the cache.
+    pub fn cache_counts(&self) -> (usize, usize) {
+        self.cache.counts()
+    }
+
     pub fn upstreams(&self) -> Vec<UpstreamStats> {
         self.upstreams
             .iter()

@@ -28,11 +28,51 @@ const BUCKETS: [f64; 14] = [
     2.048,
 ];
 
+/// CoreDNS's `coredns_dns_request_duration_seconds` buckets: `prometheus.ExponentialBuckets
+/// (0.00025, 2, 16)` (plugin/metrics/vars/vars.go).
+const COREDNS_DURATION_BUCKETS: [f64; 16] = [
+    0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
+    2.048, 4.096, 8.192,
+];
+/// CoreDNS's request and response size buckets, in bytes (plugin/metrics/vars/vars.go).
+const SIZE_BUCKETS: [f64; 14] = [
+    0.0, 100.0, 200.0, 300.0, 400.0, 511.0, 1023.0, 2047.0, 4095.0, 8291.0, 16e3, 32e3, 48e3, 64e3,
+];
+
+/// One answered query, as the counters see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Answered {
+    pub transport: Transport,
+    pub qtype: Option<RecordType>,
+    pub rcode: ResponseCode,
+    pub elapsed: Duration,
+    /// The query's and the response's length on the wire.
+    pub request_bytes: usize,
+    pub response_bytes: usize,
+    /// The query's EDNS DO bit.
+    pub dnssec_ok: bool,
+}
+
+/// A histogram of byte sizes (CoreDNS's buckets): counts per bucket, count and sum.
+#[derive(Debug, Default)]
+struct SizeHistogram {
+    buckets: [AtomicU64; SIZE_BUCKETS.len()],
+    count: AtomicU64,
+    sum: AtomicU64,
+}
+
 /// Every per-query counter of the DNS plane.
 #[derive(Debug)]
 pub struct DnsMetrics {
     requests: [[[AtomicU64; RCODES.len()]; TYPES.len()]; PROTOS.len()],
     duration: Histogram<{ BUCKETS.len() }>,
+    /// CoreDNS's duration histogram, per query type.
+    duration_by_type: [Histogram<{ COREDNS_DURATION_BUCKETS.len() }>; TYPES.len()],
+    /// Query and response sizes, per transport.
+    request_size: [SizeHistogram; PROTOS.len()],
+    response_size: [SizeHistogram; PROTOS.len()],
+    /// Queries with the EDNS DO bit set.
+    pub dnssec_ok: AtomicU64,
     /// Answers served from the forwarding cache: positive and negative.
     pub cache_hits_success: AtomicU64,
     pub cache_hits_denial: AtomicU64,
@@ -61,6 +101,10 @@ impl Default for DnsMetrics {
         Self {
             requests: Default::default(),
             duration: Histogram::new(&BUCKETS),
+            duration_by_type: std::array::from_fn(|_| Histogram::new(&COREDNS_DURATION_BUCKETS)),
+            request_size: Default::default(),
+            response_size: Default::default(),
+            dnssec_ok: AtomicU64::new(0),
             cache_hits_success: AtomicU64::new(0),
             cache_hits_denial: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
@@ -73,13 +117,14 @@ impl Default for DnsMetrics {
 
 impl DnsMetrics {
     /// Counts one answered query.
-    pub fn record(
-        &self,
-        transport: Transport,
-        qtype: Option<RecordType>,
-        rcode: ResponseCode,
-        elapsed: Duration,
-    ) {
+    pub fn record(&self, answered: Answered) {
+        let Answered {
+            transport,
+            qtype,
+            rcode,
+            elapsed,
+            ..
+        } = answered;
         let proto = match transport {
             Transport::Udp => 0,
             Transport::Tcp => 1,
@@ -108,6 +153,40 @@ impl DnsMetrics {
         };
         self.requests[proto][type_index][rcode_index].fetch_add(1, Ordering::Relaxed);
         self.duration.record(elapsed);
+        self.duration_by_type[type_index].record(elapsed);
+        self.request_size[proto].record(answered.request_bytes);
+        self.response_size[proto].record(answered.response_bytes);
+        if answered.dnssec_ok {
+            self.dnssec_ok.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// CoreDNS's duration histogram for each query type that was asked.
+    pub fn duration_by_type(&self) -> Vec<(&'static str, HistogramSample)> {
+        TYPES
+            .iter()
+            .zip(&self.duration_by_type)
+            .filter(|(_, h)| h.count() > 0)
+            .map(|(name, h)| (*name, h.sample()))
+            .collect()
+    }
+
+    /// Query sizes per transport (`udp`, `tcp`), as histogram samples in bytes.
+    pub fn request_sizes(&self) -> Vec<(&'static str, HistogramSample)> {
+        PROTOS
+            .iter()
+            .zip(&self.request_size)
+            .map(|(proto, h)| (*proto, h.sample()))
+            .collect()
+    }
+
+    /// Response sizes per transport.
+    pub fn response_sizes(&self) -> Vec<(&'static str, HistogramSample)> {
+        PROTOS
+            .iter()
+            .zip(&self.response_size)
+            .map(|(proto, h)| (*proto, h.sample()))
+            .collect()
     }
 
     /// Non-zero request counters.
@@ -136,6 +215,36 @@ impl DnsMetrics {
     }
 }
 
+// === impl SizeHistogram ===
+
+impl SizeHistogram {
+    fn record(&self, bytes: usize) {
+        let value = bytes as f64;
+        if let Some(bucket) = SIZE_BUCKETS.iter().position(|&upper| value <= upper) {
+            self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// The same shape as a latency sample, the sum in bytes.
+    fn sample(&self) -> HistogramSample {
+        let mut buckets: Vec<(f64, u64)> = SIZE_BUCKETS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&upper, n)| (upper, n.load(Ordering::Relaxed)))
+            .collect();
+        let count = self.count.load(Ordering::Relaxed);
+        let bounded: u64 = buckets.iter().map(|b| b.1).sum();
+        buckets.push((f64::INFINITY, count.saturating_sub(bounded)));
+        HistogramSample {
+            buckets,
+            count,
+            sum_seconds: self.sum.load(Ordering::Relaxed) as f64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +253,29 @@ mod tests {
     fn requests_are_counted_by_transport_type_and_rcode() {
         let metrics = DnsMetrics::default();
         let ms = Duration::from_millis(1);
-        metrics.record(
-            Transport::Udp,
-            Some(RecordType::A),
-            ResponseCode::NoError,
-            ms,
-        );
-        metrics.record(
-            Transport::Udp,
-            Some(RecordType::A),
-            ResponseCode::NoError,
-            ms,
-        );
-        metrics.record(Transport::Tcp, None, ResponseCode::FormErr, ms * 100);
+        let a = Answered {
+            transport: Transport::Udp,
+            qtype: Some(RecordType::A),
+            rcode: ResponseCode::NoError,
+            elapsed: ms,
+            request_bytes: 40,
+            response_bytes: 120,
+            dnssec_ok: true,
+        };
+        metrics.record(a);
+        metrics.record(Answered {
+            dnssec_ok: false,
+            ..a
+        });
+        metrics.record(Answered {
+            transport: Transport::Tcp,
+            qtype: None,
+            rcode: ResponseCode::FormErr,
+            elapsed: ms * 100,
+            request_bytes: 9000,
+            response_bytes: 12,
+            dnssec_ok: false,
+        });
         let samples = metrics.requests();
         assert_eq!(samples.len(), 2);
         assert_eq!(
@@ -176,5 +295,28 @@ mod tests {
         assert_eq!(duration.count, 3);
         assert_eq!(duration.buckets[2], (0.001, 2));
         assert_eq!(duration.buckets.iter().map(|b| b.1).sum::<u64>(), 3);
+        // CoreDNS's views: per type, sizes per transport, the DO bit.
+        let by_type = metrics.duration_by_type();
+        assert_eq!(
+            by_type
+                .iter()
+                .map(|(t, s)| (*t, s.count))
+                .collect::<Vec<_>>(),
+            [("A", 2), ("other", 1)]
+        );
+        let requests = metrics.request_sizes();
+        assert_eq!(requests[0].0, "udp");
+        assert_eq!(requests[0].1.buckets[1], (100.0, 2));
+        assert_eq!(
+            requests[1].1.buckets[10],
+            (16e3, 1),
+            "9000 bytes fall in the 16e3 bucket"
+        );
+        assert!(
+            (requests[0].1.sum_seconds - 80.0).abs() < 1e-9,
+            "sums are bytes"
+        );
+        assert_eq!(metrics.response_sizes()[0].1.buckets[2], (200.0, 2));
+        assert_eq!(metrics.dnssec_ok.load(Ordering::Relaxed), 1);
     }
 }

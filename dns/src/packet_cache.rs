@@ -44,6 +44,11 @@ impl PlainQuery {
         self.qtype
     }
 
+    /// Whether the query's EDNS DO bit is set (the key ends `[1, 0x80]` then).
+    pub fn dnssec_ok(&self) -> bool {
+        matches!(self.key.as_slice(), [.., 1, 0x80])
+    }
+
     /// Recognises a plain query; `None` sends it down the full path.
     pub fn parse(raw: &[u8]) -> Option<Self> {
         let header = raw.get(..12)?;

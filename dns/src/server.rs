@@ -21,7 +21,7 @@ use tracing::debug;
 
 use crate::answer::{Resolution, answer, error, lookup_key};
 use crate::forward::Forwarder;
-use crate::metrics::{DnsMetrics, Transport};
+use crate::metrics::{Answered, DnsMetrics, Transport};
 use crate::packet_cache::{PacketCache, PlainQuery};
 use crate::udp_batch::serve_udp;
 use crate::{DnsError, wire};
@@ -65,6 +65,8 @@ pub struct Pending {
     chase: Option<Box<(Message, Name)>>,
     started: Instant,
     transport: Transport,
+    /// The query's length on the wire.
+    request_bytes: usize,
 }
 
 // === impl Handler ===
@@ -111,10 +113,15 @@ impl Handler {
             return self.start_with(raw, Transport::Udp, snapshot.clone(), started);
         };
         if let Some(reply) = cache.answer(generation, raw, &plain) {
-            let qtype = RecordType::from(plain.qtype());
-            let rcode = ResponseCode::from_low(reply[3] & 0x0f);
-            self.metrics
-                .record(Transport::Udp, Some(qtype), rcode, started.elapsed());
+            self.metrics.record(Answered {
+                transport: Transport::Udp,
+                qtype: Some(RecordType::from(plain.qtype())),
+                rcode: ResponseCode::from_low(reply[3] & 0x0f),
+                elapsed: started.elapsed(),
+                request_bytes: raw.len(),
+                response_bytes: reply.len(),
+                dnssec_ok: plain.dnssec_ok(),
+            });
             return Step::Reply(reply);
         }
         let step = self.start_with(raw, Transport::Udp, snapshot.clone(), started);
@@ -135,8 +142,15 @@ impl Handler {
             wire::Packet::Query(request) => request,
             wire::Packet::Malformed(reply) => {
                 self.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                self.metrics
-                    .record(transport, None, ResponseCode::FormErr, started.elapsed());
+                self.metrics.record(Answered {
+                    transport,
+                    qtype: None,
+                    rcode: ResponseCode::FormErr,
+                    elapsed: started.elapsed(),
+                    request_bytes: raw.len(),
+                    response_bytes: reply.len(),
+                    dnssec_ok: false,
+                });
                 return Step::Reply(reply);
             }
             wire::Packet::Ignore => {
@@ -145,11 +159,11 @@ impl Handler {
             }
         };
         if let Some(badvers) = wire::unsupported_edns_version(&request) {
-            return Step::Reply(self.finish(badvers, &request, transport, started));
+            return Step::Reply(self.finish(badvers, &request, transport, started, raw.len()));
         }
         if self.forwarder.is_loop(&request) {
             let servfail = error(&request, ResponseCode::ServFail);
-            return Step::Reply(self.finish(servfail, &request, transport, started));
+            return Step::Reply(self.finish(servfail, &request, transport, started, raw.len()));
         }
         let resolution = match snapshot {
             Some(snapshot) => answer(&snapshot.dns, &request),
@@ -157,19 +171,21 @@ impl Handler {
         };
         match resolution {
             Resolution::Answer(response) => {
-                Step::Reply(self.finish(response, &request, transport, started))
+                Step::Reply(self.finish(response, &request, transport, started, raw.len()))
             }
             Resolution::Forward => Step::Pending(Pending {
                 request,
                 chase: None,
                 started,
                 transport,
+                request_bytes: raw.len(),
             }),
             Resolution::Chase { partial, target } => Step::Pending(Pending {
                 request,
                 chase: Some(Box::new((partial, target))),
                 started,
                 transport,
+                request_bytes: raw.len(),
             }),
         }
     }
@@ -181,6 +197,7 @@ impl Handler {
             chase,
             started,
             transport,
+            request_bytes,
         } = pending;
         let response = match chase {
             None => self.forwarder.forward(&request).await,
@@ -198,7 +215,7 @@ impl Handler {
                 partial
             }
         };
-        self.finish(response, &request, transport, started)
+        self.finish(response, &request, transport, started, request_bytes)
     }
 
     fn before_first_snapshot(&self, request: &Message) -> Resolution {
@@ -219,16 +236,22 @@ impl Handler {
         request: &Message,
         transport: Transport,
         started: Instant,
+        request_bytes: usize,
     ) -> Vec<u8> {
         let qtype = request.queries.first().map(|q| q.query_type());
-        self.metrics.record(
+        let rcode = response.metadata.response_code;
+        let limit = wire::response_limit(request, transport == Transport::Tcp);
+        let encoded = wire::encode(response, request, limit);
+        self.metrics.record(Answered {
             transport,
             qtype,
-            response.metadata.response_code,
-            started.elapsed(),
-        );
-        let limit = wire::response_limit(request, transport == Transport::Tcp);
-        wire::encode(response, request, limit)
+            rcode,
+            elapsed: started.elapsed(),
+            request_bytes,
+            response_bytes: encoded.len(),
+            dnssec_ok: request.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok),
+        });
+        encoded
     }
 }
 

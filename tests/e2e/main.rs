@@ -5,6 +5,7 @@ mod capture;
 mod datapath_bench;
 mod deploy;
 mod dns;
+mod dns_metrics;
 mod dns_spec;
 mod dns_support;
 mod edge_policy;

@@ -158,7 +158,7 @@ impl Capstan {
         };
         // And kube-proxy's endpoints (ports 10256 and 10249).
         let mut kube_proxy_off: Vec<&str> = Vec::new();
-        for flag in ["--healthz", "--metrics"] {
+        for flag in ["--healthz", "--metrics", "--dns-metrics"] {
             if !args.contains(&flag) {
                 kube_proxy_off.extend([flag, "off"]);
             }
