@@ -190,6 +190,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         what: "start proxy worker threads",
         source,
     })?);
+    let _ = telemetry::kube_proxy::WORKER_RUNTIMES.set(workers.handles().to_vec());
     if let Some(listen) = args.dns.addr() {
         let config = DnsConfig {
             listen,
@@ -291,16 +292,33 @@ async fn observe_syncs(
     arrivals: watch::Receiver<Option<(Generation, std::time::Instant)>>,
     metrics: Arc<Metrics>,
 ) {
-    let (mut seen_syncs, mut observed) = (0, None);
+    let (mut seen_syncs, mut seen_failures, mut observed) = (0, 0, None);
     while status.changed().await.is_ok() {
-        let (syncs, last_sync, applied) = {
+        let (syncs, last_sync, full, failures, applied) = {
             let status = status.borrow_and_update();
-            (status.syncs, status.last_sync, status.applied)
+            let s = &*status;
+            (
+                s.syncs,
+                s.last_sync,
+                s.last_sync_full,
+                s.sync_failures,
+                s.applied,
+            )
         };
         let kube_proxy = &metrics.kube_proxy;
+        kube_proxy
+            .sync_failures
+            .inc_by(failures.saturating_sub(seen_failures));
+        seen_failures = failures;
         if syncs > seen_syncs {
             seen_syncs = syncs;
             kube_proxy.sync_seconds.observe(last_sync.as_secs_f64());
+            let split = if full {
+                &kube_proxy.full_sync_seconds
+            } else {
+                &kube_proxy.partial_sync_seconds
+            };
+            split.observe(last_sync.as_secs_f64());
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capstan_catalog::{Catalog, CompileOptions, SourceId, Update, compile};
+use capstan_catalog::{Catalog, CompileOptions, Object, ObjectId, SourceId, Update, compile};
 use capstan_table::{Generation, SnapshotHandle};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -37,12 +37,16 @@ impl Publisher {
         let mut published = false;
         while let Some(update) = updates.recv().await {
             let arrived = Instant::now();
+            self.count_changes(&update);
             let mut changed = self.catalog.apply(update);
             let deadline = tokio::time::Instant::now() + DEBOUNCE;
             loop {
                 tokio::select! {
                     next = updates.recv() => match next {
-                        Some(update) => changed |= self.catalog.apply(update),
+                        Some(update) => {
+                            self.count_changes(&update);
+                            changed |= self.catalog.apply(update);
+                        }
                         None => break,
                     },
                     () = tokio::time::sleep_until(deadline) => break,
@@ -63,6 +67,31 @@ impl Publisher {
                 published = true;
             }
         }
+    }
+
+    /// Counts an update's EndpointSlice and Service changes (kube-proxy's `*_changes_total` and
+    /// `*_changes_pending`): one per object upserted or deleted, every object of a relist.
+    fn count_changes(&self, update: &Update) {
+        let kind = |object: &Object| match object {
+            Object::EndpointSlice(_) => (1, 0),
+            Object::Service(_) => (0, 1),
+            _ => (0, 0),
+        };
+        let (endpoints, services) = match update {
+            Update::Reset { objects, .. } | Update::Relist { objects, .. } => objects
+                .iter()
+                .map(kind)
+                .fold((0, 0), |(e, s), (de, ds)| (e + de, s + ds)),
+            Update::Upsert { object, .. } => kind(object),
+            Update::Delete { id, .. } => match id {
+                ObjectId::EndpointSlice { .. } => (1, 0),
+                ObjectId::Service(_) => (0, 1),
+                _ => (0, 0),
+            },
+        };
+        self.metrics
+            .kube_proxy
+            .changes_received(endpoints, services);
     }
 
     /// Compiles the catalog and stores the result with one atomic store; returns its generation.
@@ -100,6 +129,7 @@ impl Publisher {
             .snapshot_generation
             .set(i64::try_from(generation.0).unwrap_or(i64::MAX));
         self.clock.published();
+        self.metrics.kube_proxy.changes_published();
         self.generations.send_replace(generation);
         generation
     }

@@ -1,6 +1,7 @@
 //! Logs and metrics: the tracing subscriber, the agent's Prometheus registry, and a collector that
 //! reads the proxy's lock-free counters from the current snapshot at scrape time.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use capstan_proxy::{ListenerState, ListenerStatus};
@@ -18,9 +19,11 @@ use tokio::sync::watch;
 pub mod coredns;
 mod dns;
 mod ingress;
+pub mod kube_proxy;
 
 pub use dns::DnsCollector;
 pub use ingress::IngressCollector;
+pub use kube_proxy::{KubeProxyMetrics, RestClientMetrics};
 
 /// The agent's metrics. Counters the data plane updates per connection are not here: they are
 /// atomics inside the snapshot, read by [`ProxyCollector`].
@@ -44,19 +47,10 @@ pub struct Metrics {
     /// kube-proxy's own metric names (`kubeproxy_*`), so its dashboards and alerts keep working.
     pub kube_proxy: KubeProxyMetrics,
     kube_proxy_registry: Registry,
-}
-
-/// kube-proxy's sync metrics (pkg/proxy/metrics/metrics.go), under its names.
-#[derive(Debug)]
-pub struct KubeProxyMetrics {
-    /// `kubeproxy_sync_proxy_rules_duration_seconds`: each sync of the listeners, capture and
-    /// kernel rules with a snapshot.
-    pub sync_seconds: Histogram,
-    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds`: when the last one finished.
-    pub last_sync: Gauge<f64, AtomicU64>,
-    /// `kubeproxy_network_programming_duration_seconds`: from a change reaching Capstan to the
-    /// rules serving it being in force.
-    pub programming_seconds: Histogram,
+    /// client-go's `rest_client_*`, fed by the kube client's [`kube_proxy::ApiClientLayer`].
+    pub rest_client: Arc<RestClientMetrics>,
+    /// Unprefixed: `process_*`, `go_goroutines`, `rest_client_*`.
+    process_registry: Registry,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,27 +148,11 @@ impl Metrics {
             kube_api_up.clone(),
         );
         let mut kube_proxy_registry = Registry::with_prefix("kubeproxy");
-        let kube_proxy = KubeProxyMetrics {
-            // kube-proxy's buckets: exponential from 1 ms, doubling, 15 of them.
-            sync_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
-            last_sync: Gauge::default(),
-            programming_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
-        };
-        kube_proxy_registry.register(
-            "sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            kube_proxy.sync_seconds.clone(),
-        );
-        kube_proxy_registry.register(
-            "sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            kube_proxy.last_sync.clone(),
-        );
-        kube_proxy_registry.register(
-            "network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            kube_proxy.programming_seconds.clone(),
-        );
+        let kube_proxy = KubeProxyMetrics::register(&mut kube_proxy_registry);
+        let mut process_registry = Registry::default();
+        let rest_client = Arc::new(RestClientMetrics::default());
+        rest_client.register(&mut process_registry);
+        process_registry.register_collector(Box::new(kube_proxy::ProcessCollector));
         registry.register_collector(Box::new(collector));
         registry.register_collector(Box::new(dns));
         registry.register_collector(Box::new(ingress));
@@ -191,6 +169,8 @@ impl Metrics {
             kube_api_up,
             kube_proxy,
             kube_proxy_registry,
+            rest_client,
+            process_registry,
         }
     }
 
@@ -198,8 +178,12 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err()
-            || prometheus_client::encoding::text::encode(&mut out, &self.kube_proxy_registry)
-                .is_err()
+            || prometheus_client::encoding::text::encode_registry(
+                &mut out,
+                &self.kube_proxy_registry,
+            )
+            .is_err()
+            || prometheus_client::encoding::text::encode(&mut out, &self.process_registry).is_err()
         {
             out.clear();
         }

@@ -46,6 +46,12 @@ pub struct ListenerStatus {
     /// last one took: kube-proxy's `sync_proxy_rules` figures.
     pub syncs: u64,
     pub last_sync: Duration,
+    /// Whether the last sync rewrote the kernel table whole (kube-proxy's full sync) rather than
+    /// only what changed; user-space syncs count as full.
+    pub last_sync_full: bool,
+    /// Syncs whose capture or kernel rules could not be applied (kube-proxy's
+    /// `nftables_sync_failures_total`).
+    pub sync_failures: u64,
 }
 
 /// What happened to one frontend's listener.
@@ -126,8 +132,9 @@ pub async fn run_listeners(
     // The shared TCP redirect port of each family (IPv4, IPv6), opened when first needed.
     let mut redirect_ports: [Option<u16>; 2] = [None, None];
     let mut retry = tokio::time::interval(BIND_RETRY);
-    let mut syncs = 0;
+    let (mut syncs, mut sync_failures) = (0, 0);
     loop {
+        let mut full = true;
         if let Some(links) = &links {
             links.refresh();
         }
@@ -249,6 +256,7 @@ pub async fn run_listeners(
                 nftables.clear().await;
             } else if let Err(error) = nftables.apply(&wanted).await {
                 warn!(%error, "nftables capture not applied; retrying");
+                sync_failures += 1;
                 for frontend in wanted.redirects.keys() {
                     next.insert(*frontend, ListenerState::CaptureFailed(error.to_string()));
                 }
@@ -260,10 +268,12 @@ pub async fn run_listeners(
                     if report.changed_ports > 0 {
                         info!(ports = report.changed_ports, full = report.full, took = ?report.duration, transaction = ?report.transaction, size = report.size, "kernel data path synced");
                     }
+                    full = report.full;
                     ListenerState::Kernel
                 }
                 Err(error) => {
                     warn!(%error, "kernel data path not synced; retrying");
+                    sync_failures += 1;
                     ListenerState::CaptureFailed(error.to_string())
                 }
             };
@@ -279,6 +289,8 @@ pub async fn run_listeners(
             frontends: next,
             syncs,
             last_sync: sync_started.elapsed(),
+            last_sync_full: full,
+            sync_failures,
         });
         drop(kernel_ports);
 

@@ -98,10 +98,22 @@ impl KubeSource {
             })?,
         };
         info!(server = %config.cluster_url, "kubernetes API");
-        let client = Client::try_from(config).map_err(|e| Error::Kube {
-            what: "kubernetes client".into(),
-            reason: e.to_string(),
-        })?;
+        let host: Arc<str> = config
+            .cluster_url
+            .authority()
+            .map_or("", |a| a.as_str())
+            .into();
+        let layer = crate::telemetry::kube_proxy::ApiClientLayer {
+            metrics: metrics.rest_client.clone(),
+            host,
+        };
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|e| Error::Kube {
+                what: "kubernetes client".into(),
+                reason: e.to_string(),
+            })?
+            .with_layer(&layer)
+            .build();
         Ok(Self {
             client,
             health: Arc::new(ApiHealth {

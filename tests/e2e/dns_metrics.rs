@@ -23,10 +23,10 @@ const DASHBOARD: &[(&str, &[&str])] = &[
     ("coredns_cache_misses_total", &[]),
 ];
 
-type Series = Vec<(BTreeMap<String, String>, f64)>;
+pub(crate) type Series = Vec<(BTreeMap<String, String>, f64)>;
 
 /// The samples of `name` in a Prometheus text exposition.
-fn series(text: &str, name: &str) -> Series {
+pub(crate) fn series(text: &str, name: &str) -> Series {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|line| {
@@ -51,7 +51,7 @@ fn series(text: &str, name: &str) -> Series {
         .collect()
 }
 
-fn sum(series: &Series, wanted: &[(&str, &str)]) -> f64 {
+pub(crate) fn sum(series: &Series, wanted: &[(&str, &str)]) -> f64 {
     series
         .iter()
         .filter(|(labels, _)| {

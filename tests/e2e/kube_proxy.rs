@@ -123,3 +123,105 @@ fn healthz_metrics_and_health_check_node_ports_answer_as_kube_proxy_does() {
         .unwrap_or_else(|| panic!("no sync histogram in\n{body}"));
     assert!(count >= 2, "two changes, {count} observed");
 }
+
+/// The series kubernetes-mixin's "Kubernetes / Proxy" dashboard (as kube-prometheus-stack ships
+/// it) reads, with the labels its panels group or filter by. Its "Post Request Latency" panel
+/// filters `verb="POST"`: Capstan posts nothing unless it publishes Ingress status (PATCH).
+const KUBE_PROXY_DASHBOARD: &[(&str, &[&str])] = &[
+    ("kubeproxy_sync_proxy_rules_duration_seconds_count", &[]),
+    (
+        "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+        &["le"],
+    ),
+    ("kubeproxy_network_programming_duration_seconds_count", &[]),
+    (
+        "kubeproxy_network_programming_duration_seconds_bucket",
+        &["le"],
+    ),
+    ("rest_client_requests_total", &["code"]),
+    (
+        "rest_client_request_duration_seconds_bucket",
+        &["verb", "url", "le"],
+    ),
+    ("process_resident_memory_bytes", &[]),
+    ("process_cpu_seconds_total", &[]),
+    ("go_goroutines", &[]),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_of_the_kube_proxy_dashboard_has_data() {
+    use crate::dns_metrics::{series, sum};
+    use crate::support::kube_api::FakeApi;
+    let api = FakeApi::start().await;
+    let vip = frontend();
+    let slice = |port: u16| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: default\n  \
+             labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: tcp, port: {port}}}]\n\
+             endpoints:\n- addresses: [127.0.0.1]\n"
+        )
+    };
+    api.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: default}}\n\
+         spec: {{clusterIP: {}, ports: [{{name: tcp, port: {}}}]}}\n",
+        vip.ip(),
+        vip.port()
+    ));
+    api.apply_yaml(&slice(9));
+    let dir = TempDir::new("kube-proxy-dashboard");
+    let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
+    let capstan = Capstan::start(&[
+        "--kubeconfig",
+        path_str(&kubeconfig),
+        "--capture",
+        "bind",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = capstan.logged_addr("metrics");
+    // A change after the first sync: counted, then programmed.
+    api.apply_yaml(&slice(10));
+    let text = eventually(Duration::from_secs(10), || {
+        let (_, text) = http_get(metrics, "/metrics")?;
+        let programmed = series(
+            &text,
+            "kubeproxy_network_programming_duration_seconds_count",
+        );
+        (sum(&programmed, &[]) >= 1.0).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no programming latency observed\n{}", capstan.logs()));
+    for (name, labels) in KUBE_PROXY_DASHBOARD {
+        let found = series(&text, name);
+        assert!(!found.is_empty(), "{name} missing:\n{text}");
+        for label in *labels {
+            assert!(
+                found.iter().all(|(l, _)| l.contains_key(*label)),
+                "{name} lacks label {label}:\n{text}"
+            );
+        }
+    }
+    let changes = |name: &str| sum(&series(&text, name), &[]);
+    assert!(
+        changes("kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2.0,
+        "{text}"
+    );
+    assert!(changes("kubeproxy_sync_proxy_rules_service_changes_total") >= 1.0);
+    assert_eq!(
+        changes("kubeproxy_sync_proxy_rules_endpoint_changes_pending"),
+        0.0
+    );
+    assert!(changes("process_resident_memory_bytes") > 1e6);
+    assert!(changes("go_goroutines") >= 1.0);
+    let requests = series(&text, "rest_client_requests_total");
+    assert!(
+        sum(&requests, &[("code", "200"), ("method", "GET")]) >= 1.0,
+        "{text}"
+    );
+    let durations = series(&text, "rest_client_request_duration_seconds_bucket");
+    assert!(
+        durations
+            .iter()
+            .any(|(l, _)| l["verb"] == "GET" && l["url"].contains("/api/v1/services")),
+        "{text}"
+    );
+}
