@@ -126,7 +126,7 @@ fn healthz_metrics_and_health_check_node_ports_answer_as_kube_proxy_does() {
 
 /// The series kubernetes-mixin's "Kubernetes / Proxy" dashboard (as kube-prometheus-stack ships
 /// it) reads, with the labels its panels group or filter by. Its "Post Request Latency" panel
-/// filters `verb="POST"`: Capstan posts nothing unless it publishes Ingress status (PATCH).
+/// filters `verb="POST"`: Capstan sends no POST (Ingress status is written with PATCH).
 const KUBE_PROXY_DASHBOARD: &[(&str, &[&str])] = &[
     ("kubeproxy_sync_proxy_rules_duration_seconds_count", &[]),
     (
