@@ -50,6 +50,44 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// For a listener that could not be bound (a privileged port, an address in use): which flag
+    /// moves or turns it off, as a line to print under the error.
+    pub fn listener_hint(&self) -> Option<String> {
+        let flag = match self {
+            Error::Dns(_) => "--dns",
+            Error::Ingress(_) => "--http / --https",
+            Error::Bind { what, .. } => match *what {
+                "admin" => "--admin",
+                "healthz" => "--healthz",
+                "metrics" => "--metrics",
+                "dns metrics" => "--dns-metrics",
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(error) = source {
+            if let Some(io) = error.downcast_ref::<io::Error>() {
+                return match io.kind() {
+                    io::ErrorKind::PermissionDenied => Some(format!(
+                        "hint: ports below 1024 need root or CAP_NET_BIND_SERVICE \
+                         (sudo setcap cap_net_bind_service=+ep \"$(command -v capstan)\"); \
+                         or choose another address with {flag} ADDR:PORT, or turn it off with {flag} off"
+                    )),
+                    io::ErrorKind::AddrInUse => Some(format!(
+                        "hint: another process serves that address; choose another with {flag} \
+                         ADDR:PORT, or turn it off with {flag} off"
+                    )),
+                    _ => None,
+                };
+            }
+            source = error.source();
+        }
+        None
+    }
+}
+
 /// Several errors at once (every invalid file at startup).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", join(.0))]

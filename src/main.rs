@@ -21,11 +21,16 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             capstan::telemetry::init_logging(&args.log);
             capstan::telemetry::coredns::count_panics();
-            runtime.block_on(async {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(stop_on_signals(shutdown.clone()));
-                capstan::run(*args, shutdown).await
-            })?;
+            runtime
+                .block_on(async {
+                    let shutdown = CancellationToken::new();
+                    tokio::spawn(stop_on_signals(shutdown.clone()));
+                    capstan::run(*args, shutdown).await
+                })
+                .map_err(|error| match error.listener_hint() {
+                    Some(hint) => anyhow::anyhow!("{error}\n{hint}"),
+                    None => anyhow::Error::new(error),
+                })?;
         }
         Command::Check(args) => {
             capstan::telemetry::init_logging("warn");

@@ -370,3 +370,36 @@ async fn a_second_capstan_on_the_same_ports_refuses_instead_of_sharing_them() {
     drop(first);
     second.wait_listening(listen);
 }
+
+/// A listener address another process holds stops Capstan with the error and the flag that
+/// moves it.
+#[test]
+fn a_taken_listener_address_names_the_flag_to_change() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = TempDir::new("taken-address");
+    dir.write("empty.yaml", "");
+    let (status, output) = run_to_exit(&[
+        "run",
+        "--manifests",
+        path_str(&dir.0),
+        "--admin",
+        "127.0.0.1:0",
+        "--dns",
+        "off",
+        "--https",
+        "off",
+        "--healthz",
+        "off",
+        "--metrics",
+        "off",
+        "--http",
+        &addr,
+    ]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains(&format!("bind {addr}")), "{output}");
+    assert!(
+        output.contains("hint: another process serves that address; choose another with --http / --https ADDR:PORT, or turn it off with --http / --https off"),
+        "{output}"
+    );
+}
