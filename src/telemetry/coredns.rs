@@ -203,16 +203,7 @@ impl CoreDnsCollector {
             "Counter of requests made per upstream.",
             &per(|u| u.requests),
         )?;
-        let responses: Vec<(Labels, u64)> = upstreams
-            .iter()
-            .flat_map(|u| {
-                u.responses.iter().map(move |(rcode, n)| {
-                    let mut labels = to(u);
-                    labels.push(("rcode", (*rcode).to_owned()));
-                    (labels, *n)
-                })
-            })
-            .collect();
+        let responses = super::dns::upstream_responses(&upstreams);
         counters(
             encoder,
             "forward_responses",

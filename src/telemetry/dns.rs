@@ -126,16 +126,7 @@ impl Collector for DnsCollector {
             "Failed probes of an upstream marked down",
             &per(|u| u.probe_failures),
         )?;
-        let responses: Vec<(Labels, u64)> = upstreams
-            .iter()
-            .flat_map(|u| {
-                u.responses.iter().map(move |(rcode, n)| {
-                    let mut labels = to(u);
-                    labels.push(("rcode", (*rcode).to_owned()));
-                    (labels, *n)
-                })
-            })
-            .collect();
+        let responses = super::dns::upstream_responses(&upstreams);
         counters(
             &mut encoder,
             "dns_forward_responses",
@@ -153,4 +144,17 @@ impl Collector for DnsCollector {
             &healthy,
         )
     }
+}
+
+/// Upstream responses by upstream (`to`) and response code (`rcode`).
+pub(super) fn upstream_responses(upstreams: &[capstan_dns::UpstreamStats]) -> Vec<(Labels, u64)> {
+    upstreams
+        .iter()
+        .flat_map(|u| {
+            u.responses.iter().map(move |(rcode, n)| {
+                let labels = vec![("to", u.addr.to_string()), ("rcode", (*rcode).to_owned())];
+                (labels, *n)
+            })
+        })
+        .collect()
 }

@@ -51,6 +51,20 @@ pub(crate) fn series(text: &str, name: &str) -> Series {
         .collect()
 }
 
+/// Every series a dashboard reads is in the scrape `text`, with the labels it groups by.
+pub(crate) fn assert_dashboard(text: &str, dashboard: &[(&str, &[&str])]) {
+    for (name, labels) in dashboard {
+        let found = series(text, name);
+        assert!(!found.is_empty(), "{name} missing:\n{text}");
+        for label in *labels {
+            assert!(
+                found.iter().all(|(l, _)| l.contains_key(*label)),
+                "{name} lacks label {label}:\n{text}"
+            );
+        }
+    }
+}
+
 pub(crate) fn sum(series: &Series, wanted: &[(&str, &str)]) -> f64 {
     series
         .iter()
@@ -110,16 +124,7 @@ fn coredns_names_labels_and_buckets_answer_every_dashboard_query() {
 
     let (code, text) = http_get(endpoint, "/metrics").expect("metrics");
     assert_eq!(code, 200);
-    for (name, labels) in DASHBOARD {
-        let found = series(&text, name);
-        assert!(!found.is_empty(), "{name} missing:\n{text}");
-        for label in *labels {
-            assert!(
-                found.iter().all(|(l, _)| l.contains_key(*label)),
-                "{name} lacks label {label}:\n{text}"
-            );
-        }
-    }
+    assert_dashboard(&text, DASHBOARD);
     let requests = series(&text, "coredns_dns_requests_total");
     assert_eq!(
         sum(&requests, &[("proto", "udp"), ("type", "A")]),

@@ -150,7 +150,7 @@ const KUBE_PROXY_DASHBOARD: &[(&str, &[&str])] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_of_the_kube_proxy_dashboard_has_data() {
-    use crate::dns_metrics::{series, sum};
+    use crate::dns_metrics::{assert_dashboard, series, sum};
     use crate::support::kube_api::FakeApi;
     let api = FakeApi::start().await;
     let vip = frontend();
@@ -190,16 +190,7 @@ async fn every_series_of_the_kube_proxy_dashboard_has_data() {
         (sum(&programmed, &[]) >= 1.0).then_some(text)
     })
     .unwrap_or_else(|| panic!("no programming latency observed\n{}", capstan.logs()));
-    for (name, labels) in KUBE_PROXY_DASHBOARD {
-        let found = series(&text, name);
-        assert!(!found.is_empty(), "{name} missing:\n{text}");
-        for label in *labels {
-            assert!(
-                found.iter().all(|(l, _)| l.contains_key(*label)),
-                "{name} lacks label {label}:\n{text}"
-            );
-        }
-    }
+    assert_dashboard(&text, KUBE_PROXY_DASHBOARD);
     let changes = |name: &str| sum(&series(&text, name), &[]);
     assert!(
         changes("kubeproxy_sync_proxy_rules_endpoint_changes_total") >= 2.0,
