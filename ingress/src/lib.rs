@@ -6,7 +6,8 @@
 //! per-request endpoint choice (the proxy crate's balancer, peak-EWMA by default), upstream
 //! keep-alive pools (the inline HTTP/1.1 client [`http1`] for bodiless requests, hyper's client
 //! for bodies, upgrades and h2c for `appProtocol: kubernetes.io/h2c`), WebSocket upgrades,
-//! per-route traffic policy (admission, retries with a budget, outlier ejection), active
+//! per-route traffic policy (admission, basic authentication, retries with a budget, outlier
+//! ejection), TLS to upstreams (hyper-rustls clients per route setting, per worker), active
 //! health checks of Service endpoints ([`health`]), per-route counters and the access log.
 //!
 //! Must not import: `catalog`, the sources, or anything Kubernetes; only `table` and `proxy`

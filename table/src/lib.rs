@@ -4,7 +4,8 @@
 //! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), HTTP traffic policy
 //! ([`RoutePolicy`], [`ActiveHealthCheck`], [`OutlierPolicy`]) with its carried state, the
 //! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]) with their TLS
-//! certificates ([`TlsCertificate`]), the [`Snapshot`] that bundles every
+//! certificates ([`TlsCertificate`]), upstream TLS settings ([`UpstreamTls`]) and basic-auth users
+//! ([`Htpasswd`], [`BasicAuth`]), the [`Snapshot`] that bundles every
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
 //! `ArcSwap`.
 //!
