@@ -332,12 +332,25 @@ impl Forwarder {
         };
         match tokio::time::timeout(timeout, response).await {
             Ok(Ok(response)) => Outcome::Response(response.map(UpstreamBody::Hyper)),
-            Ok(Err(error)) if error.is_connect() => Outcome::Connect(error.to_string()),
-            Ok(Err(error)) if is_refused(&error) => Outcome::Refused(error.to_string()),
-            Ok(Err(error)) => Outcome::Reset(error.to_string()),
+            Ok(Err(error)) if error.is_connect() => Outcome::Connect(chain(&error)),
+            Ok(Err(error)) if is_refused(&error) => Outcome::Refused(chain(&error)),
+            Ok(Err(error)) => Outcome::Reset(chain(&error)),
             Err(_elapsed) => Outcome::TimedOut { per_try },
         }
     }
+}
+
+/// An error with its sources (`client error (Connect): invalid peer certificate: UnknownIssuer`):
+/// hyper-util's own text names only the stage.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(error) = source {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        source = error.source();
+    }
+    text
 }
 
 /// hyper's client gives up on a request it never wrote when its pooled connection closes
