@@ -1,8 +1,11 @@
 //! HTTP basic authentication (RFC 7617) of a route's requests against its users: the
 //! `Authorization: Basic` header decoded, the password checked against the stored hash (bcrypt,
 //! Apache's apr1 MD5, `{SHA}`, `{PLAIN}`), good credentials remembered per setting so the slow
-//! schemes cost once, and the `WWW-Authenticate` challenge for a 401.
+//! schemes cost once, and the `WWW-Authenticate` challenge for a 401. A slow scheme's check runs
+//! on tokio's blocking pool, so a flood of wrong passwords for a bcrypt user cannot stall the
+//! worker's event loop (nginx's `auth_basic` blocks its worker instead).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use capstan_table::{BasicAuth, PasswordHash, Route, VERIFIED_CAPACITY, base64_decode};
@@ -11,7 +14,7 @@ use md5::{Digest as _, Md5};
 use sha1::Sha1;
 
 /// Whether the request's `Authorization` header names a user of `auth` with its password.
-pub(crate) fn authorized(auth: &BasicAuth, header: Option<&HeaderValue>) -> bool {
+pub(crate) async fn authorized(auth: &Arc<BasicAuth>, header: Option<&HeaderValue>) -> bool {
     let Some((user, password)) = header.and_then(credentials) else {
         return false;
     };
@@ -23,13 +26,24 @@ pub(crate) fn authorized(auth: &BasicAuth, header: Option<&HeaderValue>) -> bool
     key.update([0]);
     key.update(&password);
     let key: [u8; 20] = key.finalize().into();
-    let verified = auth.verified.pin();
-    if verified.contains(&key) {
+    if auth.verified.pin().contains(&key) {
         return true;
     }
-    if !verify(hash, &password) {
+    let good = match hash {
+        PasswordHash::Bcrypt(_) | PasswordHash::Apr1 { .. } => {
+            let (auth, user) = (auth.clone(), user.clone());
+            let check = move || {
+                let hash = &auth.users.users[user.as_str()];
+                verify(hash, &password)
+            };
+            tokio::task::spawn_blocking(check).await.unwrap_or(false)
+        }
+        PasswordHash::Sha1(_) | PasswordHash::Plain(_) => verify(hash, &password),
+    };
+    if !good {
         return false;
     }
+    let verified = auth.verified.pin();
     if verified.len() >= VERIFIED_CAPACITY {
         verified.clear();
     }
@@ -38,14 +52,15 @@ pub(crate) fn authorized(auth: &BasicAuth, header: Option<&HeaderValue>) -> bool
 }
 
 /// Checks `route`'s basic authentication, counting a refusal; `Ok` when it has none.
-pub(crate) fn check(route: &Route, header: Option<&HeaderValue>) -> Result<(), ()> {
-    match &route.basic_auth {
-        Some(auth) if !authorized(auth, header) => {
-            route.state.unauthorized.fetch_add(1, Ordering::Relaxed);
-            Err(())
-        }
-        _ => Ok(()),
+pub(crate) async fn check(route: &Route, header: Option<&HeaderValue>) -> Result<(), ()> {
+    let Some(auth) = &route.basic_auth else {
+        return Ok(());
+    };
+    if authorized(auth, header).await {
+        return Ok(());
     }
+    route.state.unauthorized.fetch_add(1, Ordering::Relaxed);
+    Err(())
 }
 
 /// `WWW-Authenticate: Basic realm="…", charset="UTF-8"` (the realm was checked for quotes and
@@ -156,8 +171,6 @@ fn crypt_base64(out: &mut String, mut value: u32, count: usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use capstan_table::Htpasswd;
 
     use super::*;
@@ -208,23 +221,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_scheme_admits_its_password_and_refuses_others() {
+    #[tokio::test]
+    async fn every_scheme_admits_its_password_and_refuses_others() {
         let bcrypt_hash = bcrypt::hash("bcrypt-pass", 4).expect("bcrypt");
         let text = format!(
             "alice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\nbob:{{SHA}}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n\
              carol:{bcrypt_hash}\ndave:{{PLAIN}}plain:with:colons\n"
         );
         let users = Htpasswd::from_lines("t", &text).expect("users");
-        let auth = BasicAuth::new(users, Arc::from("r"));
+        let auth = Arc::new(BasicAuth::new(users, Arc::from("r")));
         for good in [
             "alice:password",
             "bob:password",
             "carol:bcrypt-pass",
             "dave:plain:with:colons",
         ] {
-            assert!(authorized(&auth, Some(&basic(good))), "{good}");
-            assert!(authorized(&auth, Some(&basic(good))), "{good}, remembered");
+            assert!(authorized(&auth, Some(&basic(good))).await, "{good}");
+            assert!(
+                authorized(&auth, Some(&basic(good))).await,
+                "{good}, remembered"
+            );
         }
         for bad in [
             "alice:Password",
@@ -234,17 +250,17 @@ mod tests {
             "erin:password",
             "alice",
         ] {
-            assert!(!authorized(&auth, Some(&basic(bad))), "{bad}");
+            assert!(!authorized(&auth, Some(&basic(bad))).await, "{bad}");
         }
-        assert!(!authorized(&auth, None));
+        assert!(!authorized(&auth, None).await);
         for header in ["Bearer abc", "Basic", "Basic !!!!", "basic"] {
             let header = HeaderValue::from_static(header);
-            assert!(!authorized(&auth, Some(&header)), "{header:?}");
+            assert!(!authorized(&auth, Some(&header)).await, "{header:?}");
         }
         let lower =
             HeaderValue::try_from(format!("basic {}", encode(b"bob:password"))).expect("header");
         assert!(
-            authorized(&auth, Some(&lower)),
+            authorized(&auth, Some(&lower)).await,
             "the scheme is case-insensitive"
         );
         assert_eq!(

@@ -199,7 +199,8 @@ impl Forwarder {
         if let Err(refused) = admission::admit(&route, conn.peer.ip(), declared, now_us) {
             return refuse(done, refused);
         }
-        if auth::check(&route, request.headers().get(header::AUTHORIZATION)).is_err() {
+        let credentials = request.headers().get(header::AUTHORIZATION);
+        if auth::check(&route, credentials).await.is_err() {
             return unauthorized(done, &route);
         }
 
