@@ -63,6 +63,22 @@ pub struct RunArgs {
     /// running in a pod and no --manifests or --config is given.
     #[arg(long, value_name = "FILE", env = "CAPSTAN_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Serve running Docker containers by their `capstan.*` labels (the Docker provider, see
+    /// README: "Docker labels"), read from the Docker Engine API on this unix socket and kept
+    /// current from its events. `--docker` alone: `/var/run/docker.sock`.
+    #[arg(
+        long,
+        value_name = "SOCKET",
+        env = "CAPSTAN_DOCKER",
+        num_args = 0..=1,
+        default_missing_value = "/var/run/docker.sock"
+    )]
+    pub docker: Option<PathBuf>,
+    /// With `--docker`: the Docker network whose container addresses are used (a container's
+    /// `capstan.network` label overrides it). Default: a container's only network, else the
+    /// first by name.
+    #[arg(long, value_name = "NAME", env = "CAPSTAN_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
     /// Proxy only Services whose `service.kubernetes.io/service-proxy-name` label is NAME
     /// (kube-proxy's filter). Default: only Services without that label.
     #[arg(long, value_name = "NAME", env = "CAPSTAN_PROXY_NAME")]

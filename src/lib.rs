@@ -42,7 +42,7 @@ use crate::config::{RunArgs, SourceArgs};
 use crate::conntrack_sysctl::ConntrackSettings;
 use crate::kube_proxy::SyncClock;
 use crate::publish::Publisher;
-use crate::source::{FileSources, KubeSource, NodeFacts, SourceStatus};
+use crate::source::{DockerSource, FileSources, KubeSource, NodeFacts, SourceStatus};
 use crate::telemetry::{DnsCollector, IngressCollector, Metrics, ProxyCollector};
 
 /// Runs the agent until `shutdown` is cancelled, then drains connections up to the deadline.
@@ -126,6 +126,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     };
     tokio::spawn(admin::serve(admin, admin_state, shutdown.clone()));
 
+    let docker_status = source_status.clone();
     let mut files = FileSources::new(
         &args.sources.manifests,
         args.sources.config.as_ref(),
@@ -136,6 +137,19 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         .initial()
         .await
         .map_err(|e| Error::Invalid(Errors(e)))?;
+
+    let mut docker = args.docker.clone().map(|socket| {
+        DockerSource::new(
+            socket,
+            args.docker_network.clone(),
+            docker_status.clone(),
+            metrics.clone(),
+        )
+    });
+    let docker_initial = match &mut docker {
+        Some(docker) => Some(docker.initial().await),
+        None => None,
+    };
 
     let (updates_tx, updates) = mpsc::channel(1024);
     let (generations_tx, generations) = watch::channel(Generation::default());
@@ -154,6 +168,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             .ids()
             .into_iter()
             .chain(kube.iter().flat_map(|_| KubeSource::ids()))
+            .chain(docker.iter().map(DockerSource::id))
             .collect(),
         options: options.clone(),
         snapshots: snapshots.clone(),
@@ -162,8 +177,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         clock: clock.clone(),
         arrivals: arrivals_tx,
     };
-    for update in initial {
+    for update in initial.into_iter().chain(docker_initial) {
         let _ = updates_tx.send(update).await;
+    }
+    if let Some(docker) = docker {
+        tokio::spawn(docker.watch(updates_tx.clone(), shutdown.clone()));
     }
     if let Some(kube) = &kube {
         kube.spawn(updates_tx.clone(), &shutdown);
@@ -433,6 +451,7 @@ fn kube_config(args: &RunArgs) -> Option<Option<std::path::PathBuf>> {
         Some(path) => Some(Some(path.clone())),
         None if args.sources.manifests.is_empty()
             && args.sources.config.is_none()
+            && args.docker.is_none()
             && KubeSource::in_cluster() =>
         {
             Some(None)

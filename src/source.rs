@@ -5,6 +5,7 @@
 //! file or object that fails keeps its previous content.
 
 mod convert;
+mod docker;
 mod kube;
 mod manifests;
 mod standalone;
@@ -25,6 +26,7 @@ pub use convert::{
     SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TLS_SECRET_TYPE, auth_secret, endpoint_slice,
     ingress, ingress_class, parse_balance, secret, service, tls_secret,
 };
+pub use docker::{Container, DockerSource, Health, NAMESPACE as DOCKER_NAMESPACE};
 pub use kube::{ApiHealth, KubeSource, NodeFacts};
 pub use manifests::{Loaded, ManifestDir, parse as parse_manifests};
 pub use standalone::{
@@ -151,35 +153,7 @@ impl FileSources {
     }
 
     fn record(&self, source: &SourceId, loaded: &Loaded) {
-        let result = if loaded.errors.is_empty() {
-            "success"
-        } else {
-            "failure"
-        };
-        let labels = ReloadLabels {
-            source: source.to_string(),
-            result,
-        };
-        self.metrics.reloads.get_or_create(&labels).inc();
-        let source_labels = SourceLabels {
-            source: source.to_string(),
-        };
-        let invalid = i64::try_from(loaded.errors.len()).unwrap_or(i64::MAX);
-        self.metrics
-            .invalid_files
-            .get_or_create(&source_labels)
-            .set(invalid);
-        for error in &loaded.errors {
-            warn!(%source, %error, "rejected; previous content kept");
-        }
-        let report = SourceReport {
-            files: loaded.files,
-            objects: loaded.objects.len(),
-            errors: loaded.errors.iter().map(ToString::to_string).collect(),
-        };
-        if let Ok(mut status) = self.status.lock() {
-            status.insert(source.clone(), report);
-        }
+        record_load(&self.metrics, &self.status, source, loaded);
     }
 
     /// Watches the files (and SIGHUP) and re-resolves DNS backends until `shutdown`; sends a
@@ -301,6 +275,40 @@ impl FileSources {
                 return;
             }
         }
+    }
+}
+
+/// Counts a source's load in metrics, logs what it rejected, and keeps its report for
+/// `/debug/snapshot`.
+fn record_load(metrics: &Metrics, status: &SourceStatus, source: &SourceId, loaded: &Loaded) {
+    let result = if loaded.errors.is_empty() {
+        "success"
+    } else {
+        "failure"
+    };
+    let labels = ReloadLabels {
+        source: source.to_string(),
+        result,
+    };
+    metrics.reloads.get_or_create(&labels).inc();
+    let source_labels = SourceLabels {
+        source: source.to_string(),
+    };
+    let invalid = i64::try_from(loaded.errors.len()).unwrap_or(i64::MAX);
+    metrics
+        .invalid_files
+        .get_or_create(&source_labels)
+        .set(invalid);
+    for error in &loaded.errors {
+        warn!(%source, %error, "rejected; previous content kept");
+    }
+    let report = SourceReport {
+        files: loaded.files,
+        objects: loaded.objects.len(),
+        errors: loaded.errors.iter().map(ToString::to_string).collect(),
+    };
+    if let Ok(mut status) = status.lock() {
+        status.insert(source.clone(), report);
     }
 }
 

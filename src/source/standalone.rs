@@ -374,7 +374,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, Error> {
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or `:PORT` for every address.
-fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+pub(super) fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     if let Some(port) = value.strip_prefix(':') {
         let port = port
             .parse::<u16>()
@@ -426,7 +426,7 @@ fn parse_backend(value: &str) -> Result<Backend, String> {
     })
 }
 
-fn is_dns_label(name: &str) -> bool {
+pub(super) fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && name

@@ -8,6 +8,7 @@ mod dns;
 mod dns_metrics;
 mod dns_spec;
 mod dns_support;
+mod docker;
 mod edge_policy;
 mod files;
 mod http_support;

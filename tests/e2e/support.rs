@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub(crate) mod cluster;
+pub(crate) mod docker_api;
 pub(crate) mod kube_api;
 pub(crate) mod netns;
 
