@@ -1,11 +1,11 @@
 //! Capstan, the node agent: sources → publisher → snapshot → planes.
 //!
 //! Owns: the command line ([`config`]), the sources ([`source`]: the Kubernetes API, Kubernetes
-//! manifests and `capstan.yaml` on disk), the single-writer [`publish`] step, the admin endpoint
+//! manifests and `capstan.yaml` on disk, the Docker engine), the single-writer [`publish`] step, the admin endpoint
 //! ([`admin`]), kube-proxy's HTTP endpoints ([`kube_proxy`]), telemetry, and [`run`], which wires
 //! them with the planes and can be used in-process.
 //!
-//! May import every workspace crate. Kubernetes types never leave [`source`].
+//! May import every workspace crate. Kubernetes and Docker API types never leave [`source`].
 
 pub mod admin;
 pub mod config;

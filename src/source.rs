@@ -1,7 +1,7 @@
 //! Sources: the outside world translated into catalog [`Update`]s.
 //!
-//! The Kubernetes API ([`KubeSource`]) and files on disk (plain Kubernetes manifests and
-//! `capstan.yaml`) are read here; every source says when its initial state is complete, and a
+//! The Kubernetes API ([`KubeSource`]), files on disk (plain Kubernetes manifests and
+//! `capstan.yaml`) and the Docker engine ([`DockerSource`]) are read here; every source says when its initial state is complete, and a
 //! file or object that fails keeps its previous content.
 
 mod convert;
