@@ -1,4 +1,5 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics` and `/debug/snapshot`.
+//! The admin endpoint: `/` (the live admin page, one embedded HTML file), `/healthz`, `/readyz`,
+//! `/metrics` and `/debug/snapshot`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -91,6 +92,7 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
     match request.uri().path() {
+        "/" | "/index.html" => page(),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match (
             state.snapshots.load(),
@@ -141,9 +143,26 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: /healthz /readyz /metrics /debug/snapshot\n",
+            "not found: / /healthz /readyz /metrics /debug/snapshot\n",
         ),
     }
+}
+
+/// The admin page: it polls `/debug/snapshot` and `/metrics`; nothing is loaded from elsewhere
+/// (the policy forbids it).
+const PAGE: &str = include_str!("admin/page.html");
+
+fn page() -> Response<Full<Bytes>> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; connect-src 'self'; script-src 'unsafe-inline'; \
+             style-src 'unsafe-inline'",
+        )
+        .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
+        .unwrap_or_default()
 }
 
 fn kube_readiness(health: &ApiHealth) -> String {

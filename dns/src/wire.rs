@@ -30,6 +30,16 @@ pub fn parse(raw: &[u8]) -> Packet {
         return Packet::Ignore;
     }
     match Message::from_vec(raw) {
+        // RFC 9619: a query (opcode QUERY) with more than one question is answered FORMERR, as
+        // BIND and Knot do (CoreDNS's dns library refuses it too); answering it would echo every
+        // question, which need not fit the client's payload size.
+        Ok(message)
+            if message.metadata.message_type == MessageType::Query
+                && message.metadata.op_code == OpCode::Query
+                && message.queries.len() > 1 =>
+        {
+            Packet::Malformed(formerr(raw))
+        }
         Ok(message) if message.metadata.message_type == MessageType::Query => {
             Packet::Query(Box::new(message))
         }
@@ -91,10 +101,12 @@ pub fn encode(mut response: Message, request: &Message, limit: usize) -> Vec<u8>
     });
     match response.to_vec() {
         Ok(bytes) if bytes.len() <= limit => bytes,
-        Ok(_) => response
-            .truncate()
-            .to_vec()
-            .unwrap_or_else(|_| server_failure(request.metadata.id, request.metadata.op_code)),
+        // Truncated to the header, question and OPT record; if even that does not fit, SERVFAIL
+        // (a header alone always does).
+        Ok(_) => match response.truncate().to_vec() {
+            Ok(bytes) if bytes.len() <= limit => bytes,
+            _ => server_failure(request.metadata.id, request.metadata.op_code),
+        },
         Err(_) => server_failure(request.metadata.id, request.metadata.op_code),
     }
 }
@@ -200,6 +212,33 @@ mod tests {
         assert_eq!(reply.metadata.id, 0xabcd);
         assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
         assert!(reply.metadata.recursion_desired);
+    }
+
+    /// RFC 9619: QDCOUNT > 1 in a QUERY is FORMERR. Found by the `dns_query` fuzz target: five
+    /// long questions echoed in a truncated reply exceeded the client's 512 bytes.
+    #[test]
+    fn rfc9619_more_than_one_question_is_formerr() {
+        let mut request = query(None);
+        request.add_query(Query::query(
+            Name::from_ascii("second.example.").expect("name"),
+            RecordType::A,
+        ));
+        let raw = request.to_vec().expect("encode");
+        let Packet::Malformed(reply) = parse(&raw) else {
+            panic!("expected FORMERR");
+        };
+        let reply = Message::from_vec(&reply).expect("valid reply");
+        assert_eq!(reply.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(reply.metadata.id, 7);
+    }
+
+    #[test]
+    fn a_reply_whose_question_alone_exceeds_the_limit_is_servfail_that_fits() {
+        let request = query(None);
+        let bytes = encode(big_response(&request, 60), &request, 20);
+        assert!(bytes.len() <= 20);
+        let reply = Message::from_vec(&bytes).expect("decode");
+        assert_eq!(reply.metadata.response_code, ResponseCode::ServFail);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real `capstan` binary, real TCP backends and clients on loopback.
 
+mod admin_page;
 mod balance;
 mod capture;
 mod datapath_bench;

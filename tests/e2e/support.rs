@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub(crate) mod chromium;
 pub(crate) mod cluster;
 pub(crate) mod docker_api;
 pub(crate) mod kube_api;
