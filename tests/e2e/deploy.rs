@@ -1,12 +1,16 @@
 //! The deployment manifests and the Helm chart parse as the Kubernetes types they claim to be,
-//! grant no more than Capstan needs, and set only flags `capstan run` has.
+//! grant no more than Capstan needs, and set only flags `capstan run` has. The chart is rendered
+//! as `helm template` renders it (`deploy/helm/render`: Go's text/template with sprig and
+//! Helm's functions, values checked against values.schema.json), with its default values and with
+//! every option set (`ci/all-values.yaml`).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::IngressClass;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde_json::Value;
@@ -23,37 +27,97 @@ fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
         .unwrap_or_else(|e| panic!("{} does not parse: {e}", doc["kind"]))
 }
 
-/// Renders the chart's templates with its default values: `{{ .Values.a.b }}` and
-/// `{{ .Release.Namespace }}` are all it uses, and anything else fails the test.
-fn render_chart(chart: &Path, namespace: &str) -> String {
-    let values: Value = serde_saphyr::from_str(
-        &std::fs::read_to_string(chart.join("values.yaml")).expect("values.yaml"),
-    )
-    .expect("values YAML");
-    let mut out = String::new();
-    for entry in std::fs::read_dir(chart.join("templates")).expect("templates") {
-        let mut text = std::fs::read_to_string(entry.expect("entry").path()).expect("template");
-        while let Some(start) = text.find("{{") {
-            let end = start + text[start..].find("}}").expect("closing }}");
-            let expr = text[start + 2..end].trim();
-            let value = if expr == ".Release.Namespace" {
-                namespace.to_owned()
-            } else if let Some(path) = expr.strip_prefix(".Values.") {
-                let found = path.split('.').fold(&values, |v, key| &v[key]);
-                match found {
-                    Value::String(s) => s.clone(),
-                    Value::Null => panic!("{expr}: not in values.yaml"),
-                    other => other.to_string(),
-                }
-            } else {
-                panic!("the test renderer does not know {expr:?}");
-            };
-            text.replace_range(start..end + 2, &value);
-        }
-        out.push_str(&text);
-        out.push_str("\n---\n");
+/// The chart renderer (`deploy/helm/render`: Helm's template engine from Debian's Go packages),
+/// built once per test run.
+fn renderer() -> &'static Path {
+    static RENDERER: OnceLock<PathBuf> = OnceLock::new();
+    RENDERER.get_or_init(|| {
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("chart-render");
+        let status = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&out)
+            .arg("./deploy/helm/render")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env(
+                "GOCACHE",
+                PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-cache"),
+            )
+            .status()
+            .expect(
+                "go: apt-get install golang-go golang-github-masterminds-sprig-dev \
+                 golang-gopkg-yaml.v3-dev golang-github-xeipuuv-gojsonschema-dev",
+            );
+        assert!(status.success(), "building the chart renderer failed");
+        out
+    })
+}
+
+/// `helm template NAME deploy/helm/capstan -n NAMESPACE [-f VALUES]`: the manifests, and NOTES.txt
+/// (or the error).
+fn render(name: &str, namespace: &str, values: &[&str]) -> Result<(String, String), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(renderer());
+    command
+        .arg("-chart")
+        .arg(root.join("deploy/helm/capstan"))
+        .args(["-name", name, "-namespace", namespace]);
+    for file in values {
+        command.arg("-f").arg(root.join(file));
+    }
+    let out = command.output().expect("run the chart renderer");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok((stdout, stderr))
+    } else {
+        Err(stderr)
+    }
+}
+
+/// The `CAPSTAN_*` variables `capstan run` reads.
+fn flag_variables() -> BTreeSet<String> {
+    let help = Command::new(env!("CARGO_BIN_EXE_capstan"))
+        .args(["run", "--help"])
+        .output()
+        .expect("capstan run --help");
+    String::from_utf8_lossy(&help.stdout)
+        .split("[env: ")
+        .skip(1)
+        .filter_map(|rest| rest.split('=').next().map(str::to_owned))
+        .collect()
+}
+
+fn by_kind(docs: &[Value]) -> BTreeMap<String, Vec<Value>> {
+    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for doc in docs {
+        let kind = doc["kind"].as_str().expect("kind").to_owned();
+        out.entry(kind).or_default().push(doc.clone());
     }
     out
+}
+
+/// Parses every document as the k8s-openapi type of its kind (the ServiceMonitor, a CRD, as
+/// JSON with its required fields checked).
+fn parse_all(docs: &[Value]) {
+    for doc in docs {
+        match doc["kind"].as_str().expect("kind") {
+            "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),
+            "ClusterRole" => drop(typed::<ClusterRole>(doc)),
+            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
+            "ConfigMap" => drop(typed::<ConfigMap>(doc)),
+            "IngressClass" => drop(typed::<IngressClass>(doc)),
+            "DaemonSet" => drop(typed::<DaemonSet>(doc)),
+            "Service" => drop(typed::<Service>(doc)),
+            "ServiceMonitor" => {
+                assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+                assert!(doc["spec"]["selector"]["matchLabels"].is_object());
+                assert!(doc["spec"]["endpoints"].is_array());
+            }
+            other => panic!("unexpected kind {other}"),
+        }
+    }
 }
 
 #[test]
@@ -124,33 +188,37 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     assert_eq!(
         probe_port(&container.liveness_probe),
-        Some(("/livez".to_owned(), IntOrString::Int(10256)))
+        Some(("/livez".to_owned(), IntOrString::String("healthz".into())))
     );
 
     // Every CAPSTAN_* variable set is one `capstan run` reads.
-    let help = Command::new(env!("CARGO_BIN_EXE_capstan"))
-        .args(["run", "--help"])
-        .output()
-        .expect("capstan run --help");
-    let help = String::from_utf8_lossy(&help.stdout);
+    let flags = flag_variables();
     let config: ConfigMap = typed(&by_kind["ConfigMap"]);
     let mut names: Vec<String> = config.data.unwrap_or_default().into_keys().collect();
     names.extend(container.env.iter().flatten().map(|e| e.name.clone()));
     for name in names {
-        assert!(
-            help.contains(&format!("[env: {name}=")),
-            "{name} is not a flag of capstan run"
-        );
+        assert!(flags.contains(&name), "{name} is not a flag of capstan run");
     }
 
-    // The chart with its default values renders the same objects.
-    let rendered = documents(&render_chart(
-        &root.join("deploy/helm/capstan"),
-        "kube-system",
-    ));
+    // deploy/kubernetes/capstan.yaml is the chart's default render (deploy/helm/render.sh).
+    let root_chart = Command::new(renderer())
+        .arg("-chart")
+        .arg(root.join("deploy/helm/capstan"))
+        .args([
+            "-name",
+            "capstan",
+            "-namespace",
+            "kube-system",
+            "-managed-by",
+            "kubectl",
+        ])
+        .output()
+        .expect("render");
+    assert!(root_chart.status.success());
     assert_eq!(
-        rendered, plain,
-        "the chart and deploy/kubernetes/capstan.yaml differ"
+        documents(&String::from_utf8_lossy(&root_chart.stdout)),
+        plain,
+        "deploy/kubernetes/capstan.yaml is stale: run deploy/helm/render.sh"
     );
     // The optional status permission: patch on ingresses/status, nothing else, for Capstan.
     let status = documents(
@@ -178,4 +246,198 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
     )
     .expect("Chart YAML");
     assert_eq!(chart["apiVersion"], "v2");
+}
+
+#[test]
+fn the_chart_with_every_option_set_reaches_every_flag_and_pod_setting() {
+    let (text, notes) = render(
+        "edge",
+        "edge-system",
+        &["deploy/helm/capstan/ci/all-values.yaml"],
+    )
+    .unwrap_or_else(|e| panic!("render: {e}"));
+    let docs = documents(&text);
+    parse_all(&docs);
+    let kinds = by_kind(&docs);
+    assert!(
+        notes.contains("daemonset/capstan-edge"),
+        "NOTES.txt: {notes}"
+    );
+
+    // Every flag of `capstan run` is reachable from values (CAPSTAN_NODE_NAME comes from the
+    // downward API), and nothing else is set.
+    let config: ConfigMap = typed(&kinds["ConfigMap"][0]);
+    let set: BTreeSet<String> = config
+        .data
+        .clone()
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    let mut flags = flag_variables();
+    flags.remove("CAPSTAN_NODE_NAME");
+    assert_eq!(set, flags, "ConfigMap variables vs `capstan run --help`");
+    let data = config.data.unwrap_or_default();
+    assert_eq!(
+        data["CAPSTAN_PRESERVE_SOURCE_IP"],
+        "10.244.0.0/16,fd00:10:244::/56"
+    );
+    assert_eq!(data["CAPSTAN_UPSTREAM"], "1.1.1.1,9.9.9.9:53");
+
+    let daemonset: DaemonSet = typed(&kinds["DaemonSet"][0]);
+    let template = daemonset.spec.expect("spec").template;
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone());
+    let annotations = annotations.expect("pod annotations");
+    assert_eq!(annotations["example.com/scrape"], "true");
+    assert!(annotations.contains_key("checksum/config"));
+    let pod = template.spec.expect("pod spec");
+    assert_eq!(pod.priority_class_name.as_deref(), Some("edge-critical"));
+    assert_eq!(pod.node_selector.expect("nodeSelector").len(), 2);
+    assert_eq!(
+        pod.tolerations.expect("tolerations")[0].key.as_deref(),
+        Some("node-role.example.com/edge")
+    );
+    assert!(pod.affinity.and_then(|a| a.node_affinity).is_some());
+    assert_eq!(
+        pod.image_pull_secrets.expect("pull secrets")[0].name,
+        "registry-credentials"
+    );
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("capstan-edge-agent")
+    );
+    assert_eq!(pod.termination_grace_period_seconds, Some(60));
+    assert_eq!(pod.volumes.expect("volumes")[0].name, "config");
+    let container = &pod.containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some(
+            "registry.example/capstan@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        )
+    );
+    assert_eq!(
+        container.args.clone().unwrap_or_default(),
+        ["run", "--log", "info,capstan_proxy=debug"]
+    );
+    let env: Vec<String> = container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(env, ["CAPSTAN_NODE_NAME", "RUST_BACKTRACE"]);
+    assert_eq!(
+        container.volume_mounts.clone().expect("mounts")[0].mount_path,
+        "/etc/capstan"
+    );
+    let limits = container
+        .resources
+        .clone()
+        .and_then(|r| r.limits)
+        .expect("limits");
+    assert!(limits.contains_key("cpu"));
+    let ports: BTreeMap<String, i32> = container
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref() == Some("TCP"))
+        .map(|p| (p.name.clone().unwrap_or_default(), p.container_port))
+        .collect();
+    assert_eq!(ports["http"], 8080, "ports follow the flags");
+    assert_eq!(ports["https"], 8443);
+
+    // Status writes only when asked for, and only there.
+    let role: ClusterRole = typed(&kinds["ClusterRole"][0]);
+    let writes: Vec<_> = role
+        .rules
+        .iter()
+        .flatten()
+        .filter(|r| {
+            r.verbs
+                .iter()
+                .any(|v| !["list", "watch", "get"].contains(&v.as_str()))
+        })
+        .collect();
+    assert_eq!(writes.len(), 1);
+    assert_eq!(
+        writes[0].resources,
+        Some(vec!["ingresses/status".to_owned()])
+    );
+    assert_eq!(writes[0].verbs, ["patch"]);
+
+    let class: IngressClass = typed(&kinds["IngressClass"][0]);
+    assert_eq!(class.metadata.name.as_deref(), Some("edge"));
+    assert_eq!(
+        class.spec.and_then(|s| s.controller).as_deref(),
+        Some("example.com/edge")
+    );
+
+    // The ServiceMonitor scrapes ports the metrics Service has, which the pod exposes.
+    let service: Service = typed(&kinds["Service"][0]);
+    let service_ports: BTreeSet<String> = service
+        .spec
+        .and_then(|s| s.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    let monitor = &kinds["ServiceMonitor"][0];
+    assert_eq!(
+        monitor["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    let scraped: BTreeSet<String> = monitor["spec"]["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| e["port"].as_str().expect("port").to_owned())
+        .collect();
+    assert_eq!(
+        scraped,
+        ["admin", "dns-metrics", "metrics"].map(String::from).into()
+    );
+    assert_eq!(scraped, service_ports);
+    assert!(scraped.iter().all(|p| ports.contains_key(p)), "{ports:?}");
+}
+
+#[test]
+fn two_releases_of_the_chart_share_no_object_name() {
+    let names = |release: &str| -> BTreeSet<(String, String)> {
+        let (text, _) = render(release, "kube-system", &[]).unwrap_or_else(|e| panic!("{e}"));
+        let docs = documents(&text);
+        parse_all(&docs);
+        docs.iter()
+            .map(|d| {
+                let kind = d["kind"].as_str().expect("kind").to_owned();
+                (
+                    kind,
+                    d["metadata"]["name"].as_str().expect("name").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (names("capstan-a"), names("capstan-b"));
+    assert_eq!(a.len(), 6);
+    assert!(a.is_disjoint(&b), "{a:?} vs {b:?}");
+}
+
+#[test]
+fn the_values_schema_refuses_a_misspelled_flag_and_a_wrong_type() {
+    let dir = crate::support::TempDir::new("chart-values");
+    let misspelled = dir.write("typo.yaml", "config:\n  preserveSourceIP: [10.0.0.0/8]\n");
+    let wrong_type = dir.write(
+        "type.yaml",
+        "config:\n  capture: kernel\nrbac:\n  create: \"yes\"\n",
+    );
+    // An absolute path: `render` joins it to the repository root, which keeps it as it is.
+    let path = |p: &Path| p.display().to_string();
+    let error = render("x", "default", &[&path(&misspelled)]).expect_err("typo refused");
+    assert!(error.contains("preserveSourceIP"), "{error}");
+    let error = render("x", "default", &[&path(&wrong_type)]).expect_err("type refused");
+    assert!(
+        error.contains("capture") && error.contains("create"),
+        "{error}"
+    );
 }
