@@ -392,6 +392,17 @@ pub struct RunArgs {
     /// (optional per connection); the client address it names is the request's client.
     #[arg(long, env = "CAPSTAN_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
+    /// Per-endpoint metric series (`capstan_proxy_endpoint_*`) for at most N endpoints, in
+    /// Service order: 10,000 Services of 10 endpoints would otherwise be half a million series.
+    /// The per-Service series are always there; `capstan_proxy_endpoint_series_omitted` counts
+    /// the endpoints left out. 0 turns per-endpoint series off.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_ENDPOINT_METRICS",
+        default_value = "1000"
+    )]
+    pub endpoint_metrics: usize,
     /// Log filter (RUST_LOG syntax), e.g. info or capstan_proxy=debug.
     #[arg(
         long,

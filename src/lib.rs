@@ -65,6 +65,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         ProxyCollector {
             snapshots: snapshots.clone(),
             listeners: listener_status.clone(),
+            endpoint_series: args.endpoint_metrics,
         },
         DnsCollector {
             metrics: dns_metrics.clone(),
@@ -361,6 +362,7 @@ pub async fn check(args: &SourceArgs) -> Result<String, Error> {
         ProxyCollector {
             snapshots: SnapshotHandle::default(),
             listeners: watch::channel(ListenerStatus::default()).1,
+            endpoint_series: 0,
         },
         DnsCollector::default(),
         IngressCollector::default(),

@@ -75,6 +75,8 @@ pub struct SourceLabels {
 pub struct ProxyCollector {
     pub snapshots: SnapshotHandle,
     pub listeners: watch::Receiver<ListenerStatus>,
+    /// Per-endpoint series for at most this many endpoints (`--endpoint-metrics`).
+    pub endpoint_series: usize,
 }
 
 /// Installs the global tracing subscriber: `filter` uses `RUST_LOG` syntax.
@@ -244,6 +246,8 @@ impl Collector for ProxyCollector {
             return Ok(());
         };
         let mut ports = Families::default();
+        let mut endpoint_budget = self.endpoint_series;
+        let mut omitted = 0u64;
         for port in snapshot.proxy.ports.values() {
             let labels: Labels = vec![
                 ("service", port.key.service.to_string()),
@@ -292,6 +296,11 @@ impl Collector for ProxyCollector {
             ports.counter("proxy_idle_timeouts", &labels, &[], &c.idle_timeouts);
             let now = capstan_proxy::now_ms();
             for endpoint in port.endpoints.iter() {
+                if endpoint_budget == 0 {
+                    omitted += 1;
+                    continue;
+                }
+                endpoint_budget -= 1;
                 let mut labels = labels.clone();
                 labels.push(("endpoint", endpoint.addr.to_string()));
                 let s = &endpoint.stats;
@@ -328,6 +337,8 @@ impl Collector for ProxyCollector {
                 }
             }
         }
+        let omitted = AtomicU64::new(omitted);
+        ports.gauge("proxy_endpoint_series_omitted", &Vec::new(), &[], &omitted);
         ports.encode(&mut encoder)
     }
 }
@@ -435,6 +446,9 @@ fn help(name: &str) -> &'static str {
         "proxy_rejected_connections" => "Connections refused with RST, by reason",
         "proxy_idle_timeouts" => "Connections closed by the idle timeout",
         "proxy_endpoint_choices" => "Times an endpoint was chosen for a connection",
+        "proxy_endpoint_series_omitted" => {
+            "Endpoints without per-endpoint series (past --endpoint-metrics)"
+        }
         "proxy_endpoint_connect_errors" => "Failed connection attempts to an endpoint",
         "proxy_endpoint_active_connections" => "Connections currently open to an endpoint",
         "proxy_endpoint_ejected" => "1 while an endpoint is ejected after failed connects",

@@ -1,6 +1,8 @@
 //! Bad input: invalid files at startup exit non-zero with file and line; at runtime they keep
-//! the previous state, are logged, counted and shown on the admin endpoint.
+//! the previous state, are logged, counted and shown on the admin endpoint. And the cap on
+//! per-endpoint metric series, which keeps many Services from flooding the metrics.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::support::*;
@@ -201,4 +203,48 @@ async fn conflicting_frontends_keep_the_first_and_are_reported() {
     assert!(capstan.metrics().contains("capstan_catalog_problems 1"));
     assert_eq!(exchange(listen, b"x").await.expect("served"), "a");
     assert_eq!(http_get(capstan.admin, "/nope").map(|r| r.0), Some(404));
+}
+
+/// `--endpoint-metrics N` caps the per-endpoint series (10,000 Services of 10 endpoints would
+/// be half a million), and says how many endpoints it left out.
+#[test]
+fn per_endpoint_series_are_capped_and_the_rest_counted() {
+    let dir = TempDir::new("endpoint-metrics");
+    let backends: Vec<SocketAddr> = (1..=3)
+        .map(|i| SocketAddr::from(([127, 0, 0, i], 9)))
+        .collect();
+    let config = dir.write(
+        "capstan.yaml",
+        &config_one("capped", crate::support::frontend(), &backends, ""),
+    );
+    let series = |metrics: &str, name: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name) && l.contains("endpoint=\""))
+            .count()
+    };
+    let capped = Capstan::start(&["--config", path_str(&config), "--endpoint-metrics", "2"]);
+    let metrics = capped.metrics();
+    assert_eq!(
+        series(&metrics, "capstan_proxy_endpoint_choices"),
+        2,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("capstan_proxy_endpoint_series_omitted 1"),
+        "{metrics}"
+    );
+    drop(capped);
+
+    let all = Capstan::start(&["--config", path_str(&config)]);
+    let metrics = all.metrics();
+    assert_eq!(
+        series(&metrics, "capstan_proxy_endpoint_choices"),
+        3,
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("capstan_proxy_endpoint_series_omitted 0"),
+        "{metrics}"
+    );
 }
