@@ -3,11 +3,11 @@
 #   three HTTP backends on 127.0.0.1:9001-9003 (python3 -m http.server), and Capstan serving
 #   - standalone/web         on 127.0.0.1:8080 (round-robin over the three)
 #   - standalone/web-sticky  on 127.0.0.1:8081 (ClientIP affinity)
-#   - demo/web (manifests)   on ClusterIP 127.0.10.1:80 and NodePort 127.0.0.1:30080
+#   - demo/web (manifests)   on ClusterIP 127.0.10.1:8000 and NodePort 127.0.0.1:30080
 #   - cluster DNS            on 127.0.0.1:8053 (web.demo.svc.cluster.local, web.capstan.internal)
 #   - ingress                on 127.0.0.1:8088 (HTTP) and 127.0.0.1:8443 (TLS): web.example and
 #                              plain.example → demo/web, with a certificate generated below
-# Try: curl 127.0.0.1:8080  |  curl 127.0.10.1  |  curl 127.0.0.1:9901/debug/snapshot
+# Try: curl 127.0.0.1:8080  |  curl 127.0.10.1:8000  |  curl 127.0.0.1:9901/debug/snapshot
 #      dig @127.0.0.1 -p 8053 web.demo.svc.cluster.local  |  dig @127.0.0.1 -p 8053 web.capstan.internal
 #      curl -H 'Host: plain.example' 127.0.0.1:8088   |   curl -i -H 'Host: web.example' 127.0.0.1:8088 (308)
 #      curl --cacert "${TMPDIR:-/tmp}/capstan-example-ca.pem" --resolve web.example:8443:127.0.0.1 https://web.example:8443

@@ -126,20 +126,11 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
     let plain = documents(
         &std::fs::read_to_string(root.join("deploy/kubernetes/capstan.yaml")).expect("manifest"),
     );
-    let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
-    for doc in &plain {
-        let kind = doc["kind"].as_str().expect("kind").to_owned();
-        match kind.as_str() {
-            "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),
-            "ClusterRole" => drop(typed::<ClusterRole>(doc)),
-            "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
-            "ConfigMap" => drop(typed::<ConfigMap>(doc)),
-            "IngressClass" => drop(typed::<IngressClass>(doc)),
-            "DaemonSet" => drop(typed::<DaemonSet>(doc)),
-            other => panic!("unexpected kind {other}"),
-        }
-        by_kind.insert(kind, doc.clone());
-    }
+    parse_all(&plain);
+    let by_kind: BTreeMap<String, Value> = plain
+        .iter()
+        .map(|doc| (doc["kind"].as_str().expect("kind").to_owned(), doc.clone()))
+        .collect();
     assert_eq!(by_kind.len(), 6);
 
     // Read-only access: list and watch (get for the Node's zone), never a write verb.
