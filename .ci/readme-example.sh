@@ -25,8 +25,9 @@ block() {
   ' README.md
 }
 
+# Up to $1 seconds (the first run builds the release binary: about 8 minutes on 2 cores).
 wait_ready() {
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 "$1"); do
     curl -sf 127.0.0.1:9901/readyz >/dev/null 2>&1 && return 0
     sleep 1
   done
@@ -36,7 +37,7 @@ wait_ready() {
 # Command 1 (it builds the release binary first). Its own process group, to stop it whole.
 setsid examples/standalone/run.sh >"$log" 2>&1 &
 example_pid=$!
-wait_ready
+wait_ready 1800
 
 checked=0
 while IFS= read -r line; do
@@ -59,7 +60,7 @@ laptop=$(block "**As an ordinary user**" | tr -d '\\\n')
 chmod o+rx . examples examples/standalone target target/release 2>/dev/null || true
 setpriv --reuid=nobody --regid=nogroup --clear-groups bash -c "$laptop" >"$log" 2>&1 &
 user_pid=$!
-wait_ready
+wait_ready 60
 curl -sf 127.0.0.1:9901/debug/snapshot >/dev/null
 dig @127.0.0.1 -p 8053 +short web.capstan.internal | grep -q . ||
   { echo "the ordinary user's Capstan does not answer DNS"; tail -30 "$log"; exit 1; }
