@@ -465,8 +465,10 @@ fn thousands_of_garbage_packets_never_stop_the_server() {
             let _ = stream.write_all(garbage);
         }
     }
+    // The garbage can still fill the socket's receive buffer when the query arrives (CI ran
+    // this beside other tests and a fuzzer): a client retries, as every resolver does.
     assert_eq!(
-        dig_short(dns, &["web.shop.svc.cluster.local"]),
+        dig_short(dns, &["+tries=3", "web.shop.svc.cluster.local"]),
         ["10.96.7.7"]
     );
     assert_eq!(
