@@ -386,6 +386,8 @@ fn port_json(port: &ServicePortTable, listeners: &ListenerStatus, now: u64) -> V
             "healthy_threshold": h.healthy_threshold,
             "unhealthy_threshold": h.unhealthy_threshold,
             "statuses": h.statuses.iter().map(|(l, h)| format!("{l}-{h}")).collect::<Vec<_>>(),
+            "scheme": if h.tls { "https" } else { "http" },
+            "host": h.host.as_deref(),
         })),
         "outlier": json!({
             "consecutive_5xx": port.outlier.consecutive_5xx,

@@ -413,7 +413,7 @@ fn compile_port(
         policy: service.balance.unwrap_or(options.balance),
         affinity: service.session_affinity,
         timeouts,
-        health: service.policy.health.clone().map(Arc::new),
+        health: service.policy.health.clone(),
         outlier: service.policy.outlier,
         max_requests_per_endpoint: service.policy.max_requests_per_endpoint.map(u32::from),
         max_connections_per_endpoint: service.policy.max_connections_per_endpoint.map(u32::from),

@@ -17,7 +17,7 @@ pub const ANNOTATION_PREFIX: &str = "capstan.dev/";
 /// Per-Service policy: health checks and outlier ejection of its endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServicePolicy {
-    pub health: Option<ActiveHealthCheck>,
+    pub health: Option<Arc<ActiveHealthCheck>>,
     pub outlier: OutlierPolicy,
     /// Circuit breaking: requests in flight per endpoint at most.
     pub max_requests_per_endpoint: Option<NonZeroU32>,
@@ -71,6 +71,8 @@ pub const SERVICE_KEYS: &[&str] = &[
     "health-check-healthy-threshold",
     "health-check-unhealthy-threshold",
     "health-check-statuses",
+    "health-check-scheme",
+    "health-check-host",
     "outlier-consecutive-5xx",
     "outlier-consecutive-gateway-errors",
     "outlier-max-ejection-percent",
@@ -166,14 +168,22 @@ pub fn service_policy(pairs: Keys<'_>, known: &[&str]) -> Result<ServicePolicy, 
             Some(v) => status_ranges(v)?,
             None => vec![(200, 399)],
         };
-        policy.health = Some(ActiveHealthCheck {
+        policy.health = Some(Arc::new(ActiveHealthCheck {
             path: Arc::from(path),
             interval,
             timeout,
             healthy_threshold: threshold("health-check-healthy-threshold", 2)?,
             unhealthy_threshold: threshold("health-check-unhealthy-threshold", 3)?,
             statuses,
-        });
+            tls: match get(pairs, "health-check-scheme") {
+                None | Some("http") => false,
+                Some("https") => true,
+                Some(other) => {
+                    return Err(format!("health-check-scheme {other:?}: use http or https"));
+                }
+            },
+            host: get(pairs, "health-check-host").map(Arc::from),
+        }));
     } else if let Some((key, _)) = pairs.iter().find(|(k, _)| k.starts_with("health-check-")) {
         return Err(format!("{key} needs health-check-path"));
     }

@@ -13,8 +13,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use capstan_proxy::now_ms;
 use capstan_table::{ActiveHealthCheck, EndpointStats, SnapshotHandle, millis};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -94,30 +96,52 @@ fn record(stats: &EndpointStats, check: &ActiveHealthCheck, addr: SocketAddr, pa
     }
 }
 
-/// One `GET` of the check's path; passes when the status is one the check expects, within its
-/// timeout.
+/// One `GET` of the check's path, over TLS when the check asks for it; passes when the status
+/// is one the check expects, within its timeout.
 async fn probe(addr: SocketAddr, check: &ActiveHealthCheck) -> bool {
+    let host = check
+        .host
+        .as_deref()
+        .map_or_else(|| addr.to_string(), str::to_owned);
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: capstan-health-check\r\nConnection: close\r\n\r\n",
-            check.path
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut buf = BytesMut::with_capacity(4096);
-        loop {
-            if stream.read_buf(&mut buf).await.ok()? == 0 {
-                return None;
-            }
-            match parse_response_head(&buf, false, MAX_HEAD_BYTES).ok()? {
-                Parsed::Complete { head, .. } => return Some(head.status.as_u16()),
-                Parsed::Partial => {}
-            }
+        let stream = TcpStream::connect(addr).await.ok()?;
+        if !check.tls {
+            return exchange(stream, &host, check).await;
         }
+        let name = match &check.host {
+            Some(host) => ServerName::try_from(host.to_string()).ok()?,
+            None => ServerName::IpAddress(addr.ip().into()),
+        };
+        let connector = TlsConnector::from(crate::upstream_tls::health_check_config());
+        let stream = connector.connect(name, stream).await.ok()?;
+        exchange(stream, &host, check).await
     };
     match tokio::time::timeout(check.timeout, exchange).await {
         Ok(Some(status)) => check.passes(status),
         _ => false,
+    }
+}
+
+/// Sends the check's request on `stream` and reads the status of the response head.
+async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    host: &str,
+    check: &ActiveHealthCheck,
+) -> Option<u16> {
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: capstan-health-check\r\nConnection: close\r\n\r\n",
+        check.path
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if stream.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+        match parse_response_head(&buf, false, MAX_HEAD_BYTES).ok()? {
+            Parsed::Complete { head, .. } => return Some(head.status.as_u16()),
+            Parsed::Partial => {}
+        }
     }
 }
 
@@ -135,6 +159,8 @@ mod tests {
             healthy_threshold: 2,
             unhealthy_threshold: 3,
             statuses: vec![(200, 399)],
+            tls: false,
+            host: None,
         }
     }
 
@@ -181,5 +207,70 @@ mod tests {
         assert!(!probe(addr, &check()).await);
         // Nothing listens any more: a refused connect fails the check.
         assert!(!probe(addr, &check()).await);
+    }
+
+    /// `health-check-scheme: https`: the check speaks TLS to an endpoint with a self-signed
+    /// certificate and sends the configured Host as SNI; a cleartext check of the same endpoint
+    /// fails.
+    #[tokio::test]
+    async fn a_tls_probe_reaches_a_tls_endpoint_with_its_server_name() {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["api.internal".to_owned()]).expect("generate");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(generated.cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                    generated.signing_key.serialize_der(),
+                )),
+            )
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (names_tx, mut names) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (conn, _) = listener.accept().await.expect("accept");
+                let Ok(mut tls) = acceptor.accept(conn).await else {
+                    continue;
+                };
+                let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                let mut buf = [0u8; 1024];
+                let n = tls.read(&mut buf).await.expect("read");
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let _ = names_tx.send((sni, head));
+                let answer = "HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n";
+                tls.write_all(answer.as_bytes()).await.expect("write");
+                let _ = tls.shutdown().await;
+            }
+        });
+        let tls_check = ActiveHealthCheck {
+            tls: true,
+            host: Some(Arc::from("api.internal")),
+            ..check()
+        };
+        assert!(probe(addr, &tls_check).await);
+        let (sni, head) = names.recv().await.expect("one request");
+        assert_eq!(sni.as_deref(), Some("api.internal"));
+        assert!(head.contains("Host: api.internal\r\n"), "{head}");
+        assert!(
+            !probe(addr, &check()).await,
+            "cleartext to a TLS endpoint fails"
+        );
+        let by_address = ActiveHealthCheck {
+            tls: true,
+            ..check()
+        };
+        assert!(
+            probe(addr, &by_address).await,
+            "no host: the address, no SNI"
+        );
     }
 }

@@ -161,6 +161,26 @@ pub(crate) fn client_config(
 }
 
 /// The system's trust store (`/etc/ssl/certs` on Debian), read once per process.
+/// The client of TLS health checks: HTTP/1.1, no client certificate, and no certificate check
+/// (HAProxy's `check-ssl verify none`; a check reads a status and sends nothing secret). Built
+/// once.
+pub(crate) fn health_check_config() -> Arc<ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(aws_lc_rs::default_provider());
+            let mut config = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("the default provider supports the default versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        })
+        .clone()
+}
+
 fn system_roots() -> Result<Arc<RootCertStore>, String> {
     static ROOTS: OnceLock<Result<Arc<RootCertStore>, String>> = OnceLock::new();
     ROOTS

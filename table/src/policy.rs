@@ -227,6 +227,11 @@ pub struct ActiveHealthCheck {
     pub unhealthy_threshold: u32,
     /// Inclusive ranges of statuses that pass (default 200–399).
     pub statuses: Vec<(u16, u16)>,
+    /// `health-check-scheme: https`: the check speaks TLS (certificate not verified, as
+    /// HAProxy's `check-ssl verify none`: a check reads a status, it sends nothing secret).
+    pub tls: bool,
+    /// `health-check-host`: the Host header and TLS server name; default the endpoint's address.
+    pub host: Option<Arc<str>>,
 }
 
 /// Passive outlier detection on responses (Envoy's `outlier_detection`).

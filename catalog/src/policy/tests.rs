@@ -116,6 +116,28 @@ fn service_keys_are_read() {
             .expect_err("relative")
             .contains("must start with /")
     );
+    assert!(
+        !health.tls && health.host.is_none(),
+        "cleartext by address by default"
+    );
+    let tls = service_policy(
+        &[
+            ("health-check-path", "/healthz"),
+            ("health-check-scheme", "https"),
+            ("health-check-host", "api.internal"),
+        ],
+        &[],
+    )
+    .expect("valid")
+    .health
+    .expect("health check");
+    assert!(tls.tls);
+    assert_eq!(tls.host.as_deref(), Some("api.internal"));
+    let scheme = service_policy(
+        &[("health-check-path", "/"), ("health-check-scheme", "tcp")],
+        &[],
+    );
+    assert!(scheme.expect_err("scheme").contains("use http or https"));
     let route_key = service_policy(&[("retries", "2")], &[]);
     assert!(
         route_key
