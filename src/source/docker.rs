@@ -84,7 +84,7 @@ impl DockerSource {
     pub async fn initial(&mut self) -> Update {
         let loaded = match self.connect() {
             Ok(docker) => self.load(&docker).await,
-            Err(error) => failed(error),
+            Err(error) => Err(error),
         };
         self.finish(loaded).unwrap_or_else(|| Update::Reset {
             source: self.id.clone(),
@@ -92,36 +92,37 @@ impl DockerSource {
         })
     }
 
-    /// Lists and inspects the running containers and converts their labels.
-    async fn load(&self, docker: &Docker) -> Loaded {
-        match containers(docker).await {
-            Ok(containers) => {
-                let (objects, errors) = objects(&containers, self.network.as_deref());
-                Loaded {
-                    files: containers.len(),
-                    objects,
-                    errors,
-                }
-            }
-            Err(e) => failed(engine_error(&self.socket, &e)),
-        }
+    /// Lists and inspects the running containers and converts their labels; `Err` when the
+    /// engine could not be asked.
+    async fn load(&self, docker: &Docker) -> Result<Loaded, Error> {
+        let containers = containers(docker)
+            .await
+            .map_err(|e| engine_error(&self.socket, &e))?;
+        let (objects, errors) = objects(&containers, self.network.as_deref());
+        Ok(Loaded {
+            files: containers.len(),
+            objects,
+            errors,
+        })
     }
 
-    /// Records a load; the `Reset` to send when it succeeded and changed something. A failed
-    /// engine request keeps the last state.
-    fn finish(&mut self, loaded: Loaded) -> Option<Update> {
+    /// Records a load; the `Reset` to send when it succeeded and changed something. An engine
+    /// that could not be asked is recorded as the source's error and keeps the last state.
+    fn finish(&mut self, loaded: Result<Loaded, Error>) -> Option<Update> {
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                let failed = Loaded {
+                    files: 0,
+                    objects: vec![],
+                    errors: vec![error],
+                };
+                record_load(&self.metrics, &self.status, &self.id, &failed);
+                return None;
+            }
+        };
         record_load(&self.metrics, &self.status, &self.id, &loaded);
-        let engine_failed = loaded.files == 0
-            && loaded.errors.iter().any(|e| {
-                matches!(
-                    e,
-                    Error::Convert {
-                        kind: "docker engine",
-                        ..
-                    }
-                )
-            });
-        if engine_failed || self.last.as_ref() == Some(&loaded.objects) {
+        if self.last.as_ref() == Some(&loaded.objects) {
             return None;
         }
         self.last = Some(loaded.objects.clone());
@@ -154,7 +155,7 @@ impl DockerSource {
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(error) => {
                     warn!(%error, retry_in = ?backoff, "docker: engine unreachable; the last state keeps serving");
-                    self.finish(failed(error));
+                    self.finish(Err(error));
                 }
             }
             tokio::select! {
@@ -301,14 +302,6 @@ fn container(inspected: ContainerInspectResponse) -> Option<Container> {
         health,
         paused: state.paused == Some(true),
     })
-}
-
-fn failed(error: Error) -> Loaded {
-    Loaded {
-        files: 0,
-        objects: vec![],
-        errors: vec![error],
-    }
 }
 
 fn engine_error(socket: &std::path::Path, error: &bollard::errors::Error) -> Error {

@@ -44,34 +44,28 @@ impl HttpBackend {
         let stop = CancellationToken::new();
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         let token = stop.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let (stream, _) = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok(a) => a,
-                            Err(_) => continue,
-                        },
-                        () = token.cancelled() => return,
-                    };
-                    let token = token.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| answer(name, req));
-                        let builder = auto::Builder::new(TokioExecutor::new());
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        tokio::select! {
-                            _ = conn => {}
-                            () = token.cancelled() => {}
-                        }
-                    });
-                }
-            });
+        crate::support::on_own_thread(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(_) => continue,
+                    },
+                    () = token.cancelled() => return,
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(name, req));
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
         });
         Self { addr, stop }
     }

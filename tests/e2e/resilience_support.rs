@@ -57,36 +57,30 @@ impl FaultyBackend {
             backend.health_checks.clone(),
             backend.stop.clone(),
         );
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let stream = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => continue,
-                        },
-                        () = token.cancelled() => return,
-                    };
-                    let conn = Connection {
-                        name: name.clone(),
-                        mode: mode.clone(),
-                        requests: requests.clone(),
-                        health_checks: health.clone(),
-                    };
-                    let token = token.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            () = conn.serve(stream) => {}
-                            () = token.cancelled() => {}
-                        }
-                    });
-                }
-            });
+        crate::support::on_own_thread(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    () = token.cancelled() => return,
+                };
+                let conn = Connection {
+                    name: name.clone(),
+                    mode: mode.clone(),
+                    requests: requests.clone(),
+                    health_checks: health.clone(),
+                };
+                let token = token.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = conn.serve(stream) => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
         });
         backend
     }

@@ -47,6 +47,18 @@ pub(crate) fn frontend() -> SocketAddr {
 }
 
 /// A temporary directory removed on drop.
+/// Runs a test server's `future` on a thread of its own with a current-thread runtime, so it
+/// serves whatever runtime (or none) the test itself uses.
+pub(crate) fn on_own_thread(future: impl std::future::Future<Output = ()> + Send + 'static) {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(future);
+    });
+}
+
 pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {

@@ -63,66 +63,60 @@ impl TlsBackend {
         let stop = CancellationToken::new();
         let connections = Arc::new(AtomicU64::new(0));
         let (token, count) = (stop.clone(), connections.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                loop {
-                    let stream = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => continue,
-                        },
-                        () = token.cancelled() => return,
+        crate::support::on_own_thread(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    () = token.cancelled() => return,
+                };
+                let number = count.fetch_add(1, Ordering::Relaxed) + 1;
+                let (acceptor, token) = (acceptor.clone(), token.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
                     };
-                    let number = count.fetch_add(1, Ordering::Relaxed) + 1;
-                    let (acceptor, token) = (acceptor.clone(), token.clone());
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else {
-                            return;
-                        };
-                        let (_, session) = tls.get_ref();
-                        let facts = [
-                            ("x-sni", session.server_name().unwrap_or("-").to_owned()),
-                            (
-                                "x-alpn",
-                                session.alpn_protocol().map_or("-".into(), |p| {
-                                    String::from_utf8_lossy(p).into_owned()
-                                }),
-                            ),
-                            (
-                                "x-client-cert",
-                                if session.peer_certificates().is_some() {
-                                    "yes".into()
-                                } else {
-                                    "no".into()
-                                },
-                            ),
-                            ("x-conn", number.to_string()),
-                        ];
-                        let service = service_fn(move |req| {
-                            let facts = facts.clone();
-                            async move {
-                                let mut response = answer(name, req).await?;
-                                for (header, value) in facts {
-                                    let value = value.parse().expect("header value");
-                                    response.headers_mut().insert(header, value);
-                                }
-                                Ok::<_, std::convert::Infallible>(response)
+                    let (_, session) = tls.get_ref();
+                    let facts = [
+                        ("x-sni", session.server_name().unwrap_or("-").to_owned()),
+                        (
+                            "x-alpn",
+                            session
+                                .alpn_protocol()
+                                .map_or("-".into(), |p| String::from_utf8_lossy(p).into_owned()),
+                        ),
+                        (
+                            "x-client-cert",
+                            if session.peer_certificates().is_some() {
+                                "yes".into()
+                            } else {
+                                "no".into()
+                            },
+                        ),
+                        ("x-conn", number.to_string()),
+                    ];
+                    let service = service_fn(move |req| {
+                        let facts = facts.clone();
+                        async move {
+                            let mut response = answer(name, req).await?;
+                            for (header, value) in facts {
+                                let value = value.parse().expect("header value");
+                                response.headers_mut().insert(header, value);
                             }
-                        });
-                        let builder = auto::Builder::new(TokioExecutor::new());
-                        let conn = builder.serve_connection(TokioIo::new(tls), service);
-                        tokio::select! {
-                            _ = conn => {}
-                            () = token.cancelled() => {}
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                }
-            });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
         });
         Self {
             addr,

@@ -131,37 +131,31 @@ impl FakeDocker {
         listener.set_nonblocking(true).expect("nonblocking");
         let docker = self.clone();
         let stop = self.stop.lock().expect("stop").clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
-                loop {
-                    let stream = tokio::select! {
-                        accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
-                            Err(_) => continue,
-                        },
-                        () = stop.cancelled() => return,
-                    };
-                    let docker = docker.clone();
-                    let stop = stop.clone();
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let docker = docker.clone();
-                            async move { Ok::<_, Infallible>(docker.answer(req)) }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service);
-                        tokio::select! {
-                            _ = conn => {}
-                            () = stop.cancelled() => {}
-                        }
+        crate::support::on_own_thread(async move {
+            let listener = tokio::net::UnixListener::from_std(listener).expect("listener");
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    () = stop.cancelled() => return,
+                };
+                let docker = docker.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let docker = docker.clone();
+                        async move { Ok::<_, Infallible>(docker.answer(req)) }
                     });
-                }
-            });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
         });
     }
 
