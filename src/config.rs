@@ -392,6 +392,26 @@ pub struct RunArgs {
     /// (optional per connection); the client address it names is the request's client.
     #[arg(long, env = "CAPSTAN_PROXY_PROTOCOL")]
     pub proxy_protocol: bool,
+    /// TLS key-exchange groups the HTTPS listener offers, in preference order (nginx's
+    /// `ssl_ecdh_curve`, HAProxy's `curves`): X25519MLKEM768 (post-quantum hybrid), X25519,
+    /// secp256r1 (P-256), secp384r1 (P-384).
+    #[arg(
+        long,
+        value_name = "GROUP,...",
+        env = "CAPSTAN_TLS_KEY_EXCHANGE",
+        value_delimiter = ',',
+        default_value = "X25519MLKEM768,X25519,secp256r1,secp384r1"
+    )]
+    pub tls_key_exchange: Vec<capstan_ingress::crypto::KeyExchange>,
+    /// TLS 1.3 session tickets sent after each full handshake, for resumption from the
+    /// in-memory session cache; 0 turns resumption off (every connection a full handshake).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "CAPSTAN_TLS_SESSION_TICKETS",
+        default_value = "2"
+    )]
+    pub tls_session_tickets: usize,
     /// Per-endpoint metric series (`capstan_proxy_endpoint_*`) for at most N endpoints, in
     /// Service order: 10,000 Services of 10 endpoints would otherwise be half a million series.
     /// The per-Service series are always there; `capstan_proxy_endpoint_series_omitted` counts

@@ -625,6 +625,8 @@ fn ingress_config(args: &RunArgs) -> Result<IngressConfig, Error> {
         access_log: args.access_log,
         trusted_proxies: args.trusted_proxies.clone().into(),
         proxy_protocol: args.proxy_protocol,
+        tls_key_exchange: args.tls_key_exchange.clone(),
+        tls_session_tickets: args.tls_session_tickets,
         ..IngressConfig::default()
     })
 }

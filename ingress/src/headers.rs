@@ -239,19 +239,17 @@ pub(crate) fn forwarded_fields(
     };
     let proto = kept(&X_FORWARDED_PROTO).unwrap_or(HeaderValue::from_static(forwarding.proto));
     let port = kept(&X_FORWARDED_PORT).unwrap_or_else(|| forwarding.port.clone());
-    let forwarded_host = kept(&X_FORWARDED_HOST)
-        .or_else(|| (!host.is_empty()).then(|| HeaderValue::from_str(host).ok())?);
-    let ours = if host.is_empty() {
-        forwarding.forwarded.clone()
-    } else {
-        format!("{};host=\"{host}\"", forwarding.forwarded)
-    };
-    let forwarded = match prior(&header::FORWARDED) {
-        Some(chain) => HeaderValue::from_str(&format!("{chain}, {ours}")),
-        None => HeaderValue::from_str(&ours),
-    };
-    let request_id = kept(&X_REQUEST_ID)
-        .or_else(|| HeaderValue::from_str(&format!("{:032x}", fastrand::u128(..))).ok());
+    // The request's own Host value when that is the host (a shared copy, no allocation).
+    let forwarded_host = kept(&X_FORWARDED_HOST).or_else(|| {
+        let from_header = headers
+            .get(header::HOST)
+            .filter(|v| v.as_bytes() == host.as_bytes());
+        from_header
+            .cloned()
+            .or_else(|| (!host.is_empty()).then(|| HeaderValue::from_str(host).ok())?)
+    });
+    let forwarded = forwarded_value(prior(&header::FORWARDED), &forwarding.forwarded, host);
+    let request_id = kept(&X_REQUEST_ID).or_else(new_request_id);
     ForwardedFields {
         fields: [
             (&X_FORWARDED_FOR, xff),
@@ -259,10 +257,40 @@ pub(crate) fn forwarded_fields(
             (&X_FORWARDED_PROTO, Some(proto)),
             (&X_FORWARDED_PORT, Some(port)),
             (&X_FORWARDED_HOST, forwarded_host),
-            (&header::FORWARDED, forwarded.ok()),
+            (&header::FORWARDED, forwarded),
             (&X_REQUEST_ID, request_id),
         ],
     }
+}
+
+/// `Forwarded` (RFC 7239): the trusted chain, then this hop (`for=…;proto=…;host="…"`), written
+/// into one buffer that becomes the value without another copy.
+fn forwarded_value(chain: Option<String>, ours: &str, host: &str) -> Option<HeaderValue> {
+    let mut value =
+        Vec::with_capacity(chain.as_ref().map_or(0, |c| c.len() + 2) + ours.len() + host.len() + 8);
+    if let Some(chain) = &chain {
+        value.extend_from_slice(chain.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(ours.as_bytes());
+    if !host.is_empty() {
+        value.extend_from_slice(b";host=\"");
+        value.extend_from_slice(host.as_bytes());
+        value.push(b'"');
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()
+}
+
+/// A new `X-Request-Id`: 128 random bits as 32 lowercase hex digits (ingress-nginx's
+/// `$req_id`), formatted without the formatting machinery.
+fn new_request_id() -> Option<HeaderValue> {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let mut text = [0u8; 32];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&text).ok()
 }
 
 /// Sets (or removes) the forwarding headers in a header map, for hyper's client.
@@ -301,14 +329,29 @@ pub(crate) fn encode_upstream_head(
         }
         out.extend_from_slice(b"\r\n");
     };
-    let named: Vec<&str> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| !token.is_empty())
-        .collect();
+    // The names `Connection` lists (RFC 9110 §7.6.1): up to 8 kept on the stack, more looked up
+    // in place for each header.
+    let connection = headers.get_all(header::CONNECTION);
+    let tokens = || {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+    };
+    let mut named = [""; 8];
+    let mut count = 0;
+    for token in tokens() {
+        if let Some(slot) = named.get_mut(count) {
+            *slot = token;
+        }
+        count += 1;
+    }
+    let listed = |name: &HeaderName| match named.get(..count) {
+        Some(few) => few.iter().any(|t| t.eq_ignore_ascii_case(name.as_str())),
+        None => tokens().any(|t| t.eq_ignore_ascii_case(name.as_str())),
+    };
     let (mut trailers_te, mut wrote_host) = (false, false);
     for (name, value) in headers {
         if name == header::TE {
@@ -318,12 +361,7 @@ pub(crate) fn encode_upstream_head(
             });
             continue;
         }
-        if HOP_BY_HOP.contains(name)
-            || FORWARDING_HEADERS.contains(&name)
-            || named
-                .iter()
-                .any(|token| token.eq_ignore_ascii_case(name.as_str()))
-        {
+        if HOP_BY_HOP.contains(name) || FORWARDING_HEADERS.contains(&name) || listed(name) {
             continue;
         }
         wrote_host |= name == header::HOST;

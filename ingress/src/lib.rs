@@ -17,6 +17,7 @@ mod admission;
 mod auth;
 mod body;
 mod completion;
+pub mod crypto;
 mod edge;
 mod error;
 mod forward;
@@ -71,6 +72,11 @@ pub struct IngressConfig {
     pub trusted_proxies: std::sync::Arc<[ipnet::IpNet]>,
     /// Accept a PROXY protocol v1/v2 header from trusted peers (`--proxy-protocol`).
     pub proxy_protocol: bool,
+    /// TLS key-exchange groups in preference order (`--tls-key-exchange`); empty: rustls's.
+    pub tls_key_exchange: Vec<crypto::KeyExchange>,
+    /// TLS 1.3 session tickets sent after a full handshake (`--tls-session-tickets`); 0 turns
+    /// resumption off (no tickets, no session cache).
+    pub tls_session_tickets: usize,
 }
 
 impl IngressConfig {
@@ -100,6 +106,44 @@ impl Default for IngressConfig {
             trusted_proxies: std::sync::Arc::new([]),
             proxy_protocol: false,
             access_log: false,
+            tls_key_exchange: Vec::new(),
+            tls_session_tickets: 2,
+        }
+    }
+}
+
+/// The pure per-request steps the criterion benches (`benches/ingress.rs`) time, so a
+/// regression on the request path shows without a load test. Not an API.
+#[doc(hidden)]
+pub mod bench {
+    use std::net::IpAddr;
+
+    use bytes::BytesMut;
+    use http::{HeaderMap, Method};
+
+    /// The upstream request heads of one downstream connection from `client` to an `http`
+    /// listener at `port` (its forwarding values rendered once, as the server does per connection).
+    pub struct UpstreamHead(crate::headers::Forwarding);
+
+    impl UpstreamHead {
+        pub fn new(client: IpAddr, port: u16, trusted: bool) -> Self {
+            Self(crate::headers::Forwarding::new(
+                client, "http", port, trusted,
+            ))
+        }
+
+        /// The head the inline client writes for one request: forwarding headers decided, then
+        /// the head encoded into `out`.
+        pub fn encode(
+            &self,
+            method: &Method,
+            target: &str,
+            headers: &HeaderMap,
+            host: &str,
+            out: &mut BytesMut,
+        ) {
+            let fields = crate::headers::forwarded_fields(headers, &self.0, host);
+            crate::headers::encode_upstream_head(method, target, headers, &fields, host, out);
         }
     }
 }

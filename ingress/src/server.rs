@@ -88,7 +88,12 @@ pub fn serve(
     let acceptor = match &https {
         Some(_) => {
             let resolver = SniResolver::new(snapshots.clone(), &self_signed()?);
-            Some(TlsAcceptor::from(Arc::new(server_config(resolver)?)))
+            let tls = server_config(
+                resolver,
+                &config.tls_key_exchange,
+                config.tls_session_tickets,
+            )?;
+            Some(TlsAcceptor::from(Arc::new(tls)))
         }
         None => None,
     };

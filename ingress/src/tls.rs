@@ -10,6 +10,7 @@ use rustls::sign::CertifiedKey;
 use rustls::version::{TLS12, TLS13};
 
 use crate::IngressError;
+use crate::crypto::{self, KeyExchange};
 
 /// Chooses a certificate by SNI: the Ingress `spec.tls` host (exact, then `*.` wildcard), else
 /// the default certificate (`--default-certificate`, else the self-signed fallback).
@@ -52,15 +53,25 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The rustls configuration of the TLS listener: TLS 1.2 and 1.3 only, ALPN `h2` then
-/// `http/1.1`, certificates from [`SniResolver`].
-pub(crate) fn server_config(resolver: SniResolver) -> Result<rustls::ServerConfig, IngressError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+/// `http/1.1`, certificates from [`SniResolver`], the operator's key-exchange groups, and
+/// `session_tickets` TLS 1.3 tickets per full handshake (rustls's in-memory session cache behind
+/// them; none and no cache for 0).
+pub(crate) fn server_config(
+    resolver: SniResolver,
+    key_exchange: &[KeyExchange],
+    session_tickets: usize,
+) -> Result<rustls::ServerConfig, IngressError> {
+    let provider = crypto::provider(key_exchange);
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&TLS13, &TLS12])
         .map_err(|e| IngressError::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.send_tls13_tickets = session_tickets;
+    if session_tickets == 0 {
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     Ok(config)
 }
 
