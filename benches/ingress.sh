@@ -28,29 +28,9 @@ DURATION=${1:-10}
 CONCURRENCY=${2:-64}
 ROUNDS=${ROUNDS:-3}
 
-need_apt=()
-command -v nginx >/dev/null || need_apt+=(nginx-light)
-command -v haproxy >/dev/null || need_apt+=(haproxy)
-command -v openssl >/dev/null || need_apt+=(openssl)
-command -v taskset >/dev/null || need_apt+=(util-linux)
-if [ ${#need_apt[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
-export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || cargo install oha --locked
-# CAPSTAN=/path/to/capstan compares another build (an earlier commit's) in the same harness.
-if [ -z "${CAPSTAN:-}" ]; then
-  cargo build --release --locked --quiet --bin capstan
-  CAPSTAN=$PWD/target/release/capstan
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
+bench_setup nginx=nginx-light haproxy=haproxy openssl=openssl taskset=util-linux
 PROXY_CPU=0; CLIENT_CPU=1
 [ "$(nproc)" -lt 2 ] && CLIENT_CPU=0
 

@@ -28,28 +28,9 @@ ROUNDS=${2:-3}
 LOAD_CPU=0
 SUT_CPU=1
 
-need=()
-command -v nginx >/dev/null || need+=(nginx-light)
-command -v haproxy >/dev/null || need+=(haproxy)
-command -v wrk >/dev/null || need+=(wrk)
-command -v perf >/dev/null || need+=(linux-perf)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-export PATH="$HOME/.cargo/bin:$PATH"
-command -v oha >/dev/null || cargo install oha --locked
-if [ -z "${CAPSTAN:-}" ]; then
-  cargo build --release --locked --quiet --bin capstan
-  CAPSTAN=$PWD/target/release/capstan
-fi
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-work=$(mktemp -d)
-pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=benches/common.sh
+source benches/common.sh
+bench_setup nginx=nginx-light haproxy=haproxy wrk=wrk perf=linux-perf openssl=openssl
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=bench.local" -addext "subjectAltName=DNS:bench.local" \
@@ -216,7 +197,9 @@ for point in ("http", "https", "newconn", "syscalls"):
         ratios.sort()
         print(f"{point:10} {target:15} {statistics.median(values.values()):7.2f}   "
               f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}")
-print("\nresident memory under the HTTP point, MiB (median):")
+print("\nresident memory under the HTTP point, MiB (median, ratio to the best peer):")
+best_rss = min(statistics.median(rss[p]) for p in peers if p in rss)
 for target in sorted(rss):
-    print(f"  {target:15} {statistics.median(rss[target]):6.1f}")
+    median = statistics.median(rss[target])
+    print(f"  {target:15} {median:6.1f}   {median / best_rss:.2f}")
 PY
