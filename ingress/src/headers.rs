@@ -329,29 +329,16 @@ pub(crate) fn encode_upstream_head(
         }
         out.extend_from_slice(b"\r\n");
     };
-    // The names `Connection` lists (RFC 9110 §7.6.1): up to 8 kept on the stack, more looked up
-    // in place for each header.
-    let connection = headers.get_all(header::CONNECTION);
-    let tokens = || {
-        connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-    };
-    let mut named = [""; 8];
-    let mut count = 0;
-    for token in tokens() {
-        if let Some(slot) = named.get_mut(count) {
-            *slot = token;
-        }
-        count += 1;
-    }
-    let listed = |name: &HeaderName| match named.get(..count) {
-        Some(few) => few.iter().any(|t| t.eq_ignore_ascii_case(name.as_str())),
-        None => tokens().any(|t| t.eq_ignore_ascii_case(name.as_str())),
-    };
+    // The names `Connection` lists (RFC 9110 §7.6.1); no allocation when it lists none.
+    let named: Vec<&str> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .collect();
+    let listed = |name: &HeaderName| named.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()));
     let (mut trailers_te, mut wrote_host) = (false, false);
     for (name, value) in headers {
         if name == header::TE {

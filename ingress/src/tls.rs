@@ -108,6 +108,25 @@ mod tests {
     }
 
     #[test]
+    fn session_tickets_and_key_exchange_follow_the_flags() {
+        let resolver = || SniResolver::new(SnapshotHandle::default(), &cert("fallback"));
+        let on = server_config(resolver(), &[], 2).expect("config");
+        assert_eq!(on.send_tls13_tickets, 2);
+        assert!(on.session_storage.can_cache());
+        assert_eq!(on.crypto_provider().kx_groups.len(), 4);
+        let off = server_config(resolver(), &[KeyExchange::X25519], 0).expect("config");
+        assert_eq!(off.send_tls13_tickets, 0);
+        assert!(!off.session_storage.can_cache());
+        let groups: Vec<_> = off
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(groups, [rustls::NamedGroup::X25519]);
+    }
+
+    #[test]
     fn sni_picks_exact_then_wildcard_then_default_then_fallback() {
         let snapshots = SnapshotHandle::default();
         let fallback = cert("fallback");

@@ -404,6 +404,11 @@ fn a_trusted_proxy_has_its_forwarding_headers_extended_and_its_request_id_kept()
     );
     let id = get(&untrusted, "x-request-id").expect("a request ID");
     assert_eq!(id.len(), 32, "a new 128-bit ID: {id}");
+    assert!(
+        id.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "lowercase hex: {id}"
+    );
     assert_ne!(id, "req-1");
     let other = get(&forwarded_fields(&headers, &client, ""), "x-request-id");
     assert_ne!(other.as_deref(), Some(id.as_str()), "a new ID per request");
