@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use capstan_table::ServiceKey;
 
-use crate::{AuthSecret, EndpointSlice, Ingress, IngressClass, Service, TlsSecret};
+use crate::{
+    AuthSecret, EndpointSlice, Gateway, GatewayClass, HttpRoute, Ingress, IngressClass, Namespace,
+    ReferenceGrant, Service, TlsSecret,
+};
 
 /// Which source an update comes from. Each source owns its objects: a reset from one source
 /// never touches another's.
@@ -23,6 +26,11 @@ pub enum Object {
     IngressClass(IngressClass),
     TlsSecret(TlsSecret),
     AuthSecret(AuthSecret),
+    GatewayClass(GatewayClass),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    ReferenceGrant(ReferenceGrant),
+    Namespace(Namespace),
 }
 
 /// The identity of a catalog object within its source.
@@ -33,6 +41,11 @@ pub enum ObjectId {
     Ingress { namespace: Arc<str>, name: Arc<str> },
     IngressClass(Arc<str>),
     Secret { namespace: Arc<str>, name: Arc<str> },
+    GatewayClass(Arc<str>),
+    Gateway { namespace: Arc<str>, name: Arc<str> },
+    HttpRoute { namespace: Arc<str>, name: Arc<str> },
+    ReferenceGrant { namespace: Arc<str>, name: Arc<str> },
+    Namespace(Arc<str>),
 }
 
 /// A change from a source.
@@ -125,6 +138,20 @@ impl Object {
                 namespace: secret.namespace.clone(),
                 name: secret.name.clone(),
             },
+            Object::GatewayClass(class) => ObjectId::GatewayClass(class.name.clone()),
+            Object::Gateway(gateway) => ObjectId::Gateway {
+                namespace: gateway.namespace.clone(),
+                name: gateway.name.clone(),
+            },
+            Object::HttpRoute(route) => ObjectId::HttpRoute {
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+            },
+            Object::ReferenceGrant(grant) => ObjectId::ReferenceGrant {
+                namespace: grant.namespace.clone(),
+                name: grant.name.clone(),
+            },
+            Object::Namespace(namespace) => ObjectId::Namespace(namespace.name.clone()),
         }
     }
 }
@@ -141,6 +168,13 @@ impl fmt::Display for ObjectId {
             ObjectId::Ingress { namespace, name } => write!(f, "Ingress {namespace}/{name}"),
             ObjectId::IngressClass(name) => write!(f, "IngressClass {name}"),
             ObjectId::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
+            ObjectId::GatewayClass(name) => write!(f, "GatewayClass {name}"),
+            ObjectId::Gateway { namespace, name } => write!(f, "Gateway {namespace}/{name}"),
+            ObjectId::HttpRoute { namespace, name } => write!(f, "HTTPRoute {namespace}/{name}"),
+            ObjectId::ReferenceGrant { namespace, name } => {
+                write!(f, "ReferenceGrant {namespace}/{name}")
+            }
+            ObjectId::Namespace(name) => write!(f, "Namespace {name}"),
         }
     }
 }

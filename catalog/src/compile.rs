@@ -35,6 +35,7 @@ pub struct CompileOptions {
     pub timeouts: Timeouts,
     pub dns: DnsOptions,
     pub ingress: IngressOptions,
+    pub gateway: GatewayOptions,
     /// kube-proxy's `--service-proxy-name`: only Services whose
     /// `service.kubernetes.io/service-proxy-name` label equals it get frontends (with `None`, only
     /// unlabelled ones). The others keep their DNS names and stay reachable as Ingress backends.
@@ -67,6 +68,7 @@ pub fn compile(
     let mut classes = Vec::new();
     let mut secrets = BTreeMap::new();
     let mut auth_secrets = BTreeMap::new();
+    let mut gateway_objects = GatewayObjects::default();
     for (source, revision, object) in catalog.revisions() {
         match object {
             Object::Service(service) => {
@@ -94,6 +96,11 @@ pub fn compile(
                     .entry((&*secret.namespace, &*secret.name))
                     .or_insert(secret);
             }
+            Object::GatewayClass(class) => gateway_objects.classes.push(class),
+            Object::Gateway(gateway) => gateway_objects.gateways.push(gateway),
+            Object::HttpRoute(route) => gateway_objects.routes.push(route),
+            Object::ReferenceGrant(grant) => gateway_objects.grants.push(grant),
+            Object::Namespace(namespace) => gateway_objects.namespaces.push(namespace),
         }
     }
 
@@ -235,13 +242,39 @@ pub fn compile(
         &options.ingress,
         &mut problems,
     );
+    let gateway = gateway::compile_gateways(
+        gateway::GatewayInputs {
+            classes: gateway_objects.classes,
+            gateways: gateway_objects.gateways,
+            routes: gateway_objects.routes,
+            grants: gateway_objects.grants,
+            namespaces: gateway_objects.namespaces,
+            secrets: &secrets,
+            services: &services,
+            proxy: &proxy,
+            previous: previous.map(|s| &*s.gateway),
+        },
+        &options.gateway,
+        &mut problems,
+    );
     Snapshot {
         generation,
         proxy: Arc::new(proxy),
         dns,
         ingress: Arc::new(ingress),
+        gateway: Arc::new(gateway),
         problems: problems.into(),
     }
+}
+
+/// The Gateway API objects of the catalog, gathered for [`gateway::compile_gateways`].
+#[derive(Default)]
+struct GatewayObjects<'a> {
+    classes: Vec<&'a crate::GatewayClass>,
+    gateways: Vec<&'a crate::Gateway>,
+    routes: Vec<&'a crate::HttpRoute>,
+    grants: Vec<&'a crate::ReferenceGrant>,
+    namespaces: Vec<&'a crate::Namespace>,
 }
 
 /// What one Service's tables are built from.
@@ -638,9 +671,11 @@ fn rank(c: EndpointConditions) -> u8 {
 }
 
 mod dns;
+mod gateway;
 mod ingress;
 #[cfg(test)]
 mod tests;
 
 pub use dns::DnsOptions;
+pub use gateway::GatewayOptions;
 pub use ingress::IngressOptions;

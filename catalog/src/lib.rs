@@ -1,6 +1,7 @@
 //! Desired state and the pure compile step.
 //!
-//! Owns: the validated, defaulted catalog entries ([`Service`], [`EndpointSlice`]), the traffic
+//! Owns: the validated, defaulted catalog entries ([`Service`], [`EndpointSlice`], Ingress and
+//! Gateway API objects), the traffic
 //! policy vocabulary ([`route_policy`], [`service_policy`]), the [`Update`]s
 //! sources send, [`Catalog::apply`], and [`compile`], which turns a catalog (plus the previous
 //! snapshot, for carried-over state) into one immutable [`capstan_table::Snapshot`].
@@ -11,13 +12,21 @@
 mod catalog;
 mod compile;
 mod error;
+mod gateway;
 mod ingress;
 mod model;
 mod policy;
 
 pub use catalog::{Catalog, Object, ObjectId, Revision, SourceId, Update};
-pub use compile::{CompileOptions, DnsOptions, IngressOptions, NodeTopology, categorize, compile};
+pub use compile::{
+    CompileOptions, DnsOptions, GatewayOptions, IngressOptions, NodeTopology, categorize, compile,
+};
 pub use error::CatalogError;
+pub use gateway::{
+    AllowedNamespaces, BackendRef, Filter, Gateway, GatewayClass, HttpRoute, LabelSelector,
+    Listener, Namespace, ObjectRef, ParentRef, PathSpec, ReferenceGrant, RouteMatch, RouteRule,
+    SelectorRequirement,
+};
 pub use ingress::{
     AuthSecret, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls,
     TlsSecret,

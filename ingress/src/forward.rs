@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 
-use capstan_table::{Route, ServicePortTable, StickyCookie, UpstreamProtocol, endpoint_cookie};
+use capstan_table::{
+    HttpAction, Route, ServicePortTable, StickyCookie, UpstreamProtocol, endpoint_cookie,
+};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
@@ -31,6 +33,7 @@ use crate::edge;
 use crate::headers::{self, BadRequest, Forwarding};
 use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
+use crate::plan::{self, Fault, Forward, Plan, RequestHead};
 use crate::routing::{Routed, normalize_host, route_host};
 use crate::upstream_tls::TlsClients;
 
@@ -66,6 +69,9 @@ pub(crate) struct Forwarder {
 pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The Gateway socket the connection arrived on (its bound address); `None`: an Ingress
+    /// listener.
+    pub gateway: Option<SocketAddr>,
     pub forwarding: Forwarding,
 }
 
@@ -77,6 +83,7 @@ impl ConnInfo {
         Self {
             peer,
             tls,
+            gateway: None,
             forwarding: Forwarding::new(peer.ip(), proto, local.port(), trusted),
         }
     }
@@ -174,18 +181,12 @@ impl Forwarder {
         });
         let mut done = Completion::new(shared.metrics.clone(), log);
 
-        let (host, route, upstream) = match self.resolve(conn, &request, host) {
+        let (host, forward, upstream) = match self.resolve(conn, &request, host) {
             Ok(resolved) => resolved,
-            Err(Early::Reply(status, text)) => return reply(done, status, text),
-            Err(Early::Redirect { host, https_port }) => {
-                return redirect(done, &host, https_port, request.uri());
-            }
-            Err(Early::Unserved(route, text)) => {
-                route.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
-                done.route = Some(route);
-                return reply(done, StatusCode::SERVICE_UNAVAILABLE, text);
-            }
+            Err(Early::Redirect(status, location)) => return redirect(done, status, &location),
+            Err(Early::Fault(fault, route)) => return self.fault(done, fault, route),
         };
+        let route = forward.route.clone();
         done.route = Some(route.clone());
 
         if let Some(headers) = edge::preflight(&route.policy, &request) {
@@ -207,6 +208,7 @@ impl Forwarder {
         let upgrade = headers::is_upgrade(&request);
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
+        apply_rewrites(&mut parts, &forward);
         // Bodiless requests to HTTP/1.1 upstreams take the inline client, which writes the
         // upstream head straight from the client's headers; the others get them rewritten.
         let inline = route.protocol == UpstreamProtocol::Http1
@@ -238,6 +240,7 @@ impl Forwarder {
         };
 
         let finish = Finish {
+            gateway: forward.gateway,
             tls: conn.tls,
             origin,
             sticky,
@@ -246,56 +249,99 @@ impl Forwarder {
         self.finish(&route, finish, response, done)
     }
 
-    /// From the request's host to its route and Service port, or the early answer: 400 for a
-    /// bad host, 503 before the first snapshot, the https redirect, 404 without a route, 503
-    /// without a Service or a ready endpoint.
+    /// The plan step: from the request's host to its route and Service port, or the early
+    /// answer: 400 for a bad host, 503 before the first snapshot, the https redirect, 404
+    /// without a route, 503 without a Service or a ready endpoint; on a Gateway listener,
+    /// [`plan::plan_gateway`].
     fn resolve(
         &self,
         conn: &ConnInfo,
         request: &Request<Incoming>,
         host: Result<String, BadRequest>,
-    ) -> Result<(String, Arc<Route>, Arc<ServicePortTable>), Early> {
+    ) -> Result<(String, Forward, Arc<ServicePortTable>), Early> {
         let shared = &self.shared;
         let host = host.map_err(|bad| {
-            shared.metrics.refuse(Refusal::InvalidHost);
-            Early::Reply(
-                StatusCode::BAD_REQUEST,
-                match bad {
-                    BadRequest::MissingHost => "missing Host header\n",
-                    BadRequest::InvalidHost => "invalid Host header\n",
-                },
-            )
+            let fault = match bad {
+                BadRequest::MissingHost => Fault::MissingHost,
+                BadRequest::InvalidHost => Fault::InvalidHost,
+            };
+            Early::Fault(fault, None)
         })?;
         let Some(snapshot) = shared.snapshots.load() else {
-            return Err(Early::Reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no configuration loaded yet\n",
-            ));
+            return Err(Early::Fault(Fault::NotLoaded, None));
         };
-        let table = &snapshot.ingress;
         let hostname = normalize_host(&host);
+        if let Some(socket) = conn.gateway {
+            let Some(socket) = snapshot.gateway.sockets.get(&socket) else {
+                return Err(Early::Fault(Fault::NoRoute, None));
+            };
+            let head = RequestHead {
+                method: request.method(),
+                host: &hostname,
+                path: request.uri().path(),
+                query: request.uri().query(),
+                headers: request.headers(),
+                tls: conn.tls,
+            };
+            return match plan::plan_gateway(socket, &head, fastrand::u32(..)) {
+                Plan::Forward(forward) => {
+                    let upstream = forward.route.upstream.clone();
+                    let upstream = upstream.ok_or(Early::Fault(Fault::NoService, None))?;
+                    Ok((host, forward, upstream))
+                }
+                Plan::Redirect { status, location } => Err(Early::Redirect(status, location)),
+                Plan::Reply(fault) => Err(Early::Fault(fault, None)),
+            };
+        }
+        let table = &snapshot.ingress;
         if !conn.tls
             && let Some(https_port) = shared.https_port
             && table.tls_for(&hostname).is_some()
             && !request.uri().path().starts_with(ACME_CHALLENGE)
         {
-            return Err(Early::Redirect { host, https_port });
+            let location = https_location(&host, https_port, request.uri());
+            return Err(Early::Redirect(StatusCode::PERMANENT_REDIRECT, location));
         }
         let route: Arc<Route> = match route_host(table, &hostname, request.uri().path()) {
             Routed::Route(route) | Routed::Default(route) => route.clone(),
-            Routed::NotFound => return Err(Early::Reply(StatusCode::NOT_FOUND, "no route\n")),
+            Routed::NotFound => return Err(Early::Fault(Fault::NoRoute, None)),
         };
         if route.unusable {
-            let text = "route settings unusable: a Secret is missing or incomplete\n";
-            return Err(Early::Unserved(route, text));
+            return Err(Early::Fault(Fault::RouteUnusable, Some(route)));
         }
         let Some(upstream) = route.upstream.clone() else {
-            return Err(Early::Unserved(route, "backend service not found\n"));
+            return Err(Early::Fault(Fault::NoService, Some(route)));
         };
         if upstream.internal.endpoints.is_empty() {
-            return Err(Early::Unserved(route, "no ready endpoints\n"));
+            return Err(Early::Fault(Fault::NoEndpoints, Some(route)));
         }
-        Ok((host, route, upstream))
+        let forward = Forward {
+            route,
+            gateway: None,
+            path: None,
+            host: None,
+        };
+        Ok((host, forward, upstream))
+    }
+
+    /// The one place a fault becomes a response: counted by kind (and on its route), logged
+    /// with the request, answered with its status.
+    fn fault(
+        &self,
+        mut done: Completion,
+        fault: Fault,
+        route: Option<Arc<Route>>,
+    ) -> Response<ResponseBody> {
+        let metrics = &self.shared.metrics;
+        metrics.record_fault(fault);
+        if matches!(fault, Fault::MissingHost | Fault::InvalidHost) {
+            metrics.refuse(Refusal::InvalidHost);
+        }
+        if let Some(route) = &route {
+            route.stats.no_endpoints.fetch_add(1, Ordering::Relaxed);
+        }
+        done.route = route;
+        reply(done, fault.status(), fault.text())
     }
 
     /// The upstream's response as it goes to the client: the upgrade tunnel started, hop-by-hop
@@ -319,6 +365,13 @@ impl Forwarder {
         parts.version = Version::HTTP_11;
         let origin = finish.origin.as_ref();
         edge::decorate(&route.policy, finish.tls, origin, &mut parts.headers);
+        if let Some((action, backend)) = &finish.gateway {
+            plan::apply_edits(&action.response_headers, &mut parts.headers);
+            plan::apply_edits(
+                &action.backends[*backend].response_headers,
+                &mut parts.headers,
+            );
+        }
         if let Some((sticky, wanted)) = finish.sticky
             && let Some(served) = &done.endpoint
             && wanted != Some(endpoint_cookie(served.addr))
@@ -333,17 +386,15 @@ impl Forwarder {
 
 /// A request answered before any endpoint is chosen.
 enum Early {
-    Reply(StatusCode, &'static str),
-    Redirect {
-        host: String,
-        https_port: u16,
-    },
-    /// Routed, but no Service port or no ready endpoint (503).
-    Unserved(Arc<Route>, &'static str),
+    Redirect(StatusCode, String),
+    /// With the route when one was matched (its counters record it).
+    Fault(Fault, Option<Arc<Route>>),
 }
 
 /// What the response needs from the request.
 struct Finish<'a> {
+    /// The Gateway API rule and backend, for their response header edits.
+    gateway: Option<(Arc<HttpAction>, usize)>,
     tls: bool,
     origin: Option<HeaderValue>,
     /// The route's sticky cookie and the endpoint the request's cookie named.
@@ -479,34 +530,54 @@ pub(crate) fn reply(
     response
 }
 
-/// `308 Permanent Redirect` to the same host and target over https (308 keeps the method and
-/// body, unlike 301).
-fn redirect(
-    mut done: Completion,
-    host: &str,
-    https_port: u16,
-    uri: &Uri,
-) -> Response<ResponseBody> {
+/// The https URL of the same host and target (the Ingress TLS redirect, 308: it keeps the
+/// method and body, unlike 301).
+fn https_location(host: &str, https_port: u16, uri: &Uri) -> String {
     let name = match host.rsplit_once(':') {
         Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
         _ => host,
     };
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = if https_port == 443 {
+    if https_port == 443 {
         format!("https://{name}{target}")
     } else {
         format!("https://{name}:{https_port}{target}")
-    };
-    done.status = StatusCode::PERMANENT_REDIRECT.as_u16();
+    }
+}
+
+/// A redirect to `location`.
+fn redirect(mut done: Completion, status: StatusCode, location: &str) -> Response<ResponseBody> {
+    done.status = status.as_u16();
     let mut response = Response::new(ResponseBody::full("", Some(done)));
-    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::SERVER, server_header());
-    if let Ok(location) = HeaderValue::from_str(&location) {
+    if let Ok(location) = HeaderValue::from_str(location) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     response
+}
+
+/// A Gateway API rule's request edits: its and its backend's header modifiers, then the
+/// `URLRewrite` path and `Host`.
+fn apply_rewrites(parts: &mut http::request::Parts, forward: &Forward) {
+    let Some((action, backend)) = &forward.gateway else {
+        return;
+    };
+    plan::apply_edits(&action.request_headers, &mut parts.headers);
+    plan::apply_edits(
+        &action.backends[*backend].request_headers,
+        &mut parts.headers,
+    );
+    if let Some(path) = &forward.path {
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(path.clone()).ok();
+        parts.uri = Uri::from_parts(uri).unwrap_or_default();
+    }
+    if let Some(host) = &forward.host {
+        parts.headers.insert(header::HOST, host.clone());
+    }
 }
 
 fn server_header() -> HeaderValue {

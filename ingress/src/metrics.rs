@@ -26,6 +26,7 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct IngressMetrics {
     refused: [AtomicU64; REFUSALS.len()],
+    faults: [AtomicU64; crate::plan::FAULTS.len()],
     /// Responses by status class for requests that matched no route (404s, redirects, 400s).
     unrouted: [AtomicU64; 5],
     /// Connections accepted, by listener: plain, TLS.
@@ -73,6 +74,18 @@ impl Refusal {
 impl IngressMetrics {
     pub fn refuse(&self, refusal: Refusal) {
         self.refused[refusal.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request answered by Capstan instead of forwarded.
+    pub fn record_fault(&self, fault: crate::plan::Fault) {
+        self.faults[fault.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests answered instead of forwarded, by fault.
+    pub fn faults(&self) -> impl Iterator<Item = (crate::plan::Fault, u64)> + '_ {
+        crate::plan::FAULTS
+            .into_iter()
+            .map(|f| (f, self.faults[f.index()].load(Ordering::Relaxed)))
     }
 
     pub fn record_unrouted(&self, status: u16) {

@@ -60,7 +60,7 @@ pub fn match_path<'t>(routes: &'t HostRoutes, path: &str) -> Option<&'t Arc<Rout
 
 /// Element-wise prefix: `prefix` (trailing slashes already removed) matches `path` when they are
 /// equal or `path` continues with `/` right after it. The empty prefix (`/`) matches every path.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,

@@ -3,7 +3,8 @@
 //! Owns: [`ServiceKey`], [`ServicePortKey`], [`Protocol`], [`Endpoint`] and its carried-over
 //! [`EndpointStats`], the proxy routing table ([`ProxyTable`]), HTTP traffic policy
 //! ([`RoutePolicy`], [`ActiveHealthCheck`], [`OutlierPolicy`]) with its carried state, the
-//! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]) with their TLS
+//! authoritative DNS data ([`DnsTable`]), the Ingress routes ([`IngressTable`]), the Gateway API listeners, rules and status
+//! ([`GatewayTable`]) with their TLS
 //! certificates ([`TlsCertificate`]), upstream TLS settings ([`UpstreamTls`]) and basic-auth users
 //! ([`Htpasswd`], [`BasicAuth`]), the [`Snapshot`] that bundles every
 //! table under one [`Generation`], and [`SnapshotHandle`], the only code in the workspace that names
@@ -17,6 +18,7 @@
 mod auth;
 mod dns;
 mod endpoint;
+mod gateway;
 mod histogram;
 mod ingress;
 mod key;
@@ -29,6 +31,11 @@ pub use auth::{BasicAuth, Htpasswd, PasswordHash, VERIFIED_CAPACITY, base64_deco
 pub use dns::{DNS_SCHEMA_VERSION, DnsNode, DnsTable, DnsZone, SrvData, in_zone};
 pub use endpoint::{
     Endpoint, EndpointConditions, EndpointStats, LATENCY_DECAY_MS, TopologyHints, millis,
+};
+pub use gateway::{
+    Condition, GatewayListener, GatewaySocket, GatewayTable, HeaderEdits, HostRules, HttpAction,
+    HttpMatch, HttpRule, ListenerStatus, ObjectStatus, ParentStatus, PathMatch, PathModifier,
+    Redirect, Rewrite, ValueMatch, WeightedBackend, hostname_matches,
 };
 pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
 pub use ingress::{

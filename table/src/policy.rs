@@ -31,6 +31,9 @@ pub struct RoutePolicy {
     pub backend: BackendPolicy,
     /// HTTP basic authentication (ingress-nginx's `auth-type: basic`); `None`: off.
     pub basic_auth: Option<BasicAuthPolicy>,
+    /// The whole request, response headers included (HTTPRoute `timeouts.request`); `None`:
+    /// the listener's `--request-timeout`.
+    pub request_timeout: Option<Duration>,
 }
 
 /// Where a route's basic-auth users come from, and the realm it names.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use crate::{DnsTable, IngressTable, ProxyTable};
+use crate::{DnsTable, GatewayTable, IngressTable, ProxyTable};
 
 /// Monotonic snapshot number; 1 is the first published snapshot.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,6 +18,7 @@ pub struct Snapshot {
     pub proxy: Arc<ProxyTable>,
     pub dns: Arc<DnsTable>,
     pub ingress: Arc<IngressTable>,
+    pub gateway: Arc<GatewayTable>,
     /// Objects `compile` rejected or degraded (conflicts, unusable ports), for the admin endpoint.
     pub problems: Arc<[Problem]>,
 }

@@ -334,7 +334,7 @@ fn basic_auth(
 }
 
 /// The Service port a backend names, and why there is none.
-fn upstream(
+pub(crate) fn upstream(
     backend: &IngressBackend,
     services: &BTreeMap<&ServiceKey, (&SourceId, &Service)>,
     proxy: &ProxyTable,

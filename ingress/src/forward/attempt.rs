@@ -160,7 +160,8 @@ impl Forwarder {
         let route = request.route;
         let policy = &route.policy.retry;
         let eligible = &request.upstream.internal.endpoints;
-        let deadline = Instant::now() + self.shared.config.request_timeout;
+        let timeout = route.policy.request_timeout;
+        let deadline = Instant::now() + timeout.unwrap_or(self.shared.config.request_timeout);
         route.state.budget.deposit(now_ms() / 1_000);
         let repeatable_after_send = is_idempotent(&request.parts.method) || policy.non_idempotent;
         let mut rng = fastrand::Rng::new();

@@ -1,0 +1,492 @@
+//! HTTPRoutes onto Gateway listeners: parentRefs resolved (sectionName, port, `allowedRoutes`),
+//! hostnames intersected with the listener's, rules compiled (matches, filters, weighted backends
+//! through ReferenceGrants) and ordered by the spec's precedence (`HTTPRouteRule` docs in
+//! `apis/v1/httproute_types.go`), and each parent's `Accepted` / `ResolvedRefs` status.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use capstan_table::{
+    BackendPort, Condition, GatewayTable, HeaderEdits, HttpAction, HttpMatch, HttpRule,
+    ObjectStatus, ParentStatus, PathMatch, Redirect, Rewrite, Route, RoutePolicy, RouteState,
+    RouteStats, ServiceKey, ValueMatch, WeightedBackend,
+};
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+
+use super::{
+    GROUP, GatewayInputs, Grants, ListenerBuild, accepted, namespace_allowed, set_condition,
+};
+use crate::{BackendRef, Filter, HttpRoute, IngressBackend, Namespace, PathSpec, RouteRule};
+
+/// A previous backend route's counters and state, by identity.
+type Carried<'a> = HashMap<(&'a str, &'a str, &'a str), (&'a Arc<RouteStats>, &'a Arc<RouteState>)>;
+
+/// One compiled rule match with its precedence key.
+struct Ranked {
+    key: RankKey,
+    rule: HttpRule,
+}
+
+/// Attaches every HTTPRoute to the listeners it may attach to; returns the routes' status.
+pub(super) fn attach_routes(
+    inputs: &GatewayInputs<'_>,
+    listeners: &mut [ListenerBuild<'_>],
+    grants: &Grants<'_>,
+    namespaces: &HashMap<&str, &Namespace>,
+    previous: Option<&GatewayTable>,
+) -> Vec<ObjectStatus> {
+    let carried: Carried<'_> = previous
+        .into_iter()
+        .flat_map(GatewayTable::routes)
+        .map(|r| ((&*r.ingress, &*r.host, &*r.path), (&r.stats, &r.state)))
+        .collect();
+    let mut routes = inputs.routes.clone();
+    routes.sort_by(|a, b| {
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    let mut ranked: HashMap<(usize, Option<Box<str>>), Vec<Ranked>> = HashMap::new();
+    let mut statuses = Vec::new();
+    for route in routes {
+        let compiled = compile_rules(route, inputs, grants, &carried);
+        let mut parents = Vec::new();
+        for parent in &route.parents {
+            if parent.group != GROUP || parent.kind != "Gateway" {
+                continue;
+            }
+            let gateway_namespace = parent.namespace.clone().unwrap_or(route.namespace.clone());
+            let of_gateway: Vec<usize> = (0..listeners.len())
+                .filter(|&i| {
+                    let g = listeners[i].gateway;
+                    g.namespace == gateway_namespace && g.name == parent.name
+                })
+                .collect();
+            if of_gateway.is_empty() {
+                continue; // Not a Gateway of Capstan's: not ours to report on.
+            }
+            let (accepted_on, condition) =
+                match_listeners(route, parent, &of_gateway, listeners, namespaces);
+            let attached = match (&compiled, condition) {
+                (Err(message), None) => Err(accepted(false, "UnsupportedValue", message)),
+                (_, Some(refused)) => Err(refused),
+                (Ok(_), None) => Ok(()),
+            };
+            let mut conditions = vec![match &attached {
+                Ok(()) => accepted(true, "Accepted", ""),
+                Err(refused) => refused.clone(),
+            }];
+            let resolved = match &compiled {
+                Ok((_, Some(unresolved))) => unresolved.clone(),
+                _ => Condition::new("ResolvedRefs", true, "ResolvedRefs", String::new()),
+            };
+            set_condition(&mut conditions, resolved);
+            if let (Ok(()), Ok((rules, _))) = (&attached, &compiled) {
+                for (index, hostnames) in &accepted_on {
+                    listeners[*index].status.attached_routes += 1;
+                    for hostname in hostnames {
+                        let list = ranked.entry((*index, hostname.clone())).or_default();
+                        list.extend(rules.iter().map(|(key, rule)| Ranked {
+                            key: *key,
+                            rule: rule.clone(),
+                        }));
+                    }
+                }
+            }
+            parents.push(ParentStatus {
+                gateway_namespace,
+                gateway_name: parent.name.clone(),
+                section_name: parent.section_name.clone(),
+                port: parent.port,
+                conditions,
+            });
+        }
+        if !parents.is_empty() {
+            statuses.push(ObjectStatus {
+                kind: "HTTPRoute",
+                namespace: route.namespace.clone(),
+                name: route.name.clone(),
+                generation: route.generation,
+                conditions: vec![],
+                addresses: vec![],
+                listeners: vec![],
+                parents,
+            });
+        }
+    }
+    for ((index, hostname), mut list) in ranked {
+        // Stable: among equal keys, the older route, then the earlier rule and match, first.
+        list.sort_by_key(|r| r.key);
+        let rules = list.into_iter().map(|r| r.rule).collect();
+        let routes = &mut listeners[index].routes;
+        match hostname {
+            None => routes.any = rules,
+            Some(h) => match h.strip_prefix('*') {
+                Some(suffix) => routes.wildcards.push((suffix.into(), rules)),
+                None => {
+                    routes.exact.insert(h, rules);
+                }
+            },
+        }
+    }
+    for listener in listeners.iter_mut() {
+        listener
+            .routes
+            .wildcards
+            .sort_by_key(|(s, _)| Reverse(s.len()));
+    }
+    statuses
+}
+
+/// The listeners of one parentRef's Gateway that take the route, each with the hostnames the
+/// route is served under there; or the `Accepted: False` condition saying why none does.
+fn match_listeners(
+    route: &HttpRoute,
+    parent: &crate::ParentRef,
+    of_gateway: &[usize],
+    listeners: &[ListenerBuild<'_>],
+    namespaces: &HashMap<&str, &Namespace>,
+) -> (Vec<(usize, Vec<Option<Box<str>>>)>, Option<Condition>) {
+    let named: Vec<usize> = of_gateway
+        .iter()
+        .copied()
+        .filter(|&i| {
+            let spec = listeners[i].spec;
+            parent.section_name.as_ref().is_none_or(|s| *s == spec.name)
+                && parent.port.is_none_or(|p| p == spec.port)
+        })
+        .collect();
+    if named.is_empty() {
+        let message = "no listener has the parentRef's sectionName and port";
+        return (vec![], Some(accepted(false, "NoMatchingParent", message)));
+    }
+    let allowed: Vec<usize> = named
+        .into_iter()
+        .filter(|&i| {
+            let l = &listeners[i];
+            l.status.supported_kinds.contains(&"HTTPRoute")
+                && namespace_allowed(l.spec, l.gateway, &route.namespace, namespaces)
+        })
+        .collect();
+    if allowed.is_empty() {
+        let message = "the listeners' allowedRoutes do not admit this route";
+        return (
+            vec![],
+            Some(accepted(false, "NotAllowedByListeners", message)),
+        );
+    }
+    let on: Vec<(usize, Vec<Option<Box<str>>>)> = allowed
+        .into_iter()
+        .filter_map(|i| {
+            let hostnames = intersect(listeners[i].spec.hostname.as_deref(), &route.hostnames);
+            (!hostnames.is_empty()).then_some((i, hostnames))
+        })
+        .collect();
+    if on.is_empty() {
+        let message = "no route hostname intersects a listener hostname";
+        return (
+            vec![],
+            Some(accepted(false, "NoMatchingListenerHostname", message)),
+        );
+    }
+    (on, None)
+}
+
+/// The hostnames a route is served under on a listener (`None`: any), per the `hostnames` field
+/// docs of HTTPRouteSpec: the more specific of two intersecting names; none when disjoint.
+pub(crate) fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<Box<str>>> {
+    let Some(listener) = listener else {
+        if route.is_empty() {
+            return vec![None];
+        }
+        return route.iter().map(|h| Some(h.as_str().into())).collect();
+    };
+    if route.is_empty() {
+        return vec![Some(listener.into())];
+    }
+    let mut out: Vec<Option<Box<str>>> = Vec::new();
+    for host in route {
+        let chosen = if host == listener {
+            Some(host.as_str())
+        } else if capstan_table::hostname_matches(host, listener) {
+            Some(listener) // route *.example.com, listener foo.example.com (or *.foo.example.com)
+        } else if capstan_table::hostname_matches(listener, host) {
+            Some(host.as_str())
+        } else {
+            None
+        };
+        if let Some(chosen) = chosen
+            && !out.iter().any(|h| h.as_deref() == Some(chosen))
+        {
+            out.push(Some(chosen.into()));
+        }
+    }
+    out
+}
+
+type CompiledRules = (Vec<(RankKey, HttpRule)>, Option<Condition>);
+type RankKey = (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>);
+
+/// Every rule's matches with their precedence keys, and the `ResolvedRefs: False` condition
+/// when a backend could not be resolved; or why the route cannot be accepted.
+fn compile_rules(
+    route: &HttpRoute,
+    inputs: &GatewayInputs<'_>,
+    grants: &Grants<'_>,
+    carried: &Carried<'_>,
+) -> Result<CompiledRules, String> {
+    let id: Arc<str> = format!("{}/{}", route.namespace, route.name).into();
+    let host: Arc<str> = if route.hostnames.is_empty() {
+        "*".into()
+    } else {
+        route.hostnames.join(",").into()
+    };
+    let mut out = Vec::new();
+    let mut unresolved = None;
+    for (index, rule) in route.rules.iter().enumerate() {
+        let mut action = rule_action(rule, &id, index)?;
+        for (b, backend) in rule.backends.iter().enumerate() {
+            let path: Arc<str> = format!("rules[{index}].backendRefs[{b}]").into();
+            let resolved = resolve_backend(route, backend, inputs, grants);
+            let target = match resolved {
+                Ok(target) => Some(target),
+                Err(condition) => {
+                    unresolved.get_or_insert(condition);
+                    None
+                }
+            };
+            let previous = carried.get(&(&*id, &*host, &*path));
+            let (stats, state) =
+                previous.map_or_else(Default::default, |(s, t)| (Arc::clone(s), Arc::clone(t)));
+            let route = target.map(|(backend, upstream, protocol)| {
+                let mut policy = RoutePolicy::default();
+                policy.retry.per_try_timeout = rule.backend_timeout;
+                policy.request_timeout = rule.request_timeout;
+                Arc::new(Route {
+                    ingress: id.clone(),
+                    host: host.clone(),
+                    path: path.clone(),
+                    backend: capstan_table::Backend::Service {
+                        service: backend.service,
+                        port: backend.port,
+                    },
+                    upstream,
+                    protocol,
+                    tls: None,
+                    basic_auth: None,
+                    unusable: false,
+                    policy: Arc::new(policy),
+                    stats,
+                    state,
+                })
+            });
+            let (request_headers, response_headers) = header_filters(&backend.filters)?;
+            action.total_weight += backend.weight;
+            action.backends.push(WeightedBackend {
+                weight: backend.weight,
+                route,
+                request_headers,
+                response_headers,
+            });
+        }
+        let action = Arc::new(action);
+        for matched in &rule.matches {
+            let (matches, key) = compile_match(matched)?;
+            out.push((
+                key,
+                HttpRule {
+                    matches,
+                    action: action.clone(),
+                },
+            ));
+        }
+    }
+    Ok((out, unresolved))
+}
+
+/// A rule's filters and timeouts.
+fn rule_action(rule: &RouteRule, id: &Arc<str>, index: usize) -> Result<HttpAction, String> {
+    let mut action = HttpAction {
+        route: id.clone(),
+        rule: index,
+        request_timeout: rule.request_timeout,
+        backend_timeout: rule.backend_timeout,
+        ..HttpAction::default()
+    };
+    let (request, response) = header_filters(&rule.filters)?;
+    action.request_headers = request;
+    action.response_headers = response;
+    for filter in &rule.filters {
+        match filter {
+            Filter::Redirect {
+                scheme,
+                hostname,
+                port,
+                path,
+                status,
+            } => {
+                action.redirect = Some(Redirect {
+                    scheme: scheme.as_deref().map(Into::into),
+                    hostname: hostname.as_deref().map(Into::into),
+                    port: *port,
+                    path: path.clone(),
+                    status: *status,
+                });
+            }
+            Filter::Rewrite { hostname, path } => {
+                let hostname = hostname
+                    .as_deref()
+                    .map(HeaderValue::from_str)
+                    .transpose()
+                    .map_err(|_| "URLRewrite hostname is not a valid Host value".to_owned())?;
+                action.rewrite = Some(Rewrite {
+                    hostname,
+                    path: path.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(action)
+}
+
+/// The request and response header edits of a filter list; an unsupported filter is an error.
+fn header_filters(filters: &[Filter]) -> Result<(HeaderEdits, HeaderEdits), String> {
+    let mut request = HeaderEdits::default();
+    let mut response = HeaderEdits::default();
+    for filter in filters {
+        match filter {
+            Filter::RequestHeaders(edits) => merge(&mut request, edits),
+            Filter::ResponseHeaders(edits) => merge(&mut response, edits),
+            Filter::Unsupported(kind) => {
+                return Err(format!("filter {kind} is not supported"));
+            }
+            Filter::Redirect { .. } | Filter::Rewrite { .. } => {}
+        }
+    }
+    Ok((request, response))
+}
+
+fn merge(into: &mut HeaderEdits, edits: &HeaderEdits) {
+    into.set.extend(edits.set.iter().cloned());
+    into.add.extend(edits.add.iter().cloned());
+    into.remove.extend(edits.remove.iter().cloned());
+}
+
+/// A match compiled, with its precedence: Exact path, then RegularExpression (implementation
+/// specific: Capstan puts it between the two), then PathPrefix longest first; then a method;
+/// then more header matches; then more query matches.
+fn compile_match(matched: &crate::RouteMatch) -> Result<(HttpMatch, RankKey), String> {
+    let anchored = |pattern: &str| {
+        Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
+    };
+    let (path, class, length) = match &matched.path {
+        PathSpec::Exact(p) => (PathMatch::Exact(p.as_str().into()), 0, p.len()),
+        PathSpec::Regex(p) => (PathMatch::Regex(anchored(p)?), 1, p.len()),
+        PathSpec::Prefix(p) => {
+            let prefix = p.trim_end_matches('/');
+            (PathMatch::Prefix(prefix.into()), 2, prefix.len())
+        }
+    };
+    let value = |value: &str, regex: bool| -> Result<ValueMatch, String> {
+        Ok(if regex {
+            ValueMatch::Regex(anchored(value)?)
+        } else {
+            ValueMatch::Exact(value.into())
+        })
+    };
+    let mut headers = Vec::new();
+    for (name, v, regex) in &matched.headers {
+        let name = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| format!("invalid header name {name:?}"))?;
+        headers.push((name, value(v, *regex)?));
+    }
+    let mut query = Vec::new();
+    for (name, v, regex) in &matched.query {
+        query.push((name.as_str().into(), value(v, *regex)?));
+    }
+    let method = matched
+        .method
+        .as_deref()
+        .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method {m:?}")))
+        .transpose()?;
+    let key = (
+        class,
+        Reverse(length),
+        method.is_none(),
+        Reverse(headers.len()),
+        Reverse(query.len()),
+    );
+    Ok((
+        HttpMatch {
+            path,
+            method,
+            headers,
+            query,
+        },
+        key,
+    ))
+}
+
+/// A backendRef resolved to a Service port of the snapshot, or its `ResolvedRefs: False`.
+fn resolve_backend(
+    route: &HttpRoute,
+    backend: &BackendRef,
+    inputs: &GatewayInputs<'_>,
+    grants: &Grants<'_>,
+) -> Result<
+    (
+        IngressBackend,
+        Option<Arc<capstan_table::ServicePortTable>>,
+        capstan_table::UpstreamProtocol,
+    ),
+    Condition,
+> {
+    let target = &backend.target;
+    let unresolved =
+        |reason, message: String| Condition::new("ResolvedRefs", false, reason, message);
+    if !(target.group.is_empty() || target.group == "core") || target.kind != "Service" {
+        let message = format!(
+            "backendRef kind {}/{} is not supported",
+            target.group, target.kind
+        );
+        return Err(unresolved("InvalidKind", message));
+    }
+    let namespace = target.namespace.clone().unwrap_or(route.namespace.clone());
+    if namespace != route.namespace
+        && !grants.permits(
+            ("HTTPRoute", &route.namespace),
+            ("", "Service", &namespace),
+            &target.name,
+        )
+    {
+        let message = format!(
+            "Service {namespace}/{} is in another namespace and no ReferenceGrant allows it",
+            target.name
+        );
+        return Err(unresolved("RefNotPermitted", message));
+    }
+    let Some(port) = backend.port else {
+        let message = format!(
+            "backendRef to Service {namespace}/{} has no port",
+            target.name
+        );
+        return Err(unresolved("UnsupportedValue", message));
+    };
+    let service = ServiceKey::new(&namespace, &target.name);
+    if !inputs.services.contains_key(&service) {
+        let message = format!("Service {service} not found");
+        return Err(unresolved("BackendNotFound", message));
+    }
+    let backend = IngressBackend {
+        service,
+        port: BackendPort::Number(port),
+    };
+    let (upstream, protocol, missing) =
+        crate::compile::ingress::upstream(&backend, inputs.services, inputs.proxy);
+    if let Some(message) = missing {
+        return Err(unresolved("BackendNotFound", message));
+    }
+    Ok((backend, upstream, protocol))
+}
