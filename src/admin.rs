@@ -56,6 +56,10 @@ pub struct AdminState {
     pub dns: Option<Arc<capstan_dns::Forwarder>>,
     /// Kubernetes API reachability; `None` without a Kubernetes source.
     pub kube: Option<Arc<ApiHealth>>,
+    /// Each Gateway socket: listening, or why not.
+    pub gateway_binds: watch::Receiver<capstan_ingress::GatewayBinds>,
+    /// `--gateway-controller`, named in route parent statuses.
+    pub gateway_controller: String,
 }
 
 /// Serves the admin endpoint on `listener` until `shutdown`.
@@ -222,6 +226,40 @@ fn snapshot_json(state: &AdminState) -> Value {
         "sources": sources,
         "dns": dns,
         "ingress": ingress_json(&snapshot.ingress),
+        "gateway": gateway_json(state, &snapshot.gateway),
+    })
+}
+
+/// Gateway sockets (bound or why not) with their listeners, and every Gateway API object's
+/// status as it would be written to the cluster.
+fn gateway_json(state: &AdminState, table: &capstan_table::GatewayTable) -> Value {
+    let binds = state.gateway_binds.borrow().clone();
+    let sockets: Vec<Value> = table
+        .sockets
+        .iter()
+        .map(|(addr, socket)| {
+            let bound = match binds.get(addr) {
+                Some(Ok(())) => json!("listening"),
+                Some(Err(error)) => json!(format!("not bound: {error}")),
+                None => json!("pending"),
+            };
+            json!({
+                "address": addr.to_string(),
+                "tls": socket.tls,
+                "state": bound,
+                "listeners": socket.listeners.iter().map(|l| json!({
+                    "gateway": &*l.gateway,
+                    "name": &*l.name,
+                    "hostname": l.hostname.as_deref(),
+                    "certificate": l.certificate.as_ref().map(|c| &*c.source),
+                    "rules": l.routes.all().count(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "sockets": sockets,
+        "status": crate::gateway_status::statuses_json(table, &state.gateway_controller),
     })
 }
 

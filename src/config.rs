@@ -326,6 +326,18 @@ pub struct RunArgs {
         default_value = "capstan.dev/ingress"
     )]
     pub ingress_controller: String,
+    /// Gateways of GatewayClasses with this `spec.controllerName` are served.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "CAPSTAN_GATEWAY_CONTROLLER",
+        default_value = "capstan.dev/gateway-controller"
+    )]
+    pub gateway_controller: String,
+    /// Addresses for Gateways without `spec.addresses`: one each from this range, kept while the
+    /// Gateway lives. Without it such Gateways listen on every address of the node.
+    #[arg(long, value_name = "CIDR", env = "CAPSTAN_GATEWAY_ADDRESSES")]
+    pub gateway_addresses: Option<ipnet::IpNet>,
     /// Plain HTTP ingress listener (HTTP/1.1 and h2c), or `off`.
     #[arg(long, value_name = "ADDR|off", env = "CAPSTAN_HTTP", default_value = "0.0.0.0:80", value_parser = parse_listen)]
     pub http: Listen,

@@ -12,6 +12,7 @@ pub mod config;
 mod conntrack_sysctl;
 mod coredns;
 mod error;
+pub mod gateway_status;
 pub mod kube_proxy;
 pub mod publish;
 pub mod resolv;
@@ -20,9 +21,11 @@ pub mod telemetry;
 
 use std::sync::Arc;
 
-use capstan_catalog::{Catalog, CompileOptions, DnsOptions, IngressOptions, compile};
+use capstan_catalog::{
+    Catalog, CompileOptions, DnsOptions, GatewayOptions, IngressOptions, compile,
+};
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
-use capstan_ingress::{IngressConfig, IngressMetrics};
+use capstan_ingress::{GatewayBinds, IngressConfig, IngressMetrics};
 use capstan_proxy::kernel::{Datapath, KernelSettings};
 use capstan_proxy::source::Prefix;
 use capstan_proxy::{
@@ -117,7 +120,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         source,
     })?;
     info!(addr = %admin_addr, "admin listening");
+    let (gateway_binds_tx, gateway_binds) = watch::channel(GatewayBinds::default());
     let admin_state = AdminState {
+        gateway_binds,
+        gateway_controller: args.gateway_controller.clone(),
         snapshots: snapshots.clone(),
         listeners: listener_status.clone(),
         sources: source_status.clone(),
@@ -257,11 +263,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
         shutdown.clone(),
     ));
     let connections = TaskTracker::new();
-    if ingress_config.http.is_some() || ingress_config.https.is_some() {
+    // Always on: with `--http off --https off` only Gateway API listeners (if any) are served.
+    {
         let bound = capstan_ingress::serve(
             ingress_config,
             workers.handles(),
             snapshots.clone(),
+            generations.clone(),
+            gateway_binds_tx,
             ingress_metrics,
             &shutdown,
             &connections,
@@ -397,6 +406,7 @@ pub async fn check(args: &SourceArgs) -> Result<String, Error> {
             },
         ));
     }
+    out.push_str(&gateway_status::status_lines(&snapshot.gateway));
     for problem in snapshot.problems.iter() {
         out.push_str(&format!("problem: {problem}\n"));
     }
@@ -500,6 +510,11 @@ fn compile_options(args: &RunArgs) -> Result<CompileOptions, Error> {
         ingress: IngressOptions {
             controller: args.ingress_controller.clone(),
             default_certificate: args.default_certificate.clone(),
+        },
+        gateway: GatewayOptions {
+            controller: args.gateway_controller.clone(),
+            addresses: args.gateway_addresses,
+            node_addresses: vec![resolv::primary_address()],
         },
         proxy_name: args.proxy_name.clone(),
     })

@@ -21,6 +21,7 @@ pub mod crypto;
 mod edge;
 mod error;
 mod forward;
+mod gateway_sockets;
 mod headers;
 pub mod health;
 pub mod http1;
@@ -40,6 +41,7 @@ use std::time::Duration;
 use capstan_table::BalancePolicy;
 
 pub use error::IngressError;
+pub use gateway_sockets::GatewayBinds;
 pub use headers::cookie;
 pub use metrics::{IngressMetrics, Refusal};
 pub use plan::{Blame, FAULTS, Fault};

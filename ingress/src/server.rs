@@ -10,13 +10,14 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use capstan_proxy::{bind_all, now_ms};
-use capstan_table::SnapshotHandle;
+use capstan_table::{Generation, SnapshotHandle};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -24,6 +25,7 @@ use tracing::{debug, warn};
 
 use crate::completion::AccessLog;
 use crate::forward::{ConnInfo, Forwarder, Shared};
+use crate::gateway_sockets::{GatewayBinds, GatewaySockets};
 use crate::idle::IdleIo;
 use crate::metrics::{IngressMetrics, Refusal};
 use crate::proxy_protocol;
@@ -44,7 +46,7 @@ pub struct Bound {
 }
 
 /// Everything a worker's accept loops share.
-struct Listening {
+pub(crate) struct Listening {
     forwarder: Arc<Forwarder>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     metrics: Arc<IngressMetrics>,
@@ -59,10 +61,16 @@ struct Listening {
 /// Binds the configured listeners on every worker and starts serving. Connections are tracked
 /// by `connections`; on `shutdown` accept stops and open connections are drained gracefully
 /// (HTTP/1.1 closes after the response in progress, HTTP/2 sends GOAWAY).
+///
+/// Gateway API listeners are opened and closed on the same workers as snapshots change
+/// (`generations`), each socket's state sent on `gateway_binds`; see
+/// [`crate::gateway_sockets`].
 pub fn serve(
     config: IngressConfig,
     workers: &[Handle],
     snapshots: SnapshotHandle,
+    generations: watch::Receiver<Generation>,
+    gateway_binds: watch::Sender<GatewayBinds>,
     metrics: Arc<IngressMetrics>,
     shutdown: &CancellationToken,
     connections: &TaskTracker,
@@ -85,9 +93,10 @@ pub fn serve(
         http: local(&http),
         https: local(&https),
     };
+    let fallback = self_signed()?;
     let acceptor = match &https {
         Some(_) => {
-            let resolver = SniResolver::new(snapshots.clone(), &self_signed()?);
+            let resolver = SniResolver::new(snapshots.clone(), &fallback);
             let tls = server_config(
                 resolver,
                 &config.tls_key_exchange,
@@ -98,6 +107,17 @@ pub fn serve(
         None => None,
     };
     let builder = Arc::new(http_builder(&config));
+    let (listening_tx, listening_rx) = tokio::sync::mpsc::unbounded_channel();
+    if let Some(first) = workers.first() {
+        let gateways = GatewaySockets {
+            snapshots: snapshots.clone(),
+            fallback,
+            key_exchange: config.tls_key_exchange.clone(),
+            session_tickets: config.tls_session_tickets,
+            status: gateway_binds,
+        };
+        first.spawn(gateways.run(generations, listening_rx, workers.len(), shutdown.clone()));
+    }
     let shared = Arc::new(Shared {
         snapshots,
         access_log: config.access_log.then(AccessLog::start),
@@ -111,9 +131,8 @@ pub fn serve(
     for worker in workers {
         let plain = http.as_mut().and_then(Iterator::next);
         let tls = https.as_mut().and_then(Iterator::next);
-        if plain.is_none() && tls.is_none() {
-            break;
-        }
+        let listening_tx = listening_tx.clone();
+        let handle = worker.clone();
         let shared = shared.clone();
         let builder = builder.clone();
         let acceptor = acceptor.clone();
@@ -131,11 +150,14 @@ pub fn serve(
                 shutdown,
                 connections,
             });
+            let _ = listening_tx.send((handle, listening.clone()));
             let listen = |socket: std::net::TcpListener| TcpListener::from_std(socket);
+            let stop = listening.shutdown.clone();
             if let Some(socket) = plain {
                 match listen(socket) {
                     Ok(listener) => {
-                        tokio::spawn(accept_loop(listener, None, listening.clone()));
+                        let listening = listening.clone();
+                        tokio::spawn(accept_loop(listener, None, listening, None, stop.clone()));
                     }
                     Err(error) => warn!(%error, "ingress listener not registered"),
                 }
@@ -143,7 +165,8 @@ pub fn serve(
             if let (Some(socket), Some(acceptor)) = (tls, acceptor) {
                 match listen(socket) {
                     Ok(listener) => {
-                        tokio::spawn(accept_loop(listener, Some(acceptor), listening));
+                        let tls = Some(acceptor);
+                        tokio::spawn(accept_loop(listener, tls, listening, None, stop));
                     }
                     Err(error) => warn!(%error, "ingress TLS listener not registered"),
                 }
@@ -172,12 +195,20 @@ fn http_builder(config: &IngressConfig) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, listening: Arc<Listening>) {
+/// Accepts until `stop` (shutdown, or a Gateway socket closed) and serves each connection on its
+/// own task. `gateway`: the Gateway socket's bound address, which the plan step routes by.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    listening: Arc<Listening>,
+    gateway: Option<SocketAddr>,
+    stop: CancellationToken,
+) {
     let kind = usize::from(tls.is_some());
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = listening.shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
@@ -208,7 +239,9 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, listening:
                 }
             }
             let trusted = config.trusts(peer.ip());
-            let info = Arc::new(ConnInfo::new(peer, local, tls.is_some(), trusted));
+            let mut info = ConnInfo::new(peer, local, tls.is_some(), trusted);
+            info.gateway = gateway;
+            let info = Arc::new(info);
             let metrics = listening_conn.metrics.clone();
             metrics.active_connections.fetch_add(1, Ordering::Relaxed);
             match tls {

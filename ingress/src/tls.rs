@@ -57,7 +57,7 @@ impl ResolvesServerCert for SniResolver {
 /// `session_tickets` TLS 1.3 tickets per full handshake (rustls's in-memory session cache behind
 /// them; none and no cache for 0).
 pub(crate) fn server_config(
-    resolver: SniResolver,
+    resolver: impl ResolvesServerCert + 'static,
     key_exchange: &[KeyExchange],
     session_tickets: usize,
 ) -> Result<rustls::ServerConfig, IngressError> {

@@ -16,8 +16,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::Error;
 
+mod gateway;
 mod ingress;
 
+pub(crate) use gateway::{gateway_object, is_gateway_kind};
 pub use ingress::{
     BASIC_AUTH_LABEL, DEFAULT_CLASS_ANNOTATION, LEGACY_CLASS_ANNOTATION, TLS_SECRET_TYPE,
     auth_secret, ingress, ingress_class, secret, tls_secret,

@@ -142,6 +142,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Object>, Error> {
                 "not a Kubernetes object: apiVersion and kind are required".into(),
             ));
         };
+        if convert::is_gateway_kind(&api_version, &kind) {
+            let value: serde_json::Value = serde_saphyr::from_str(document).map_err(yaml_error)?;
+            let object =
+                convert::gateway_object(&kind, value).map_err(|e| fail(None, e.to_string()))?;
+            objects.extend(object);
+            continue;
+        }
         match (api_version.as_str(), kind.as_str()) {
             ("v1", "List") => {
                 let list: List = serde_saphyr::from_str(document).map_err(yaml_error)?;
@@ -196,6 +203,11 @@ fn convert_json(item: serde_json::Value, objects: &mut Vec<Object>) -> Result<()
         .get("apiVersion")
         .and_then(|k| k.as_str())
         .unwrap_or_default();
+    if convert::is_gateway_kind(api_version, &kind) {
+        let object = convert::gateway_object(&kind, item).map_err(|e| e.to_string())?;
+        objects.extend(object);
+        return Ok(());
+    }
     match (api_version, kind.as_str()) {
         ("v1", "Service") => {
             let service: core::Service = serde_json::from_value(item).map_err(|e| e.to_string())?;

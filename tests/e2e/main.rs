@@ -12,6 +12,8 @@ mod dns_support;
 mod docker;
 mod edge_policy;
 mod files;
+mod gateway;
+mod gateway_support;
 mod http_support;
 mod ingress;
 mod ingress_spec;

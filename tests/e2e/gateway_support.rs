@@ -1,0 +1,426 @@
+//! The Gateway API conformance setup, re-expressed: the upstream suite's base manifests
+//! (`conformance/base/manifests.yaml` of kubernetes-sigs/gateway-api: its namespaces, Gateways and
+//! backend Services) with real echo backends behind the Services, Capstan started on them from
+//! manifest files, and the suite's request/expectation vocabulary (`conformance/utils/http`).
+//! Each test adds the upstream test's own manifest, copied unchanged into `gateway_conformance/`
+//! (Apache-2.0, gateway-api commit 4564255ac2c3), with `{GATEWAY_CLASS_NAME}` set to `capstan`.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::http_support::{HttpBackend, TestCert, curl};
+use crate::support::{Capstan, TempDir, eventually, path_str};
+
+/// `conformance/base/manifests.yaml`: the namespaces and Gateways (the TLS one's Secret is
+/// generated at test time). Services and endpoints are written by [`Conformance::start`].
+const BASE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: capstan}
+spec: {controllerName: capstan.dev/gateway-controller}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: gateway-conformance-infra
+  labels:
+    gateway-conformance: infra
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: gateway-conformance-app-backend
+  labels:
+    gateway-conformance: backend
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: gateway-conformance-web-backend
+  labels:
+    gateway-conformance: backend
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: same-namespace
+  namespace: gateway-conformance-infra
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+    - name: http
+      port: 80
+      protocol: HTTP
+      allowedRoutes:
+        namespaces:
+          from: Same
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: same-namespace-with-https-listener
+  namespace: gateway-conformance-infra
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+    - name: https
+      port: 443
+      protocol: HTTPS
+      allowedRoutes:
+        namespaces:
+          from: Same
+      tls:
+        certificateRefs:
+          - group: ""
+            kind: Secret
+            name: tls-validity-checks-certificate
+            namespace: gateway-conformance-infra
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: all-namespaces
+  namespace: gateway-conformance-infra
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+    - name: http
+      port: 80
+      protocol: HTTP
+      allowedRoutes:
+        namespaces:
+          from: All
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: backend-namespaces
+  namespace: gateway-conformance-infra
+spec:
+  gatewayClassName: "{GATEWAY_CLASS_NAME}"
+  listeners:
+    - name: http
+      port: 80
+      protocol: HTTP
+      allowedRoutes:
+        namespaces:
+          from: Selector
+          selector:
+            matchLabels:
+              gateway-conformance: backend
+"#;
+
+/// The base's backend Services: `(namespace, name)`.
+const BACKENDS: [(&str, &str); 6] = [
+    ("gateway-conformance-infra", "infra-backend-v1"),
+    ("gateway-conformance-infra", "infra-backend-v2"),
+    ("gateway-conformance-infra", "infra-backend-v3"),
+    ("gateway-conformance-app-backend", "app-backend-v1"),
+    ("gateway-conformance-app-backend", "app-backend-v2"),
+    ("gateway-conformance-web-backend", "web-backend"),
+];
+
+pub(crate) const INFRA: &str = "gateway-conformance-infra";
+
+/// A `/24` of loopback addresses for this test's Gateways (`--gateway-addresses`), apart from
+/// [`crate::support::unique_ip`]'s `127.100.0.0/10`.
+fn gateway_range() -> String {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let ip = Ipv4Addr::new(127, 10 + (pid % 80) as u8, n, 0);
+    format!("{ip}/24")
+}
+
+/// Capstan serving the conformance base plus a test's manifests, and the echo backends.
+pub(crate) struct Conformance {
+    pub(crate) capstan: Capstan,
+    pub(crate) dir: TempDir,
+    _backends: Vec<HttpBackend>,
+    pub(crate) cert: TestCert,
+}
+
+/// One request of a test case (`conformance/utils/http.Request`).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Req {
+    pub(crate) method: &'static str,
+    /// Empty: the Gateway's address, as the suite sends.
+    pub(crate) host: &'static str,
+    pub(crate) path: &'static str,
+    pub(crate) headers: Vec<(&'static str, &'static str)>,
+}
+
+/// What came back: the status, the backend that answered (from the echo body), the request
+/// line and headers it saw, and the response headers.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) backend: Option<String>,
+    /// `METHOD target` as the backend received it.
+    pub(crate) request_line: String,
+    /// Request headers as the backend received them, lowercase names.
+    pub(crate) seen: BTreeMap<String, Vec<String>>,
+    /// Response headers, lowercase names.
+    pub(crate) response: BTreeMap<String, Vec<String>>,
+}
+
+pub(crate) fn get(path: &'static str) -> Req {
+    Req {
+        method: "GET",
+        path,
+        ..Req::default()
+    }
+}
+
+impl Req {
+    pub(crate) fn host(mut self, host: &'static str) -> Self {
+        self.host = host;
+        self
+    }
+
+    pub(crate) fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub(crate) fn method(mut self, method: &'static str) -> Self {
+        self.method = method;
+        self
+    }
+}
+
+impl Conformance {
+    /// Starts the backends and Capstan over the base and `manifests` (upstream file names in
+    /// `gateway_conformance/`).
+    pub(crate) fn start(name: &str, manifests: &[&str]) -> Self {
+        let dir = TempDir::new(name);
+        let mut backends = Vec::new();
+        let mut services = String::new();
+        for (namespace, service) in BACKENDS {
+            let backend = HttpBackend::start(service);
+            services.push_str(&service_manifest(namespace, service, backend.addr));
+            backends.push(backend);
+        }
+        let cert = TestCert::new(&["*.wildcard.org", "example.org", "second-example.org"]);
+        let secret = cert.secret(INFRA, "tls-validity-checks-certificate");
+        dir.write(
+            "base.yaml",
+            &class_name(&format!("{BASE}{services}---\n{secret}")),
+        );
+        for file in manifests {
+            dir.write(file, &class_name(&conformance_manifest(file)));
+        }
+        let range = gateway_range();
+        let capstan = Capstan::start(&[
+            "--manifests",
+            path_str(&dir.0),
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--gateway-addresses",
+            &range,
+        ]);
+        Self {
+            capstan,
+            dir,
+            _backends: backends,
+            cert,
+        }
+    }
+
+    /// The object's status stanza from `/debug/snapshot`.
+    pub(crate) fn status(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let snapshot = self.capstan.snapshot();
+        let list = snapshot["gateway"]["status"].as_array()?.clone();
+        list.into_iter()
+            .find(|s| s["kind"] == kind && s["namespace"] == namespace && s["name"] == name)
+            .map(|s| s["status"].clone())
+    }
+
+    /// `GatewayAndHTTPRoutesMustBeAccepted`: waits until the Gateway is Programmed with an
+    /// address, its sockets listen, and each route is Accepted by it; returns the address.
+    pub(crate) fn gateway_must_accept(&self, gateway: &str, routes: &[(&str, &str)]) -> IpAddr {
+        let found = eventually(Duration::from_secs(15), || {
+            let status = self.status("Gateway", INFRA, gateway)?;
+            condition_true(&status["conditions"], "Programmed").then_some(())?;
+            let ip: IpAddr = status["addresses"][0]["value"].as_str()?.parse().ok()?;
+            let routes_ok = routes.iter().all(|(ns, name)| {
+                self.route_parent(ns, name, gateway)
+                    .is_some_and(|p| condition_true(&p["conditions"], "Accepted"))
+            });
+            let snapshot = self.capstan.snapshot();
+            let listening = snapshot["gateway"]["sockets"]
+                .as_array()?
+                .iter()
+                .filter(|s| {
+                    s["address"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with(&format!("{ip}:")))
+                })
+                .all(|s| s["state"] == "listening");
+            (routes_ok && listening).then_some(ip)
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "Gateway {gateway} never accepted {routes:?}:\n{:#}\n{}",
+                self.capstan.snapshot()["gateway"],
+                self.capstan.logs()
+            )
+        })
+    }
+
+    /// The route's parent status for `gateway` (in the infra namespace).
+    pub(crate) fn route_parent(
+        &self,
+        namespace: &str,
+        route: &str,
+        gateway: &str,
+    ) -> Option<Value> {
+        let status = self.status("HTTPRoute", namespace, route)?;
+        status["parents"]
+            .as_array()?
+            .iter()
+            .find(|p| p["parentRef"]["name"] == gateway)
+            .cloned()
+    }
+
+    /// Sends `req` to `gateway:port` with curl (no redirects followed).
+    pub(crate) fn send(&self, gateway: IpAddr, port: u16, req: &Req) -> Reply {
+        let host = if req.host.is_empty() {
+            format!("{gateway}:{port}")
+        } else {
+            req.host.to_owned()
+        };
+        let url = format!("http://{gateway}:{port}{}", req.path);
+        let host_header = format!("Host: {host}");
+        let mut args = vec!["-X", req.method, "-H", &host_header];
+        let headers: Vec<String> = req
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        for header in &headers {
+            args.push("-H");
+            args.push(header);
+        }
+        args.push(&url);
+        let (status, body, head) = curl(&args);
+        reply(status, &body, &head)
+    }
+
+    /// `MakeRequestAndExpectEventuallyConsistentResponse`: retries until `check` holds (at most
+    /// 10 s), then panics with the last reply.
+    pub(crate) fn expect(&self, gateway: IpAddr, req: &Req, check: impl Fn(&Reply) -> bool) {
+        let mut last = None;
+        let ok = eventually(Duration::from_secs(10), || {
+            let reply = self.send(gateway, 80, req);
+            let good = check(&reply);
+            last = Some(reply);
+            good.then_some(())
+        });
+        if ok.is_none() {
+            panic!("{req:?}: unexpected {last:#?}\n{}", self.capstan.logs());
+        }
+    }
+
+    /// Expects `backend` to answer with 200.
+    pub(crate) fn expect_backend(&self, gateway: IpAddr, req: &Req, backend: &str) {
+        self.expect(gateway, req, |r| {
+            r.status == 200 && r.backend.as_deref() == Some(backend)
+        });
+    }
+
+    pub(crate) fn expect_status(&self, gateway: IpAddr, req: &Req, status: u16) {
+        self.expect(gateway, req, |r| r.status == status);
+    }
+}
+
+/// Whether `conditions` has `kind` with status `True`.
+pub(crate) fn condition_true(conditions: &Value, kind: &str) -> bool {
+    condition(conditions, kind).is_some_and(|c| c["status"] == "True")
+}
+
+pub(crate) fn condition<'a>(conditions: &'a Value, kind: &str) -> Option<&'a Value> {
+    conditions.as_array()?.iter().find(|c| c["type"] == kind)
+}
+
+fn reply(status: u16, body: &str, head: &str) -> Reply {
+    let mut lines = body.lines();
+    let backend = lines
+        .next()
+        .and_then(|l| l.strip_prefix("backend="))
+        .map(str::to_owned);
+    let request_line = lines.next().unwrap_or_default().to_owned();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in body.lines().skip(4) {
+        if let Some((name, value)) = line.split_once(": ") {
+            seen.entry(name.to_owned())
+                .or_default()
+                .push(value.to_owned());
+        }
+    }
+    let mut response: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in head.lines().skip(1) {
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.trim().to_ascii_lowercase();
+            response
+                .entry(name)
+                .or_default()
+                .push(value.trim().to_owned());
+        }
+    }
+    Reply {
+        status,
+        backend: backend.filter(|_| status == 200),
+        request_line,
+        seen,
+        response,
+    }
+}
+
+impl Reply {
+    /// The request target the backend saw.
+    pub(crate) fn path(&self) -> &str {
+        self.request_line.split(' ').nth(1).unwrap_or_default()
+    }
+
+    pub(crate) fn seen(&self, name: &str) -> Option<&str> {
+        self.seen
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+
+    pub(crate) fn response(&self, name: &str) -> Option<&str> {
+        self.response
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// A Service on port 8080 (as the base's) with one EndpointSlice to `backend`.
+fn service_manifest(namespace: &str, name: &str, backend: SocketAddr) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: None\n  ports: [{{name: first-port, port: 8080, targetPort: {port}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: first-port, port: {port}}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n",
+        port = backend.port(),
+        ip = backend.ip(),
+    )
+}
+
+fn class_name(text: &str) -> String {
+    text.replace("{GATEWAY_CLASS_NAME}", "capstan")
+}
+
+/// An upstream test manifest from `tests/e2e/gateway_conformance/`.
+pub(crate) fn conformance_manifest(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/e2e/gateway_conformance")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
