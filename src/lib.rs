@@ -25,7 +25,7 @@ use capstan_catalog::{
     Catalog, CompileOptions, DnsOptions, GatewayOptions, IngressOptions, compile,
 };
 use capstan_dns::{CacheConfig, DnsConfig, DnsMetrics, ForwardConfig, Forwarder, Handler};
-use capstan_ingress::{GatewayBinds, IngressConfig, IngressMetrics};
+use capstan_ingress::{GatewayBinds, GatewayWatch, IngressConfig, IngressMetrics};
 use capstan_proxy::kernel::{Datapath, KernelSettings};
 use capstan_proxy::source::Prefix;
 use capstan_proxy::{
@@ -269,8 +269,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
             ingress_config,
             workers.handles(),
             snapshots.clone(),
-            generations.clone(),
-            gateway_binds_tx,
+            GatewayWatch {
+                generations: generations.clone(),
+                binds: gateway_binds_tx,
+            },
             ingress_metrics,
             &shutdown,
             &connections,

@@ -46,7 +46,7 @@ pub use headers::cookie;
 pub use metrics::{IngressMetrics, Refusal};
 pub use plan::{Blame, FAULTS, Fault};
 pub use routing::{Routed, match_path, normalize_host, route, route_host};
-pub use server::{Bound, serve};
+pub use server::{Bound, GatewayWatch, serve};
 pub use tls::SniResolver;
 
 /// Settings of the ingress listeners.

@@ -45,6 +45,14 @@ pub struct Bound {
     pub https: Option<SocketAddr>,
 }
 
+/// What the Gateway listeners follow: each new snapshot's generation, and where they report
+/// which sockets listen.
+#[derive(Debug)]
+pub struct GatewayWatch {
+    pub generations: watch::Receiver<Generation>,
+    pub binds: watch::Sender<GatewayBinds>,
+}
+
 /// Everything a worker's accept loops share.
 pub(crate) struct Listening {
     forwarder: Arc<Forwarder>,
@@ -63,14 +71,13 @@ pub(crate) struct Listening {
 /// (HTTP/1.1 closes after the response in progress, HTTP/2 sends GOAWAY).
 ///
 /// Gateway API listeners are opened and closed on the same workers as snapshots change
-/// (`generations`), each socket's state sent on `gateway_binds`; see
+/// (`gateways`), each socket's state sent back on it; see
 /// [`crate::gateway_sockets`].
 pub fn serve(
     config: IngressConfig,
     workers: &[Handle],
     snapshots: SnapshotHandle,
-    generations: watch::Receiver<Generation>,
-    gateway_binds: watch::Sender<GatewayBinds>,
+    gateways: GatewayWatch,
     metrics: Arc<IngressMetrics>,
     shutdown: &CancellationToken,
     connections: &TaskTracker,
@@ -109,14 +116,19 @@ pub fn serve(
     let builder = Arc::new(http_builder(&config));
     let (listening_tx, listening_rx) = tokio::sync::mpsc::unbounded_channel();
     if let Some(first) = workers.first() {
-        let gateways = GatewaySockets {
+        let sockets = GatewaySockets {
             snapshots: snapshots.clone(),
             fallback,
             key_exchange: config.tls_key_exchange.clone(),
             session_tickets: config.tls_session_tickets,
-            status: gateway_binds,
+            status: gateways.binds,
         };
-        first.spawn(gateways.run(generations, listening_rx, workers.len(), shutdown.clone()));
+        first.spawn(sockets.run(
+            gateways.generations,
+            listening_rx,
+            workers.len(),
+            shutdown.clone(),
+        ));
     }
     let shared = Arc::new(Shared {
         snapshots,

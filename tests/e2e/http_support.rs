@@ -36,7 +36,9 @@ impl HttpBackend {
     ///   chunked, in 64 KiB frames;
     /// - `content-type: application/grpc`: `reply from NAME` with trailers `grpc-status: 0`,
     ///   `grpc-message: ok`;
-    /// - anything else: `backend=NAME`, the request line, version, body length and headers.
+    /// - anything else: `backend=NAME`, the request line, version, body length and headers,
+    ///   with the response headers `X-Echo-Set-Header: Name:value,...` asks for (as the
+    ///   Gateway API conformance echo server).
     pub(crate) fn start(name: &str) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -164,12 +166,27 @@ pub(crate) async fn answer(
                 req.uri(),
                 req.version()
             );
+            // The conformance echo server's `X-Echo-Set-Header: Name:value,Name:value`.
+            let echo_set: Vec<(String, String)> = req
+                .headers()
+                .get_all("x-echo-set-header")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|pair| pair.split_once(':'))
+                .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+                .collect();
             let mut headers: Vec<String> = req
                 .headers()
                 .iter()
                 .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
                 .collect();
-            headers.sort();
+            // By name only (stable): the values of one name keep their order.
+            headers.sort_by(|a, b| {
+                a.split_once(": ")
+                    .map(|p| p.0)
+                    .cmp(&b.split_once(": ").map(|p| p.0))
+            });
             let length = req
                 .into_body()
                 .collect()
@@ -181,7 +198,16 @@ pub(crate) async fn answer(
                 text.push_str(&header);
                 text.push('\n');
             }
-            Ok(Response::new(full(text)))
+            let mut response = Response::new(full(text));
+            for (name, value) in echo_set {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(&value),
+                ) {
+                    response.headers_mut().append(name, value);
+                }
+            }
+            Ok(response)
         }
     }
 }

@@ -145,6 +145,9 @@ fn hostname_rank(hostname: Option<&str>) -> (u8, std::cmp::Reverse<usize>) {
     }
 }
 
+/// The addresses a Gateway's sockets bind, and those its status reports.
+type Addresses = (Vec<IpAddr>, Vec<IpAddr>);
+
 /// Each Gateway's socket addresses and `status.addresses`: `spec.addresses`; else one address of
 /// `--gateway-addresses` (the previous snapshot's while it is still free, else the lowest free);
 /// else every node address (`0.0.0.0` and `::` bound, the node's addresses reported).
@@ -152,7 +155,7 @@ fn assign_addresses<'a>(
     gateways: &[&'a Gateway],
     options: &GatewayOptions,
     previous: Option<&GatewayTable>,
-) -> HashMap<(&'a str, &'a str), (Vec<IpAddr>, Vec<IpAddr>)> {
+) -> HashMap<(&'a str, &'a str), Addresses> {
     let mut taken: BTreeSet<IpAddr> = gateways
         .iter()
         .flat_map(|g| g.addresses.iter().copied())

@@ -146,7 +146,7 @@ fn match_listeners(
     of_gateway: &[usize],
     listeners: &[ListenerBuild<'_>],
     namespaces: &HashMap<&str, &Namespace>,
-) -> (Vec<(usize, Vec<Option<Box<str>>>)>, Option<Condition>) {
+) -> (Vec<Attachment>, Option<Condition>) {
     let named: Vec<usize> = of_gateway
         .iter()
         .copied()
@@ -175,7 +175,7 @@ fn match_listeners(
             Some(accepted(false, "NotAllowedByListeners", message)),
         );
     }
-    let on: Vec<(usize, Vec<Option<Box<str>>>)> = allowed
+    let on: Vec<Attachment> = allowed
         .into_iter()
         .filter_map(|i| {
             let hostnames = intersect(listeners[i].spec.hostname.as_deref(), &route.hostnames);
@@ -223,6 +223,10 @@ pub(crate) fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<
     }
     out
 }
+
+/// A listener (by index) a route attaches to, with the hostnames it is served under there
+/// (`None`: any).
+type Attachment = (usize, Vec<Option<Box<str>>>);
 
 type CompiledRules = (Vec<(RankKey, HttpRule)>, Option<Condition>);
 type RankKey = (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>);
