@@ -192,6 +192,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error
     }
     if let Some(kube) = &kube {
         kube.spawn(updates_tx.clone(), &shutdown);
+        kube.publish_gateway_status(
+            args.gateway_controller.clone(),
+            snapshots.clone(),
+            generations.clone(),
+            &shutdown,
+        );
         if let Some(node) = &args.node_name {
             kube.watch_node(node.clone(), clock.clone(), &shutdown);
         }

@@ -10,6 +10,8 @@
 //! Raw Kubernetes objects are never stored: each event is converted at once and dropped, so
 //! `managedFields`, annotations and the rest cost nothing beyond the event being decoded.
 
+mod gateway;
+mod gateway_status;
 mod node;
 mod status;
 mod watch;
@@ -156,7 +158,11 @@ impl KubeSource {
 
     /// One source per watched kind; the publisher waits for all of them.
     pub fn ids() -> Vec<SourceId> {
-        KINDS.iter().map(|kind| source_id(kind)).collect()
+        KINDS
+            .iter()
+            .chain(gateway::kinds().iter())
+            .map(|kind| source_id(kind))
+            .collect()
     }
 
     /// Starts every watcher and the reachability probe; they run until `shutdown`.
@@ -187,6 +193,24 @@ impl KubeSource {
         tokio::spawn(status::publish(
             self.client.clone(),
             addresses,
+            snapshots,
+            generations,
+            shutdown.clone(),
+        ));
+    }
+
+    /// Writes the status of the Gateway API objects Capstan serves (`controller` names it in
+    /// route parent statuses), until `shutdown`.
+    pub fn publish_gateway_status(
+        &self,
+        controller: String,
+        snapshots: SnapshotHandle,
+        generations: tokio::sync::watch::Receiver<Generation>,
+        shutdown: &CancellationToken,
+    ) {
+        tokio::spawn(gateway_status::publish(
+            self.client.clone(),
+            controller,
             snapshots,
             generations,
             shutdown.clone(),
@@ -262,6 +286,11 @@ impl KubeSource {
             },
             context(AUTH_SECRETS),
         ));
+        let gateway_contexts = gateway::kinds()
+            .into_iter()
+            .map(|kind| (kind, context(kind)))
+            .collect();
+        tokio::spawn(gateway::spawn(client.clone(), gateway_contexts));
         tokio::spawn(probe(
             self.client.clone(),
             self.health.clone(),

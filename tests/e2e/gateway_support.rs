@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::http_support::{HttpBackend, TestCert, curl};
+use crate::support::kube_api::FakeApi;
 use crate::support::{Capstan, TempDir, eventually, path_str};
 
 /// `conformance/base/manifests.yaml`: the namespaces and Gateways (the TLS one's Secret is
@@ -234,30 +235,11 @@ impl Req {
 
 impl Conformance {
     /// Starts the backends and Capstan over the base and `manifests` (upstream file names in
-    /// `gateway_conformance/`).
+    /// `gateway_conformance/`), from manifest files.
     pub(crate) fn start(name: &str, manifests: &[&str]) -> Self {
         let dir = TempDir::new(name);
-        let mut backends = Vec::new();
-        let mut services = String::new();
-        for (namespace, service) in BACKENDS {
-            let backend = HttpBackend::start(service);
-            services.push_str(&service_manifest(namespace, service, backend.addr));
-            backends.push(backend);
-        }
-        // The suite's certificate names `*`, `*.org` and `*.wildcard.org`
-        // (`conformance/utils/suite/suite.go`), which Go's verifier accepts; curl's OpenSSL
-        // refuses `*` and `*.org`, so the names the tests ask for are listed instead.
-        let cert = TestCert::new(&[
-            "example.org",
-            "second-example.org",
-            "unknown-example.org",
-            "*.wildcard.org",
-        ]);
-        let secret = cert.secret(INFRA, "tls-validity-checks-certificate");
-        dir.write(
-            "base.yaml",
-            &class_name(&format!("{BASE}{services}---\n{secret}")),
-        );
+        let (base, backends, cert) = base_manifests();
+        dir.write("base.yaml", &base);
         for file in manifests {
             dir.write(file, &class_name(&conformance_manifest(file)));
         }
@@ -265,6 +247,38 @@ impl Conformance {
         let capstan = Capstan::start(&[
             "--manifests",
             path_str(&dir.0),
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--gateway-addresses",
+            &range,
+        ]);
+        Self {
+            capstan,
+            dir,
+            _backends: backends,
+            cert,
+        }
+    }
+
+    /// The same through the Kubernetes API: the objects applied to the fake API server (with
+    /// the Gateway API group installed), Capstan watching it and writing status back.
+    pub(crate) fn start_kube(api: &FakeApi, name: &str, manifests: &[&str]) -> Self {
+        let dir = TempDir::new(name);
+        let (base, backends, cert) = base_manifests();
+        api.install_gateway_api();
+        api.apply_yaml(&base);
+        for file in manifests {
+            api.apply_yaml(&class_name(&conformance_manifest(file)));
+        }
+        let kubeconfig = dir.write("kubeconfig", &api.kubeconfig());
+        let range = gateway_range();
+        let capstan = Capstan::start(&[
+            "--kubeconfig",
+            path_str(&kubeconfig),
+            "--capture",
+            "bind",
             "--http",
             "127.0.0.1:0",
             "--https",
@@ -415,6 +429,29 @@ impl Conformance {
     pub(crate) fn expect_status(&self, gateway: IpAddr, req: &Req, status: u16) {
         self.expect(gateway, req, |r| r.status == status);
     }
+}
+
+/// The base manifests with the echo backends behind its Services and the TLS Secret.
+fn base_manifests() -> (String, Vec<HttpBackend>, TestCert) {
+    let mut backends = Vec::new();
+    let mut services = String::new();
+    for (namespace, service) in BACKENDS {
+        let backend = HttpBackend::start(service);
+        services.push_str(&service_manifest(namespace, service, backend.addr));
+        backends.push(backend);
+    }
+    // The suite's certificate names `*`, `*.org` and `*.wildcard.org`
+    // (`conformance/utils/suite/suite.go`), which Go's verifier accepts; curl's OpenSSL
+    // refuses `*` and `*.org`, so the names the tests ask for are listed instead.
+    let cert = TestCert::new(&[
+        "example.org",
+        "second-example.org",
+        "unknown-example.org",
+        "*.wildcard.org",
+    ]);
+    let secret = cert.secret(INFRA, "tls-validity-checks-certificate");
+    let base = class_name(&format!("{BASE}{services}---\n{secret}"));
+    (base, backends, cert)
 }
 
 /// Whether `conditions` has `kind` with status `True`.

@@ -46,7 +46,35 @@ const RESOURCES: &[(&str, &str, &str, &str)] = &[
         "networking.k8s.io/v1",
         "IngressClass",
     ),
+    ("/api/v1/namespaces", "namespaces", "v1", "Namespace"),
+    (
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
+        "gatewayclasses",
+        "gateway.networking.k8s.io/v1",
+        "GatewayClass",
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/gateways",
+        "gateways",
+        "gateway.networking.k8s.io/v1",
+        "Gateway",
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "httproutes",
+        "gateway.networking.k8s.io/v1",
+        "HTTPRoute",
+    ),
+    (
+        "/apis/gateway.networking.k8s.io/v1/referencegrants",
+        "referencegrants",
+        "gateway.networking.k8s.io/v1",
+        "ReferenceGrant",
+    ),
 ];
+
+/// Resources without a namespace.
+const CLUSTER_SCOPED: [&str; 4] = ["nodes", "ingressclasses", "namespaces", "gatewayclasses"];
 
 const BOOKMARK_EVERY: Duration = Duration::from_millis(500);
 
@@ -75,6 +103,8 @@ struct State {
     /// `list services`, `watch services from 12`: what the client asked, in order.
     requests: Vec<String>,
     connections: Vec<AbortHandle>,
+    /// Whether the Gateway API CRDs are "installed" (discovery answers for the group).
+    gateway_api: bool,
 }
 
 /// The fake API server. Cheap to share; every method is synchronous.
@@ -106,11 +136,18 @@ impl FakeApi {
                 changes,
                 requests: Vec::new(),
                 connections: Vec::new(),
+                gateway_api: false,
             })),
             accept: Arc::new(Mutex::new(None)),
         };
         api.serve(listener);
         api
+    }
+
+    /// Serves discovery for `gateway.networking.k8s.io/v1`, as a cluster with the Gateway API
+    /// CRDs installed does (without it the group answers 404).
+    pub(crate) fn install_gateway_api(&self) {
+        self.state.lock().expect("state").gateway_api = true;
     }
 
     /// A kubeconfig pointing at this server.
@@ -277,21 +314,10 @@ impl FakeApi {
         *self.accept.lock().expect("accept") = Some(accept.abort_handle());
     }
 
-    /// `PATCH /apis/networking.k8s.io/v1/namespaces/NS/ingresses/NAME/status` with a JSON merge
-    /// patch: merged into the object, which is MODIFIED with a new resourceVersion.
+    /// `PATCH …/RESOURCE/NAME/status` (namespaced or cluster-scoped) with a JSON merge patch:
+    /// merged into the object, which is MODIFIED with a new resourceVersion.
     fn patch_status(&self, path: &str, body: &[u8]) -> Response<BoxBody<Bytes, Infallible>> {
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let [
-            "apis",
-            "networking.k8s.io",
-            "v1",
-            "namespaces",
-            namespace,
-            "ingresses",
-            name,
-            "status",
-        ] = parts[..]
-        else {
+        let Some((key, _)) = status_target(path) else {
             return status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
@@ -301,23 +327,28 @@ impl FakeApi {
         let Ok(patch) = serde_json::from_slice::<Value>(body) else {
             return status(StatusCode::BAD_REQUEST, "BadRequest", "patch is not JSON");
         };
+        let (resource, namespace, name) = key.clone();
         let mut state = self.state.lock().expect("state");
+        let target = if namespace.is_empty() {
+            name.clone()
+        } else {
+            format!("{namespace}/{name}")
+        };
         state
             .requests
-            .push(format!("patch ingresses {namespace}/{name}/status"));
-        let key = ("ingresses", namespace.to_owned(), name.to_owned());
+            .push(format!("patch {resource} {target}/status"));
         let Some(mut object) = state.objects.get(&key).cloned() else {
             return status(
                 StatusCode::NOT_FOUND,
                 "NotFound",
-                &format!("ingress {name}"),
+                &format!("{resource} {name}"),
             );
         };
         merge(&mut object["status"], &patch["status"]);
         state.rv += 1;
         object["metadata"]["resourceVersion"] = json!(state.rv.to_string());
         state.objects.insert(key, object.clone());
-        state.record("ingresses", "MODIFIED", object.clone());
+        state.record(resource, "MODIFIED", object.clone());
         json_response(StatusCode::OK, &object)
     }
 
@@ -334,6 +365,17 @@ impl FakeApi {
 
     fn handle(&self, request: &Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = request.uri().path();
+        if path == "/apis/gateway.networking.k8s.io/v1" {
+            return self.gateway_discovery();
+        }
+        if let Some((key, _)) = status_target(path) {
+            // GET of one object's status subresource: the object.
+            let state = self.state.lock().expect("state");
+            return match state.objects.get(&key) {
+                Some(object) => json_response(StatusCode::OK, object),
+                None => status(StatusCode::NOT_FOUND, "NotFound", path),
+            };
+        }
         if path == "/version" {
             return json_response(
                 StatusCode::OK,
@@ -400,6 +442,33 @@ impl FakeApi {
                 .unwrap_or(0);
             self.list(resource, api_version, kind, &selector, limit, offset)
         }
+    }
+
+    /// `APIResourceList` of the Gateway API group, or 404 when not "installed".
+    fn gateway_discovery(&self) -> Response<BoxBody<Bytes, Infallible>> {
+        if !self.state.lock().expect("state").gateway_api {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            );
+        }
+        let resources: Vec<Value> = RESOURCES
+            .iter()
+            .filter(|(_, _, v, _)| *v == "gateway.networking.k8s.io/v1")
+            .map(|&(_, resource, _, kind)| {
+                json!({
+                    "name": resource, "singularName": "", "kind": kind,
+                    "namespaced": !CLUSTER_SCOPED.contains(&resource),
+                    "verbs": ["get", "list", "watch", "patch"],
+                })
+            })
+            .collect();
+        json_response(
+            StatusCode::OK,
+            &json!({"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": "gateway.networking.k8s.io/v1", "resources": resources}),
+        )
     }
 
     fn list(
@@ -572,7 +641,7 @@ fn merge(target: &mut Value, patch: &Value) {
 
 fn key_of(resource: &'static str, object: &Value) -> Key {
     let namespace = match resource {
-        "nodes" | "ingressclasses" => String::new(),
+        r if CLUSTER_SCOPED.contains(&r) => String::new(),
         _ => object["metadata"]["namespace"]
             .as_str()
             .unwrap_or("default")
@@ -583,6 +652,25 @@ fn key_of(resource: &'static str, object: &Value) -> Key {
         .expect("metadata.name")
         .to_owned();
     (resource, namespace, name)
+}
+
+/// The stored object a `…/status` path names, and the path's resource.
+fn status_target(path: &str) -> Option<(Key, &'static str)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (prefix, namespace, resource, name) = match parts[..] {
+        [.., "namespaces", namespace, resource, name, "status"] => {
+            let prefix = parts[..parts.len() - 5].join("/");
+            (prefix, namespace.to_owned(), resource, name)
+        }
+        [.., resource, name, "status"] => {
+            let prefix = parts[..parts.len() - 3].join("/");
+            (prefix, String::new(), resource, name)
+        }
+        _ => return None,
+    };
+    let collection = format!("/{prefix}/{resource}");
+    let &(_, resource, ..) = RESOURCES.iter().find(|(p, ..)| *p == collection)?;
+    Some(((resource, namespace, name.to_owned()), resource))
 }
 
 fn parse_selector(text: &str) -> Vec<(String, String)> {
