@@ -34,12 +34,8 @@ use crate::headers::{self, BadRequest, Forwarding};
 use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
 use crate::plan::{self, Fault, Forward, Plan, RequestHead};
-use crate::routing::{Routed, normalize_host, route_host};
+use crate::routing::normalize_host;
 use crate::upstream_tls::TlsClients;
-
-/// ACME HTTP-01 challenges must reach their solver over plain HTTP (ingress-nginx exempts them
-/// from the https redirect too).
-const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
 /// State shared by every worker.
 #[derive(Debug)]
@@ -249,10 +245,9 @@ impl Forwarder {
         self.finish(&route, finish, response, done)
     }
 
-    /// The plan step: from the request's host to its route and Service port, or the early
-    /// answer: 400 for a bad host, 503 before the first snapshot, the https redirect, 404
-    /// without a route, 503 without a Service or a ready endpoint; on a Gateway listener,
-    /// [`plan::plan_gateway`].
+    /// From the request to its route and Service port, or the early answer: 400 for a bad
+    /// host, 503 before the first snapshot, else the plan step's ([`plan::plan_ingress`] on an
+    /// Ingress listener, [`plan::plan_gateway`] on a Gateway socket).
     fn resolve(
         &self,
         conn: &ConnInfo,
@@ -271,57 +266,32 @@ impl Forwarder {
             return Err(Early::Fault(Fault::NotLoaded, None));
         };
         let hostname = normalize_host(&host);
-        if let Some(socket) = conn.gateway {
-            let Some(socket) = snapshot.gateway.sockets.get(&socket) else {
-                return Err(Early::Fault(Fault::NoRoute, None));
-            };
-            let head = RequestHead {
-                method: request.method(),
-                host: &hostname,
-                path: request.uri().path(),
-                query: request.uri().query(),
-                headers: request.headers(),
-                tls: conn.tls,
-            };
-            return match plan::plan_gateway(socket, &head, fastrand::u32(..)) {
-                Plan::Forward(forward) => {
-                    let upstream = forward.route.upstream.clone();
-                    let upstream = upstream.ok_or(Early::Fault(Fault::NoService, None))?;
-                    Ok((host, forward, upstream))
-                }
-                Plan::Redirect { status, location } => Err(Early::Redirect(status, location)),
-                Plan::Reply(fault) => Err(Early::Fault(fault, None)),
-            };
-        }
-        let table = &snapshot.ingress;
-        if !conn.tls
-            && let Some(https_port) = shared.https_port
-            && table.tls_for(&hostname).is_some()
-            && !request.uri().path().starts_with(ACME_CHALLENGE)
-        {
-            let location = https_location(&host, https_port, request.uri());
-            return Err(Early::Redirect(StatusCode::PERMANENT_REDIRECT, location));
-        }
-        let route: Arc<Route> = match route_host(table, &hostname, request.uri().path()) {
-            Routed::Route(route) | Routed::Default(route) => route.clone(),
-            Routed::NotFound => return Err(Early::Fault(Fault::NoRoute, None)),
+        let head = RequestHead {
+            method: request.method(),
+            host: &hostname,
+            path: request.uri().path(),
+            query: request.uri().query(),
+            headers: request.headers(),
+            tls: conn.tls,
         };
-        if route.unusable {
-            return Err(Early::Fault(Fault::RouteUnusable, Some(route)));
-        }
-        let Some(upstream) = route.upstream.clone() else {
-            return Err(Early::Fault(Fault::NoService, Some(route)));
+        let plan = match conn.gateway {
+            Some(socket) => match snapshot.gateway.sockets.get(&socket) {
+                Some(socket) => plan::plan_gateway(socket, &head, fastrand::u32(..)),
+                None => Plan::Reply(Fault::NoRoute, None),
+            },
+            None => {
+                let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+                plan::plan_ingress(&snapshot.ingress, &head, shared.https_port, &host, target)
+            }
         };
-        if upstream.internal.endpoints.is_empty() {
-            return Err(Early::Fault(Fault::NoEndpoints, Some(route)));
+        match plan {
+            Plan::Forward(forward) => match forward.route.upstream.clone() {
+                Some(upstream) => Ok((host, forward, upstream)),
+                None => Err(Early::Fault(Fault::NoService, Some(forward.route))),
+            },
+            Plan::Redirect { status, location } => Err(Early::Redirect(status, location)),
+            Plan::Reply(fault, route) => Err(Early::Fault(fault, route)),
         }
-        let forward = Forward {
-            route,
-            gateway: None,
-            path: None,
-            host: None,
-        };
-        Ok((host, forward, upstream))
     }
 
     /// The one place a fault becomes a response: counted by kind (and on its route), logged
@@ -528,21 +498,6 @@ pub(crate) fn reply(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-/// The https URL of the same host and target (the Ingress TLS redirect, 308: it keeps the
-/// method and body, unlike 301).
-fn https_location(host: &str, https_port: u16, uri: &Uri) -> String {
-    let name = match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    };
-    let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    if https_port == 443 {
-        format!("https://{name}{target}")
-    } else {
-        format!("https://{name}:{https_port}{target}")
-    }
 }
 
 /// A redirect to `location`.

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use capstan_table::{
-    GatewaySocket, HeaderEdits, HttpAction, HttpMatch, HttpRule, PathMatch, PathModifier, Redirect,
-    Route, ValueMatch, hostname_matches,
+    GatewaySocket, HeaderEdits, HttpAction, HttpMatch, HttpRule, IngressTable, PathMatch,
+    PathModifier, Redirect, Route, ValueMatch, hostname_matches,
 };
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -34,7 +34,8 @@ pub(crate) enum Plan {
         status: StatusCode,
         location: String,
     },
-    Reply(Fault),
+    /// With the route when one matched (its counters record the fault).
+    Reply(Fault, Option<Arc<Route>>),
 }
 
 /// A request on its way to a backend, with the edits its rule makes.
@@ -155,6 +156,67 @@ impl Blame {
     }
 }
 
+/// ACME HTTP-01 challenges must reach their solver over plain HTTP (ingress-nginx exempts them
+/// from the https redirect too).
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Plans a request that arrived on an Ingress listener: the https redirect (308) for a `spec.tls`
+/// host over plain HTTP (`https_port`: the TLS listener's), else the Ingress v1 route
+/// ([`crate::routing`]) or the default backend, else 404; 503 for a route whose Secrets are
+/// unusable, whose Service port is missing, or with no ready endpoint. `authority` is the
+/// request's host as sent and `target` its path and query, for the redirect.
+pub(crate) fn plan_ingress(
+    table: &IngressTable,
+    head: &RequestHead<'_>,
+    https_port: Option<u16>,
+    authority: &str,
+    target: &str,
+) -> Plan {
+    if !head.tls
+        && let Some(https_port) = https_port
+        && table.tls_for(head.host).is_some()
+        && !head.path.starts_with(ACME_CHALLENGE)
+    {
+        let location = https_location(authority, https_port, target);
+        return Plan::Redirect {
+            status: StatusCode::PERMANENT_REDIRECT,
+            location,
+        };
+    }
+    let route = match crate::routing::route_host(table, head.host, head.path) {
+        crate::Routed::Route(route) | crate::Routed::Default(route) => route.clone(),
+        crate::Routed::NotFound => return Plan::Reply(Fault::NoRoute, None),
+    };
+    let fault = match &route.upstream {
+        _ if route.unusable => Some(Fault::RouteUnusable),
+        None => Some(Fault::NoService),
+        Some(upstream) if upstream.internal.endpoints.is_empty() => Some(Fault::NoEndpoints),
+        Some(_) => None,
+    };
+    match fault {
+        Some(fault) => Plan::Reply(fault, Some(route)),
+        None => Plan::Forward(Forward {
+            route,
+            gateway: None,
+            path: None,
+            host: None,
+        }),
+    }
+}
+
+/// The https URL of the same host (its port dropped) and target.
+pub(crate) fn https_location(authority: &str, https_port: u16, target: &str) -> String {
+    let name = match authority.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => authority,
+    };
+    if https_port == 443 {
+        format!("https://{name}{target}")
+    } else {
+        format!("https://{name}:{https_port}{target}")
+    }
+}
+
 /// Plans a request that arrived on a Gateway socket. `pick` is uniform in `u32` (the weighted
 /// backend choice).
 pub(crate) fn plan_gateway(socket: &GatewaySocket, head: &RequestHead<'_>, pick: u32) -> Plan {
@@ -164,11 +226,11 @@ pub(crate) fn plan_gateway(socket: &GatewaySocket, head: &RequestHead<'_>, pick:
             .is_none_or(|h| hostname_matches(h, head.host))
     });
     let Some(listener) = listener else {
-        return Plan::Reply(Fault::NoRoute);
+        return Plan::Reply(Fault::NoRoute, None);
     };
     let rules = listener.routes.for_host(head.host);
     let Some(rule) = rules.iter().find(|rule| matches(&rule.matches, head)) else {
-        return Plan::Reply(Fault::NoRoute);
+        return Plan::Reply(Fault::NoRoute, None);
     };
     let action = &rule.action;
     if let Some(redirect) = &action.redirect {
@@ -177,15 +239,15 @@ pub(crate) fn plan_gateway(socket: &GatewaySocket, head: &RequestHead<'_>, pick:
         return Plan::Redirect { status, location };
     }
     let Some(index) = choose_backend(action, pick) else {
-        return Plan::Reply(Fault::InvalidBackend);
+        return Plan::Reply(Fault::InvalidBackend, None);
     };
     let Some(route) = &action.backends[index].route else {
-        return Plan::Reply(Fault::InvalidBackend);
+        return Plan::Reply(Fault::InvalidBackend, None);
     };
     match &route.upstream {
-        None => return Plan::Reply(Fault::NoService),
+        None => return Plan::Reply(Fault::NoService, Some(route.clone())),
         Some(upstream) if upstream.internal.endpoints.is_empty() => {
-            return Plan::Reply(Fault::NoEndpoints);
+            return Plan::Reply(Fault::NoEndpoints, Some(route.clone()));
         }
         Some(_) => {}
     }

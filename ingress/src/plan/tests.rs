@@ -140,7 +140,7 @@ fn outcome(socket: &GatewaySocket, req: &Req<'_>) -> String {
     match plan_gateway(socket, &req.head(), 0) {
         Plan::Forward(forward) => forward.route.path.to_string(),
         Plan::Redirect { status, location } => format!("{} {location}", status.as_u16()),
-        Plan::Reply(fault) => fault.status().as_u16().to_string(),
+        Plan::Reply(fault, _) => fault.status().as_u16().to_string(),
     }
 }
 
@@ -464,4 +464,71 @@ fn faults_have_one_status_and_blame_each() {
     assert_eq!(Fault::InvalidBackend.status().as_u16(), 500);
     assert_eq!(Fault::NoRoute.blame(), Blame::Client);
     assert_eq!(Fault::NoEndpoints.blame(), Blame::Backend);
+}
+
+/// The Ingress plan: https redirect for `spec.tls` hosts over plain HTTP (not for ACME
+/// challenges, not over TLS), routes, the default backend, and the 404/503 faults.
+#[test]
+fn ingress_plan_redirects_routes_and_faults() {
+    use capstan_table::{IngressTable, PathType};
+    let mut table = IngressTable::default();
+    let host = table.host_mut(Some("shop.example"));
+    host.add("/", PathType::Prefix, backend("web", 1))
+        .expect("add");
+    host.add("/drained", PathType::Prefix, backend("drained", 0))
+        .expect("add");
+    let mut unusable = (*backend("locked", 1)).clone();
+    unusable.unusable = true;
+    host.add("/locked", PathType::Prefix, Arc::new(unusable))
+        .expect("add");
+    let mut missing = (*backend("missing", 1)).clone();
+    missing.upstream = None;
+    host.add("/missing", PathType::Prefix, Arc::new(missing))
+        .expect("add");
+    table.tls_hosts.insert("secure.example".into(), None);
+    table.finish();
+
+    let plan = |host: &str, path: &str, tls: bool| {
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &Method::GET,
+            host,
+            path,
+            query: None,
+            headers: &headers,
+            tls,
+        };
+        match plan_ingress(&table, &head, Some(8443), &format!("{host}:8080"), path) {
+            Plan::Forward(forward) => forward.route.path.to_string(),
+            Plan::Redirect { status, location } => format!("{} {location}", status.as_u16()),
+            Plan::Reply(fault, route) => format!(
+                "{} {}",
+                fault.status().as_u16(),
+                route.map_or("-".into(), |r| r.path.to_string())
+            ),
+        }
+    };
+    assert_eq!(plan("shop.example", "/cart", false), "web");
+    assert_eq!(plan("shop.example", "/drained/x", false), "503 drained");
+    assert_eq!(plan("shop.example", "/locked", false), "503 locked");
+    assert_eq!(plan("shop.example", "/missing", false), "503 missing");
+    assert_eq!(plan("other.example", "/", false), "404 -");
+    assert_eq!(
+        plan("secure.example", "/a?b", false),
+        "308 https://secure.example:8443/a?b"
+    );
+    assert_eq!(
+        plan("secure.example", "/.well-known/acme-challenge/t", false),
+        "404 -",
+        "ACME challenges are not redirected"
+    );
+    assert_eq!(
+        plan("secure.example", "/a", true),
+        "404 -",
+        "no redirect over TLS"
+    );
+    assert_eq!(
+        https_location("a.example:80", 443, "/x"),
+        "https://a.example/x"
+    );
 }
