@@ -133,16 +133,38 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
         .collect();
     assert_eq!(by_kind.len(), 6);
 
-    // Read-only access: list and watch (get for the Node's zone), never a write verb.
+    // Read access (list and watch, get for the Node's zone and status subresources); the one
+    // write is `patch` on the Gateway API status subresources Capstan reports on.
     let role: ClusterRole = typed(&by_kind["ClusterRole"]);
     for rule in role.rules.iter().flatten() {
+        let statuses_only = rule
+            .resources
+            .iter()
+            .flatten()
+            .all(|r| r.ends_with("/status"));
+        let groups = rule.api_groups.clone().unwrap_or_default();
         for verb in &rule.verbs {
+            let write_ok = verb == "patch"
+                && statuses_only
+                && groups == ["gateway.networking.k8s.io".to_owned()];
             assert!(
-                ["list", "watch", "get"].contains(&verb.as_str()),
-                "verb {verb}"
+                ["list", "watch", "get"].contains(&verb.as_str()) || write_ok,
+                "verb {verb} on {:?}",
+                rule.resources
             );
         }
     }
+    let can_watch = |group: &str, resource: &str| {
+        role.rules.iter().flatten().any(|rule| {
+            rule.api_groups.iter().flatten().any(|g| g == group)
+                && rule.resources.iter().flatten().any(|r| r == resource)
+                && rule.verbs.iter().any(|v| v == "watch")
+        })
+    };
+    for resource in ["gatewayclasses", "gateways", "httproutes", "referencegrants"] {
+        assert!(can_watch("gateway.networking.k8s.io", resource), "{resource}");
+    }
+    assert!(can_watch("", "namespaces"));
 
     // The DaemonSet: host network, two capabilities and no more, read-only root, requests set,
     // probes on kube-proxy's health port.
@@ -339,7 +361,7 @@ fn the_chart_with_every_option_set_reaches_every_flag_and_pod_setting() {
     assert_eq!(ports["http"], 8080, "ports follow the flags");
     assert_eq!(ports["https"], 8443);
 
-    // Status writes only when asked for, and only there.
+    // Status writes only there: the Gateway API statuses, and the Ingress status when asked for.
     let role: ClusterRole = typed(&kinds["ClusterRole"][0]);
     let writes: Vec<_> = role
         .rules
@@ -351,12 +373,20 @@ fn the_chart_with_every_option_set_reaches_every_flag_and_pod_setting() {
                 .any(|v| !["list", "watch", "get"].contains(&v.as_str()))
         })
         .collect();
-    assert_eq!(writes.len(), 1);
+    let written: Vec<String> = writes
+        .iter()
+        .flat_map(|r| r.resources.clone().unwrap_or_default())
+        .collect();
     assert_eq!(
-        writes[0].resources,
-        Some(vec!["ingresses/status".to_owned()])
+        written,
+        [
+            "gatewayclasses/status",
+            "gateways/status",
+            "httproutes/status",
+            "ingresses/status"
+        ]
     );
-    assert_eq!(writes[0].verbs, ["patch"]);
+    assert!(writes.iter().all(|r| r.verbs.iter().all(|v| v == "get" || v == "patch")));
 
     let class: IngressClass = typed(&kinds["IngressClass"][0]);
     assert_eq!(class.metadata.name.as_deref(), Some("edge"));
@@ -431,4 +461,34 @@ fn the_values_schema_refuses_a_misspelled_flag_and_a_wrong_type() {
         error.contains("capture") && error.contains("create"),
         "{error}"
     );
+}
+
+/// The chart ships the standard-channel CRDs of the Gateway API kinds Capstan reads (helm installs
+/// `crds/` before the templates; `kubectl apply -f deploy/helm/capstan/crds/` without helm), each
+/// serving `v1` with a status subresource.
+#[test]
+fn the_chart_ships_the_gateway_api_crds_capstan_reads() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for plural in ["gatewayclasses", "gateways", "httproutes", "referencegrants"] {
+        let path = root.join(format!(
+            "deploy/helm/capstan/crds/gateway.networking.k8s.io_{plural}.yaml"
+        ));
+        let text = std::fs::read_to_string(&path).expect("CRD file");
+        let docs = documents(&text);
+        assert_eq!(docs.len(), 1, "{plural}");
+        let crd = &docs[0];
+        assert_eq!(crd["kind"], "CustomResourceDefinition");
+        assert_eq!(crd["spec"]["group"], "gateway.networking.k8s.io");
+        assert_eq!(crd["spec"]["names"]["plural"], plural);
+        let annotations = &crd["metadata"]["annotations"];
+        assert_eq!(annotations["gateway.networking.k8s.io/channel"], "standard");
+        let v1 = crd["spec"]["versions"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["name"] == "v1"))
+            .unwrap_or_else(|| panic!("{plural} serves v1"));
+        assert_eq!(v1["served"], true, "{plural}");
+        if plural != "referencegrants" {
+            assert!(v1["subresources"]["status"].is_object(), "{plural} status");
+        }
+    }
 }
