@@ -61,6 +61,18 @@ pub const ROUTE_KEYS: &[&str] = &[
     "auth-secret",
     "auth-secret-type",
     "auth-realm",
+    "rewrite-target",
+    "rewrite-full-path",
+    "permanent-redirect",
+    "permanent-redirect-code",
+    "temporal-redirect",
+    "request-headers-set",
+    "request-headers-add",
+    "request-headers-remove",
+    "response-headers-set",
+    "response-headers-add",
+    "response-headers-remove",
+    "request-timeout",
 ];
 
 /// Keys of a Service's policy (besides `load-balancer`).
@@ -142,6 +154,7 @@ pub fn route_policy(pairs: Keys<'_>, known: &[&str]) -> Result<RoutePolicy, Stri
     policy.cors = cors(pairs)?;
     policy.backend = backend(pairs)?;
     policy.basic_auth = basic_auth(pairs)?;
+    (policy.filters, policy.request_timeout) = filters::route_filters(pairs)?;
     Ok(policy)
 }
 
@@ -592,5 +605,6 @@ fn status_ranges(value: &str) -> Result<Vec<(u16, u16)>, String> {
         .collect()
 }
 
+mod filters;
 #[cfg(test)]
 mod tests;

@@ -335,6 +335,7 @@ impl Forwarder {
         parts.version = Version::HTTP_11;
         let origin = finish.origin.as_ref();
         edge::decorate(&route.policy, finish.tls, origin, &mut parts.headers);
+        plan::apply_edits(&route.policy.filters.response_headers, &mut parts.headers);
         if let Some((action, backend)) = &finish.gateway {
             plan::apply_edits(&action.response_headers, &mut parts.headers);
             plan::apply_edits(
@@ -514,17 +515,16 @@ fn redirect(mut done: Completion, status: StatusCode, location: &str) -> Respons
     response
 }
 
-/// A Gateway API rule's request edits: its and its backend's header modifiers, then the
-/// `URLRewrite` path and `Host`.
+/// The request edits of the route's filters (the Ingress annotations, or a Gateway API rule's
+/// and its backend's header modifiers), then the `URLRewrite` path and `Host`.
 fn apply_rewrites(parts: &mut http::request::Parts, forward: &Forward) {
-    let Some((action, backend)) = &forward.gateway else {
-        return;
-    };
-    plan::apply_edits(&action.request_headers, &mut parts.headers);
-    plan::apply_edits(
-        &action.backends[*backend].request_headers,
-        &mut parts.headers,
-    );
+    let filters = &forward.route.policy.filters;
+    plan::apply_edits(&filters.request_headers, &mut parts.headers);
+    if let Some((action, backend)) = &forward.gateway {
+        plan::apply_edits(&action.request_headers, &mut parts.headers);
+        let backend = &action.backends[*backend];
+        plan::apply_edits(&backend.request_headers, &mut parts.headers);
+    }
     if let Some(path) = &forward.path {
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
         uri.path_and_query = http::uri::PathAndQuery::from_maybe_shared(path.clone()).ok();

@@ -187,6 +187,13 @@ pub(crate) fn plan_ingress(
         crate::Routed::Route(route) | crate::Routed::Default(route) => route.clone(),
         crate::Routed::NotFound => return Plan::Reply(Fault::NoRoute, None),
     };
+    if !route.unusable
+        && let Some((status, location)) = &route.policy.filters.redirect
+    {
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+        let location = location.to_string();
+        return Plan::Redirect { status, location };
+    }
     let fault = match &route.upstream {
         _ if route.unusable => Some(Fault::RouteUnusable),
         None => Some(Fault::NoService),
@@ -195,12 +202,19 @@ pub(crate) fn plan_ingress(
     };
     match fault {
         Some(fault) => Plan::Reply(fault, Some(route)),
-        None => Plan::Forward(Forward {
-            route,
-            gateway: None,
-            path: None,
-            host: None,
-        }),
+        None => {
+            // `capstan.dev/rewrite-target`: the rule's path is the prefix replaced.
+            let path = route.policy.filters.rewrite.as_ref().map(|modifier| {
+                let prefix = route.path.trim_end_matches('/');
+                with_query(&rewritten(modifier, prefix, head.path), head.query)
+            });
+            Plan::Forward(Forward {
+                route,
+                gateway: None,
+                path,
+                host: None,
+            })
+        }
     }
 }
 
@@ -344,15 +358,20 @@ pub(crate) fn choose_backend(action: &HttpAction, pick: u32) -> Option<usize> {
 /// `HTTPPathModifier` docs: `/foo/bar` with prefix `/foo` and `/xyz` or `/xyz/` gives
 /// `/xyz/bar`; with an empty replacement, `/bar`; the result is never empty).
 pub(crate) fn modified_path(modifier: &PathModifier, rule: &HttpRule, path: &str) -> String {
+    match &rule.matches.path {
+        PathMatch::Prefix(prefix) => rewritten(modifier, prefix, path),
+        _ => rewritten(modifier, path, path),
+    }
+}
+
+/// [`modified_path`] for a matched `prefix` (trailing slash removed).
+fn rewritten(modifier: &PathModifier, prefix: &str, path: &str) -> String {
     let replaced = match modifier {
         PathModifier::ReplaceFullPath(full) => return absolute(full),
-        PathModifier::ReplacePrefixMatch(replacement) => match &rule.matches.path {
-            PathMatch::Prefix(prefix) => {
-                let rest = path.get(prefix.len()..).unwrap_or_default();
-                format!("{}{rest}", replacement.trim_end_matches('/'))
-            }
-            _ => replacement.to_string(),
-        },
+        PathModifier::ReplacePrefixMatch(replacement) => {
+            let rest = path.get(prefix.len()..).unwrap_or_default();
+            format!("{}{rest}", replacement.trim_end_matches('/'))
+        }
     };
     absolute(&replaced)
 }

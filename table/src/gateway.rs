@@ -113,6 +113,24 @@ pub struct HttpAction {
     pub backend_timeout: Option<Duration>,
 }
 
+/// The HTTPRoute filters an Ingress route can carry (`capstan.dev/*` migration annotations).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RouteFilters {
+    /// ingress-nginx `rewrite-target` (prefix form) / `capstan.dev/rewrite-full-path`.
+    pub rewrite: Option<PathModifier>,
+    /// ingress-nginx `permanent-redirect` / `temporal-redirect`: status and the whole
+    /// `Location`.
+    pub redirect: Option<(u16, Box<str>)>,
+    pub request_headers: HeaderEdits,
+    pub response_headers: HeaderEdits,
+}
+
+impl RouteFilters {
+    pub fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
 /// `RequestHeaderModifier` / `ResponseHeaderModifier`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HeaderEdits {

@@ -35,7 +35,7 @@ pub use endpoint::{
 pub use gateway::{
     Condition, GatewayListener, GatewaySocket, GatewayTable, HeaderEdits, HostRules, HttpAction,
     HttpMatch, HttpRule, ListenerStatus, ObjectStatus, ParentStatus, PathMatch, PathModifier,
-    Redirect, Rewrite, ValueMatch, WeightedBackend, hostname_matches,
+    Redirect, Rewrite, RouteFilters, ValueMatch, WeightedBackend, hostname_matches,
 };
 pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
 pub use ingress::{

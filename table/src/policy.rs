@@ -34,6 +34,8 @@ pub struct RoutePolicy {
     /// The whole request, response headers included (HTTPRoute `timeouts.request`); `None`:
     /// the listener's `--request-timeout`.
     pub request_timeout: Option<Duration>,
+    /// Rewrites, redirects and header edits (`capstan.dev/*` annotations on Ingress).
+    pub filters: crate::RouteFilters,
 }
 
 /// Where a route's basic-auth users come from, and the realm it names.

@@ -161,8 +161,16 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
                 && rule.verbs.iter().any(|v| v == "watch")
         })
     };
-    for resource in ["gatewayclasses", "gateways", "httproutes", "referencegrants"] {
-        assert!(can_watch("gateway.networking.k8s.io", resource), "{resource}");
+    for resource in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
+        assert!(
+            can_watch("gateway.networking.k8s.io", resource),
+            "{resource}"
+        );
     }
     assert!(can_watch("", "namespaces"));
 
@@ -386,7 +394,11 @@ fn the_chart_with_every_option_set_reaches_every_flag_and_pod_setting() {
             "ingresses/status"
         ]
     );
-    assert!(writes.iter().all(|r| r.verbs.iter().all(|v| v == "get" || v == "patch")));
+    assert!(
+        writes
+            .iter()
+            .all(|r| r.verbs.iter().all(|v| v == "get" || v == "patch"))
+    );
 
     let class: IngressClass = typed(&kinds["IngressClass"][0]);
     assert_eq!(class.metadata.name.as_deref(), Some("edge"));
@@ -469,7 +481,12 @@ fn the_values_schema_refuses_a_misspelled_flag_and_a_wrong_type() {
 #[test]
 fn the_chart_ships_the_gateway_api_crds_capstan_reads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for plural in ["gatewayclasses", "gateways", "httproutes", "referencegrants"] {
+    for plural in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
         let path = root.join(format!(
             "deploy/helm/capstan/crds/gateway.networking.k8s.io_{plural}.yaml"
         ));

@@ -17,6 +17,7 @@ mod gateway_reload;
 mod gateway_support;
 mod http_support;
 mod ingress;
+mod ingress_migration;
 mod ingress_spec;
 mod kernel;
 mod kernel_rollout;

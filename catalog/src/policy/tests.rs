@@ -337,3 +337,73 @@ fn basic_auth_keys_are_read_as_ingress_nginx_names_them() {
         assert!(error.contains(expected), "{pairs:?}: {error}");
     }
 }
+
+/// The ingress-nginx migration keys become the HTTPRoute filters (`policy/filters.rs`).
+#[test]
+fn migration_keys_become_route_filters() {
+    use capstan_table::PathModifier;
+    let policy = route_policy(
+        &[
+            ("rewrite-target", "/v2"),
+            ("request-headers-set", "X-Env: prod\nX-Team: web"),
+            ("request-headers-remove", "X-Debug, Cookie"),
+            ("response-headers-add", "Cache-Control: no-store"),
+            ("request-timeout", "3s"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    let filters = &policy.filters;
+    assert_eq!(
+        filters.rewrite,
+        Some(PathModifier::ReplacePrefixMatch("/v2".into()))
+    );
+    let set: Vec<(String, String)> = filters
+        .request_headers
+        .set
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_owned()))
+        .collect();
+    assert_eq!(
+        set,
+        [
+            ("x-env".to_owned(), "prod".to_owned()),
+            ("x-team".to_owned(), "web".to_owned())
+        ]
+    );
+    assert_eq!(filters.request_headers.remove.len(), 2);
+    assert_eq!(filters.response_headers.add.len(), 1);
+    assert_eq!(policy.request_timeout, Some(Duration::from_secs(3)));
+
+    let redirect = route_policy(
+        &[
+            ("permanent-redirect", "https://new.example/"),
+            ("permanent-redirect-code", "308"),
+        ],
+        &[],
+    )
+    .expect("valid");
+    assert_eq!(
+        redirect.filters.redirect,
+        Some((308, "https://new.example/".into()))
+    );
+    for (pairs, expected) in [
+        (&[("rewrite-target", "/$1")][..], "regex captures"),
+        (&[("rewrite-target", "v2")][..], "must start with /"),
+        (
+            &[("temporal-redirect", "/relative")][..],
+            "not an absolute URL",
+        ),
+        (
+            &[("request-headers-set", "no colon here")][..],
+            "is not \"Name: value\"",
+        ),
+        (
+            &[("rewrite-target", "/a"), ("rewrite-full-path", "/b")][..],
+            "exclude each other",
+        ),
+    ] {
+        let error = route_policy(pairs, &[]).unwrap_err();
+        assert!(error.contains(expected), "{pairs:?}: {error}");
+    }
+}
