@@ -13,6 +13,7 @@ mod docker;
 mod edge_policy;
 mod files;
 mod gateway;
+mod gateway_kube;
 mod gateway_reload;
 mod gateway_support;
 mod http_support;
