@@ -35,7 +35,7 @@ pub fn status_json(status: &ObjectStatus, controller: &str) -> Value {
                 "conditions": conditions(&l.conditions),
             })).collect::<Vec<_>>(),
         }),
-        "HTTPRoute" => json!({
+        "HTTPRoute" | "GRPCRoute" => json!({
             "parents": status.parents.iter().map(|p| {
                 let mut parent_ref = json!({
                     "group": "gateway.networking.k8s.io",

@@ -9,7 +9,7 @@ use capstan_table::ServiceKey;
 
 use crate::{
     AuthSecret, EndpointSlice, Gateway, GatewayClass, HttpRoute, Ingress, IngressClass, Namespace,
-    ReferenceGrant, Service, TlsSecret,
+    ReferenceGrant, RouteKind, Service, TlsSecret,
 };
 
 /// Which source an update comes from. Each source owns its objects: a reset from one source
@@ -37,14 +37,34 @@ pub enum Object {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectId {
     Service(ServiceKey),
-    EndpointSlice { namespace: Arc<str>, name: Arc<str> },
-    Ingress { namespace: Arc<str>, name: Arc<str> },
+    EndpointSlice {
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
+    Ingress {
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
     IngressClass(Arc<str>),
-    Secret { namespace: Arc<str>, name: Arc<str> },
+    Secret {
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
     GatewayClass(Arc<str>),
-    Gateway { namespace: Arc<str>, name: Arc<str> },
-    HttpRoute { namespace: Arc<str>, name: Arc<str> },
-    ReferenceGrant { namespace: Arc<str>, name: Arc<str> },
+    Gateway {
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
+    /// An HTTPRoute or a GRPCRoute.
+    HttpRoute {
+        kind: RouteKind,
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
+    ReferenceGrant {
+        namespace: Arc<str>,
+        name: Arc<str>,
+    },
     Namespace(Arc<str>),
 }
 
@@ -144,6 +164,7 @@ impl Object {
                 name: gateway.name.clone(),
             },
             Object::HttpRoute(route) => ObjectId::HttpRoute {
+                kind: route.kind,
                 namespace: route.namespace.clone(),
                 name: route.name.clone(),
             },
@@ -170,7 +191,11 @@ impl fmt::Display for ObjectId {
             ObjectId::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
             ObjectId::GatewayClass(name) => write!(f, "GatewayClass {name}"),
             ObjectId::Gateway { namespace, name } => write!(f, "Gateway {namespace}/{name}"),
-            ObjectId::HttpRoute { namespace, name } => write!(f, "HTTPRoute {namespace}/{name}"),
+            ObjectId::HttpRoute {
+                kind,
+                namespace,
+                name,
+            } => write!(f, "{} {namespace}/{name}", kind.as_str()),
             ObjectId::ReferenceGrant { namespace, name } => {
                 write!(f, "ReferenceGrant {namespace}/{name}")
             }

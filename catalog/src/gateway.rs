@@ -1,5 +1,5 @@
 //! Gateway API catalog entries (`gateway.networking.k8s.io/v1`, standard channel): GatewayClass,
-//! Gateway, HTTPRoute, ReferenceGrant (v1beta1), and Namespaces for their labels. Sources convert
+//! Gateway, HTTPRoute and GRPCRoute, ReferenceGrant (v1beta1), and Namespaces for their labels. Sources convert
 //! the manifests into these; references are resolved, and validity judged, by `compile`.
 
 use std::collections::BTreeMap;
@@ -84,9 +84,11 @@ pub struct ObjectRef {
     pub name: Arc<str>,
 }
 
-/// An HTTPRoute.
+/// An HTTPRoute, or a GRPCRoute: a GRPCRoute is the same object with method matches
+/// ([`PathSpec::Grpc`]), its own precedence, and HTTP/2 to its backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpRoute {
+    pub kind: RouteKind,
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub generation: i64,
@@ -96,6 +98,24 @@ pub struct HttpRoute {
     /// Lowercase.
     pub hostnames: Vec<String>,
     pub rules: Vec<RouteRule>,
+}
+
+/// Which route kind an [`HttpRoute`] was written as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteKind {
+    #[default]
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    /// The Kubernetes kind: `HTTPRoute` or `GRPCRoute`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
 }
 
 /// One `parentRefs[]` entry.
@@ -130,12 +150,18 @@ pub struct RouteMatch {
     pub query: Vec<(String, String, bool)>,
 }
 
-/// `HTTPPathMatch`.
+/// `HTTPPathMatch`, or a GRPCRoute's `GRPCMethodMatch` (the request path is `/service/method`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PathSpec {
     Exact(String),
     Prefix(String),
     Regex(String),
+    /// `None` for either: any. `regex`: both are regular expressions (`RegularExpression`).
+    Grpc {
+        service: Option<String>,
+        method: Option<String>,
+        regex: bool,
+    },
 }
 
 /// A route or backend filter, as written.
@@ -154,7 +180,15 @@ pub enum Filter {
         hostname: Option<String>,
         path: Option<PathModifier>,
     },
-    /// `RequestMirror`, `CORS`, `ExtensionRef`...: the rule is not accepted
+    /// `RequestMirror`: a copy of each request (a `percent` of them) to this backend, whose
+    /// answer is ignored.
+    Mirror {
+        backend: ObjectRef,
+        port: Option<u16>,
+        /// `(numerator, denominator)`: `percent` is `(percent, 100)`; all: `(1, 1)`.
+        fraction: (u32, u32),
+    },
+    /// `CORS`, `ExtensionRef`...: the rule is not accepted
     /// (`UnsupportedValue`).
     Unsupported(String),
 }

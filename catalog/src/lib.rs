@@ -24,8 +24,8 @@ pub use compile::{
 pub use error::CatalogError;
 pub use gateway::{
     AllowedNamespaces, BackendRef, Filter, Gateway, GatewayClass, HttpRoute, LabelSelector,
-    Listener, Namespace, ObjectRef, ParentRef, PathSpec, ReferenceGrant, RouteMatch, RouteRule,
-    SelectorRequirement,
+    Listener, Namespace, ObjectRef, ParentRef, PathSpec, ReferenceGrant, RouteKind, RouteMatch,
+    RouteRule, SelectorRequirement,
 };
 pub use ingress::{
     AuthSecret, Ingress, IngressBackend, IngressClass, IngressPath, IngressRule, IngressTls,

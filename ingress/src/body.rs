@@ -167,6 +167,14 @@ impl ResponseBody {
         }
     }
 
+    /// Empties a body of Capstan's own making and returns what it held; `None` for an upstream's.
+    pub(crate) fn take_local(&mut self) -> Option<Bytes> {
+        match &mut self.kind {
+            Kind::Full(bytes) => Some(bytes.take().unwrap_or_default()),
+            Kind::Upstream(_) => None,
+        }
+    }
+
     fn count(&mut self, bytes: usize) {
         if let Some(completion) = &mut self.completion {
             completion.bytes_sent += bytes as u64;

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tracing::debug;
 
 mod attempt;
+mod mirror;
 
 use crate::IngressConfig;
 use crate::admission::{self, Refused};
@@ -30,6 +31,7 @@ use crate::auth;
 use crate::body::{self, RequestBody, ResponseBody};
 use crate::completion::{AccessLog, Completion, LogEntry};
 use crate::edge;
+use crate::grpc;
 use crate::headers::{self, BadRequest, Forwarding};
 use crate::http1;
 use crate::metrics::{IngressMetrics, Refusal};
@@ -125,21 +127,21 @@ impl Forwarder {
         }
     }
 
-    /// The body to send upstream: buffered whole when the route may retry it (declared length
-    /// within `retry-body-limit`) or must check its size (`max-body-size` with no declared
-    /// length), streamed otherwise.
+    /// The body to send upstream: buffered whole when the route may retry it or mirror it
+    /// (declared length within `retry-body-limit`) or must check its size (`max-body-size` with
+    /// no declared length), streamed otherwise.
     async fn request_body(
         &self,
         route: &Route,
         body: Incoming,
         declared: Option<u64>,
-        upgrade: bool,
+        (upgrade, mirrored): (bool, bool),
     ) -> Result<attempt::Body, Refused> {
         if body.is_end_stream() {
             return Ok(attempt::Body::Replayable(None));
         }
         let policy = &route.policy;
-        let retry_limit = (policy.retry.retries > 0 && !upgrade)
+        let retry_limit = ((policy.retry.retries > 0 || mirrored) && !upgrade)
             .then_some(policy.retry.body_limit)
             .filter(|&limit| declared.is_some_and(|length| length <= limit));
         let size_limit = policy.max_body_bytes.filter(|_| declared.is_none());
@@ -160,7 +162,20 @@ impl Forwarder {
         }
     }
 
+    /// Answers one request; Capstan's own error answers to gRPC requests as gRPC statuses.
     pub(crate) async fn handle(
+        &self,
+        conn: &ConnInfo,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        if grpc::is_grpc(request.headers()) {
+            grpc::local_reply(self.respond(conn, request).await)
+        } else {
+            self.respond(conn, request).await
+        }
+    }
+
+    async fn respond(
         &self,
         conn: &ConnInfo,
         mut request: Request<Incoming>,
@@ -205,17 +220,33 @@ impl Forwarder {
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         apply_rewrites(&mut parts, &forward);
+        let mirrors = forward
+            .gateway
+            .as_ref()
+            .map_or_else(Vec::new, |(action, _)| mirror::chosen(action));
         // Bodiless requests to HTTP/1.1 upstreams take the inline client, which writes the
         // upstream head straight from the client's headers; the others get them rewritten.
         let inline = route.protocol == UpstreamProtocol::Http1
             && route.tls.is_none()
             && !upgrade
+            && mirrors.is_empty()
             && body.is_end_stream();
         let inline = upstream_headers(&mut parts, conn, &host, inline, upgrade);
-        let body = match self.request_body(&route, body, declared, upgrade).await {
+        let mirrored = !mirrors.is_empty();
+        let body = match self
+            .request_body(&route, body, declared, (upgrade, mirrored))
+            .await
+        {
             Ok(body) => body,
             Err(refused) => return refuse(done, refused),
         };
+        if mirrored {
+            let copy = match &body {
+                attempt::Body::Replayable(bytes) => Some(bytes.clone()),
+                attempt::Body::Streamed(_) => None,
+            };
+            self.mirror(mirrors, &parts, copy, conn.peer.ip());
+        }
         let sticky = route.policy.sticky.as_ref().map(|sticky| {
             let wanted = headers::cookie(&parts.headers, &sticky.name)
                 .and_then(|v| u64::from_str_radix(v, 16).ok());

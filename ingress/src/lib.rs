@@ -22,6 +22,7 @@ mod edge;
 mod error;
 mod forward;
 mod gateway_sockets;
+mod grpc;
 mod headers;
 pub mod health;
 pub mod http1;

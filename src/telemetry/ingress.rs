@@ -28,7 +28,13 @@ impl Collector for IngressCollector {
         let mut decisions: Vec<(Labels, u64)> = Vec::new();
         let mut durations = Vec::new();
         if let Some(snapshot) = self.snapshots.load() {
-            for route in snapshot.ingress.routes() {
+            // A Gateway rule serves under each of its hostnames: each route once.
+            let mut seen = std::collections::HashSet::new();
+            let gateway = snapshot
+                .gateway
+                .routes()
+                .filter(|r| seen.insert(Arc::as_ptr(r)));
+            for route in snapshot.ingress.routes().chain(gateway) {
                 let Backend::Service { service, .. } = &route.backend;
                 let labels: Labels = vec![
                     ("ingress", route.ingress.to_string()),
@@ -65,6 +71,7 @@ impl Collector for IngressCollector {
                     ("source_denied", &state.source_denied),
                     ("unauthorized", &state.unauthorized),
                     ("circuit_open", &state.overloaded),
+                    ("mirror_skipped", &state.mirror_skipped),
                 ] {
                     decisions.push((with(&labels, "decision", decision), load(counter)));
                 }
@@ -126,6 +133,28 @@ impl Collector for IngressCollector {
                     None,
                 )?;
         }
+        let faults: Vec<(Labels, u64)> = m
+            .faults()
+            .map(|(fault, n)| {
+                let blame = match fault.blame() {
+                    capstan_ingress::Blame::Client => "client",
+                    capstan_ingress::Blame::Configuration => "configuration",
+                    capstan_ingress::Blame::Backend => "backend",
+                };
+                let labels = vec![
+                    ("fault", fault.as_str().to_owned()),
+                    ("code", fault.status().as_u16().to_string()),
+                    ("blame", blame.to_owned()),
+                ];
+                (labels, n)
+            })
+            .collect();
+        counters(
+            &mut encoder,
+            "ingress_faults",
+            "Requests Capstan answered itself before any upstream (no route, no backend, no endpoint...), by fault, status and whose fault it was",
+            &faults,
+        )?;
         let refused: Vec<(Labels, u64)> = m
             .refusals()
             .map(|(reason, n)| (vec![("reason", reason.to_owned())], n))

@@ -111,6 +111,21 @@ pub struct HttpAction {
     pub request_timeout: Option<Duration>,
     /// `timeouts.backendRequest`: one attempt at a backend.
     pub backend_timeout: Option<Duration>,
+    /// `RequestMirror` filters: copies of the request, answers ignored.
+    pub mirrors: Vec<Mirror>,
+    /// The rule is a GRPCRoute's: faults are answered as gRPC statuses.
+    pub grpc: bool,
+}
+
+/// One `RequestMirror` filter.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// `None`: the backend could not be resolved (nothing is mirrored; the route's
+    /// `ResolvedRefs` says why).
+    pub route: Option<Arc<Route>>,
+    /// Mirrored when a uniform draw below `denominator` is under `numerator`.
+    pub numerator: u32,
+    pub denominator: u32,
 }
 
 /// The HTTPRoute filters an Ingress route can carry (`capstan.dev/*` migration annotations).
@@ -180,7 +195,7 @@ pub struct WeightedBackend {
 /// One Gateway API object's status, as Capstan computes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectStatus {
-    /// `GatewayClass`, `Gateway`, `HTTPRoute`.
+    /// `GatewayClass`, `Gateway`, `HTTPRoute`, `GRPCRoute`.
     pub kind: &'static str,
     /// Empty for cluster-scoped kinds.
     pub namespace: Arc<str>,
@@ -234,8 +249,11 @@ impl GatewayTable {
             .values()
             .flat_map(|socket| socket.listeners.iter())
             .flat_map(|listener| listener.routes.all())
-            .flat_map(|rule| rule.action.backends.iter())
-            .filter_map(|backend| backend.route.as_ref())
+            .flat_map(|rule| {
+                let backends = rule.action.backends.iter().map(|b| &b.route);
+                backends.chain(rule.action.mirrors.iter().map(|m| &m.route))
+            })
+            .filter_map(Option::as_ref)
     }
 
     /// The status of one object.

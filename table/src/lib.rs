@@ -34,8 +34,8 @@ pub use endpoint::{
 };
 pub use gateway::{
     Condition, GatewayListener, GatewaySocket, GatewayTable, HeaderEdits, HostRules, HttpAction,
-    HttpMatch, HttpRule, ListenerStatus, ObjectStatus, ParentStatus, PathMatch, PathModifier,
-    Redirect, Rewrite, RouteFilters, ValueMatch, WeightedBackend, hostname_matches,
+    HttpMatch, HttpRule, ListenerStatus, Mirror, ObjectStatus, ParentStatus, PathMatch,
+    PathModifier, Redirect, Rewrite, RouteFilters, ValueMatch, WeightedBackend, hostname_matches,
 };
 pub use histogram::{HTTP_BUCKETS, Histogram, HistogramSample};
 pub use ingress::{

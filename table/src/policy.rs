@@ -268,6 +268,8 @@ pub struct RouteState {
     pub unauthorized: AtomicU64,
     /// Requests answered 503 because every endpoint was at its request limit.
     pub overloaded: AtomicU64,
+    /// On a `RequestMirror` route: requests not mirrored because their body was streamed.
+    pub mirror_skipped: AtomicU64,
 }
 
 /// Client limiters past which an admission also drops the idle ones.

@@ -154,14 +154,18 @@ spec:
               gateway-conformance: backend
 "#;
 
-/// The base's backend Services: `(namespace, name)`.
-const BACKENDS: [(&str, &str); 6] = [
+/// The base's backend Services: `(namespace, name)`; the `grpc-` ones have
+/// `appProtocol: kubernetes.io/h2c`, as upstream.
+const BACKENDS: [(&str, &str); 9] = [
     ("gateway-conformance-infra", "infra-backend-v1"),
     ("gateway-conformance-infra", "infra-backend-v2"),
     ("gateway-conformance-infra", "infra-backend-v3"),
     ("gateway-conformance-app-backend", "app-backend-v1"),
     ("gateway-conformance-app-backend", "app-backend-v2"),
     ("gateway-conformance-web-backend", "web-backend"),
+    ("gateway-conformance-infra", "grpc-infra-backend-v1"),
+    ("gateway-conformance-infra", "grpc-infra-backend-v2"),
+    ("gateway-conformance-infra", "grpc-infra-backend-v3"),
 ];
 
 pub(crate) const INFRA: &str = "gateway-conformance-infra";
@@ -180,7 +184,8 @@ fn gateway_range() -> String {
 pub(crate) struct Conformance {
     pub(crate) capstan: Capstan,
     pub(crate) dir: TempDir,
-    _backends: Vec<HttpBackend>,
+    /// By Service name.
+    backends: Vec<(&'static str, HttpBackend)>,
     pub(crate) cert: TestCert,
 }
 
@@ -257,7 +262,7 @@ impl Conformance {
         Self {
             capstan,
             dir,
-            _backends: backends,
+            backends,
             cert,
         }
     }
@@ -289,9 +294,15 @@ impl Conformance {
         Self {
             capstan,
             dir,
-            _backends: backends,
+            backends,
             cert,
         }
+    }
+
+    /// The echo server behind the base's Service `name`.
+    pub(crate) fn backend(&self, name: &str) -> &HttpBackend {
+        let found = self.backends.iter().find(|(n, _)| *n == name);
+        &found.unwrap_or_else(|| panic!("no backend {name}")).1
     }
 
     /// The object's status stanza from `/debug/snapshot`.
@@ -335,14 +346,17 @@ impl Conformance {
         })
     }
 
-    /// The route's parent status for `gateway` (in the infra namespace).
+    /// The route's (HTTPRoute, else GRPCRoute) parent status for `gateway` (in the infra
+    /// namespace).
     pub(crate) fn route_parent(
         &self,
         namespace: &str,
         route: &str,
         gateway: &str,
     ) -> Option<Value> {
-        let status = self.status("HTTPRoute", namespace, route)?;
+        let status = self
+            .status("HTTPRoute", namespace, route)
+            .or_else(|| self.status("GRPCRoute", namespace, route))?;
         status["parents"]
             .as_array()?
             .iter()
@@ -432,13 +446,13 @@ impl Conformance {
 }
 
 /// The base manifests with the echo backends behind its Services and the TLS Secret.
-fn base_manifests() -> (String, Vec<HttpBackend>, TestCert) {
+fn base_manifests() -> (String, Vec<(&'static str, HttpBackend)>, TestCert) {
     let mut backends = Vec::new();
     let mut services = String::new();
     for (namespace, service) in BACKENDS {
         let backend = HttpBackend::start(service);
         services.push_str(&service_manifest(namespace, service, backend.addr));
-        backends.push(backend);
+        backends.push((service, backend));
     }
     // The suite's certificate names `*`, `*.org` and `*.wildcard.org`
     // (`conformance/utils/suite/suite.go`), which Go's verifier accepts; curl's OpenSSL
@@ -463,7 +477,8 @@ pub(crate) fn condition<'a>(conditions: &'a Value, kind: &str) -> Option<&'a Val
     conditions.as_array()?.iter().find(|c| c["type"] == kind)
 }
 
-fn reply(status: u16, body: &str, head: &str) -> Reply {
+/// A reply from the echo text (`body`) and the response head curl printed (`head`).
+pub(crate) fn reply(status: u16, body: &str, head: &str) -> Reply {
     let mut lines = body.lines();
     let backend = lines
         .next()
@@ -520,8 +535,13 @@ impl Reply {
 
 /// A Service on port 8080 (as the base's) with one EndpointSlice to `backend`.
 fn service_manifest(namespace: &str, name: &str, backend: SocketAddr) -> String {
+    let app_protocol = if name.starts_with("grpc-") {
+        ", appProtocol: kubernetes.io/h2c"
+    } else {
+        ""
+    };
     format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: None\n  ports: [{{name: first-port, port: 8080, targetPort: {port}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: first-port, port: {port}}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: None\n  ports: [{{name: first-port, port: 8080, targetPort: {port}{app_protocol}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: first-port, port: {port}}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n",
         port = backend.port(),
         ip = backend.ip(),
     )

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,16 +27,19 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct HttpBackend {
     pub(crate) addr: SocketAddr,
     stop: CancellationToken,
+    /// `METHOD target VERSION` of every request received, in order (what the conformance suite reads
+    /// from an echo pod's log).
+    log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HttpBackend {
     /// Answers:
     /// - `/ws` with a WebSocket upgrade: echoes each text message as `NAME: message`;
-    /// - `/slow`: after 2 s;
+    /// - `/slow`: after 2 s; any path with `?delay=DURATION`: after that long;
     /// - `/fixed/N`: N bytes of `a..z` with a `Content-Length`; `/stream/N`: the same bytes
     ///   chunked, in 64 KiB frames;
-    /// - `content-type: application/grpc`: `reply from NAME` with trailers `grpc-status: 0`,
-    ///   `grpc-message: ok`;
+    /// - `content-type: application/grpc`: the echo text below as one gRPC message, with
+    ///   trailers `grpc-status: 0`, `grpc-message: ok`;
     /// - anything else: `backend=NAME`, the request line, version, body length and headers,
     ///   with the response headers `X-Echo-Set-Header: Name:value,...` asks for (as the
     ///   Gateway API conformance echo server).
@@ -46,6 +50,8 @@ impl HttpBackend {
         let stop = CancellationToken::new();
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         let token = stop.clone();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = log.clone();
         crate::support::on_own_thread(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             loop {
@@ -57,8 +63,13 @@ impl HttpBackend {
                     () = token.cancelled() => return,
                 };
                 let token = token.clone();
+                let requests = requests.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(name, req));
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+                        requests.lock().expect("log").push(line);
+                        answer(name, req)
+                    });
                     let builder = auto::Builder::new(TokioExecutor::new());
                     let conn =
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -69,7 +80,12 @@ impl HttpBackend {
                 });
             }
         });
-        Self { addr, stop }
+        Self { addr, stop, log }
+    }
+
+    /// `METHOD target VERSION` of the requests received so far.
+    pub(crate) fn requests(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
     }
 }
 
@@ -86,6 +102,15 @@ pub(crate) async fn answer(
     mut req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
     let full = |text: String| Full::new(Bytes::from(text)).boxed();
+    // The conformance echo server's `?delay=1s`: answer after that long.
+    let delay = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
+        .and_then(|d| humantime::parse_duration(d).ok());
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     match req.uri().path() {
         "/ws" if req.headers().contains_key("sec-websocket-key") => {
             let key = req.headers()["sec-websocket-key"].as_bytes().to_vec();
@@ -140,74 +165,88 @@ pub(crate) async fn answer(
             .get("content-type")
             .is_some_and(|v| v == "application/grpc") =>
         {
-            let _ = req.into_body().collect().await;
+            // One gRPC message (uncompressed, length-prefixed) holding the echo text.
+            let (text, echo_set) = echo(name, req).await;
+            let mut message = vec![0u8];
+            message.extend_from_slice(&u32::try_from(text.len()).unwrap_or(0).to_be_bytes());
+            message.extend_from_slice(text.as_bytes());
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             trailers.insert("grpc-message", HeaderValue::from_static("ok"));
             let frames = vec![
-                Ok(http_body::Frame::data(Bytes::from(format!(
-                    "reply from {name}"
-                )))),
+                Ok(http_body::Frame::data(Bytes::from(message))),
                 Ok(http_body::Frame::trailers(trailers)),
             ];
             let body = BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
                 frames,
             )));
-            let response = Response::builder()
+            let mut response = Response::builder()
                 .header("content-type", "application/grpc")
                 .body(body)
                 .expect("grpc response");
+            set_headers(&mut response, echo_set);
             Ok(response)
         }
         _ => {
-            let mut text = format!(
-                "backend={name}\n{} {}\nversion={:?}\n",
-                req.method(),
-                req.uri(),
-                req.version()
-            );
-            // The conformance echo server's `X-Echo-Set-Header: Name:value,Name:value`.
-            let echo_set: Vec<(String, String)> = req
-                .headers()
-                .get_all("x-echo-set-header")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|pair| pair.split_once(':'))
-                .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-                .collect();
-            let mut headers: Vec<String> = req
-                .headers()
-                .iter()
-                .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
-                .collect();
-            // By name only (stable): the values of one name keep their order.
-            headers.sort_by(|a, b| {
-                a.split_once(": ")
-                    .map(|p| p.0)
-                    .cmp(&b.split_once(": ").map(|p| p.0))
-            });
-            let length = req
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes().len())
-                .unwrap_or(0);
-            text.push_str(&format!("body={length}\n"));
-            for header in headers {
-                text.push_str(&header);
-                text.push('\n');
-            }
+            let (text, echo_set) = echo(name, req).await;
             let mut response = Response::new(full(text));
-            for (name, value) in echo_set {
-                if let (Ok(name), Ok(value)) = (
-                    http::HeaderName::from_bytes(name.as_bytes()),
-                    HeaderValue::from_str(&value),
-                ) {
-                    response.headers_mut().append(name, value);
-                }
-            }
+            set_headers(&mut response, echo_set);
             Ok(response)
+        }
+    }
+}
+
+/// The echo text (`backend=NAME`, request line, version, body length, headers sorted by name)
+/// and the response headers `X-Echo-Set-Header: Name:value,...` asks for (as the Gateway API
+/// conformance echo server).
+async fn echo(name: &str, req: Request<Incoming>) -> (String, Vec<(String, String)>) {
+    let mut text = format!(
+        "backend={name}\n{} {}\nversion={:?}\n",
+        req.method(),
+        req.uri(),
+        req.version()
+    );
+    let echo_set: Vec<(String, String)> = req
+        .headers()
+        .get_all("x-echo-set-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|pair| pair.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut headers: Vec<String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap_or("?")))
+        .collect();
+    // By name only (stable): the values of one name keep their order.
+    headers.sort_by(|a, b| {
+        a.split_once(": ")
+            .map(|p| p.0)
+            .cmp(&b.split_once(": ").map(|p| p.0))
+    });
+    let length = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes().len())
+        .unwrap_or(0);
+    text.push_str(&format!("body={length}\n"));
+    for header in headers {
+        text.push_str(&header);
+        text.push('\n');
+    }
+    (text, echo_set)
+}
+
+fn set_headers(response: &mut Response<BoxBody>, headers: Vec<(String, String)>) {
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
         }
     }
 }

@@ -13,6 +13,8 @@ mod docker;
 mod edge_policy;
 mod files;
 mod gateway;
+mod gateway_extended;
+mod gateway_grpc;
 mod gateway_kube;
 mod gateway_reload;
 mod gateway_support;

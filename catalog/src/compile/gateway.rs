@@ -231,7 +231,7 @@ fn build_listeners<'a>(
                 "ResolvedRefs",
                 false,
                 "InvalidRouteKinds",
-                "only HTTPRoute is supported".into(),
+                "only HTTPRoute and GRPCRoute are supported".into(),
             ),
             (None, false) => Condition::new("ResolvedRefs", true, "ResolvedRefs", String::new()),
         };
@@ -277,19 +277,20 @@ fn build_listeners<'a>(
     builds
 }
 
-/// The route kinds a listener takes, and whether it asked for any Capstan does not serve.
+/// The route kinds a listener takes (HTTP and HTTPS: HTTPRoute and GRPCRoute), and whether it
+/// asked for any Capstan does not serve.
 fn supported_kinds(spec: &Listener) -> (Vec<&'static str>, bool) {
+    const SERVED: [&str; 2] = ["HTTPRoute", "GRPCRoute"];
     if spec.allowed_kinds.is_empty() {
-        return (vec!["HTTPRoute"], false);
+        return (SERVED.to_vec(), false);
     }
-    let valid =
-        |k: &&crate::ObjectRef| k.kind == "HTTPRoute" && (k.group.is_empty() || k.group == GROUP);
-    let kinds = if spec.allowed_kinds.iter().any(|k| valid(&k)) {
-        vec!["HTTPRoute"]
-    } else {
-        vec![]
+    let served = |k: &crate::ObjectRef| {
+        let group_ok = k.group.is_empty() || k.group == GROUP;
+        SERVED.into_iter().find(|s| group_ok && k.kind == *s)
     };
-    let invalid = spec.allowed_kinds.iter().any(|k| !valid(&k));
+    let mut kinds: Vec<&'static str> = spec.allowed_kinds.iter().filter_map(served).collect();
+    kinds.dedup();
+    let invalid = spec.allowed_kinds.iter().any(|k| served(k).is_none());
     (kinds, invalid)
 }
 

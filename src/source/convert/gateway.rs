@@ -1,5 +1,5 @@
-//! Gateway API documents (`gateway.networking.k8s.io/v1` GatewayClass, Gateway, HTTPRoute;
-//! `v1beta1` ReferenceGrant) and `v1` Namespaces → catalog entries, with the defaults the CRDs'
+//! Gateway API documents (`gateway.networking.k8s.io/v1` GatewayClass, Gateway, HTTPRoute and
+//! GRPCRoute ([`routes`]); `v1beta1` ReferenceGrant) and `v1` Namespaces → catalog entries, with the defaults the CRDs'
 //! OpenAPI schemas apply (a rule without matches matches `PathPrefix /`, backendRefs are core
 //! Services of weight 1, parentRefs are Gateways, redirects answer 302). The same serde types read
 //! a manifest file and a watch event's JSON.
@@ -7,18 +7,18 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use capstan_catalog::{
-    AllowedNamespaces, BackendRef, Filter, Gateway, GatewayClass, HttpRoute, LabelSelector,
-    Listener, Namespace, Object, ObjectRef, ParentRef, PathSpec, ReferenceGrant, RouteMatch,
-    RouteRule, SelectorRequirement,
+    AllowedNamespaces, Gateway, GatewayClass, LabelSelector, Listener, Namespace, Object,
+    ObjectRef, ReferenceGrant, RouteKind, SelectorRequirement,
 };
-use capstan_table::{HeaderEdits, PathModifier};
-use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::Error;
+
+mod routes;
+
+use routes::{FilterDoc, HttpRouteSpec};
 
 /// The Gateway API group.
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -125,95 +125,6 @@ struct RefDoc {
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
-struct HttpRouteSpec {
-    parent_refs: Vec<RefDoc>,
-    hostnames: Vec<String>,
-    rules: Vec<RuleDoc>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RuleDoc {
-    matches: Vec<MatchDoc>,
-    filters: Vec<FilterDoc>,
-    backend_refs: Vec<RefDoc>,
-    timeouts: Option<TimeoutsDoc>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct TimeoutsDoc {
-    request: Option<String>,
-    backend_request: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct MatchDoc {
-    path: Option<TypedValue>,
-    headers: Vec<TypedValue>,
-    query_params: Vec<TypedValue>,
-    method: Option<String>,
-}
-
-/// `{type, name, value}` of path, header and query matches and header modifiers.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct TypedValue {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    name: String,
-    value: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct FilterDoc {
-    #[serde(rename = "type")]
-    kind: String,
-    request_header_modifier: Option<HeaderModifierDoc>,
-    response_header_modifier: Option<HeaderModifierDoc>,
-    request_redirect: Option<RedirectDoc>,
-    #[serde(rename = "urlRewrite")]
-    url_rewrite: Option<RewriteDoc>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct HeaderModifierDoc {
-    set: Vec<TypedValue>,
-    add: Vec<TypedValue>,
-    remove: Vec<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RedirectDoc {
-    scheme: Option<String>,
-    hostname: Option<String>,
-    path: Option<PathModifierDoc>,
-    port: Option<u16>,
-    status_code: Option<u16>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct RewriteDoc {
-    hostname: Option<String>,
-    path: Option<PathModifierDoc>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
-struct PathModifierDoc {
-    #[serde(rename = "type")]
-    kind: String,
-    replace_full_path: Option<String>,
-    replace_prefix_match: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase", default)]
 struct ReferenceGrantSpec {
     from: Vec<RefDoc>,
     to: Vec<RefDoc>,
@@ -223,7 +134,10 @@ struct ReferenceGrantSpec {
 pub(crate) fn is_gateway_kind(api_version: &str, kind: &str) -> bool {
     let group = api_version.split_once('/').map(|(g, _)| g);
     match (group, kind) {
-        (Some(GATEWAY_GROUP), "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant") => true,
+        (
+            Some(GATEWAY_GROUP),
+            "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant",
+        ) => true,
         (None, "Namespace") => api_version == "v1",
         _ => false,
     }
@@ -245,6 +159,7 @@ pub(crate) fn gateway_object(
             "GatewayClass" => "GatewayClass",
             "Gateway" => "Gateway",
             "HTTPRoute" => "HTTPRoute",
+            "GRPCRoute" => "GRPCRoute",
             "ReferenceGrant" => "ReferenceGrant",
             _ => "Namespace",
         },
@@ -273,7 +188,12 @@ pub(crate) fn gateway_object(
         "HTTPRoute" => {
             let doc: Document<HttpRouteSpec> =
                 serde_json::from_value(document).map_err(parse_error)?;
-            Object::HttpRoute(http_route(doc).map_err(err)?)
+            Object::HttpRoute(routes::http_route(RouteKind::Http, doc).map_err(err)?)
+        }
+        "GRPCRoute" => {
+            let doc: Document<HttpRouteSpec> =
+                serde_json::from_value(document).map_err(parse_error)?;
+            Object::HttpRoute(routes::http_route(RouteKind::Grpc, doc).map_err(err)?)
         }
         "ReferenceGrant" => {
             let doc: Document<ReferenceGrantSpec> =
@@ -383,204 +303,6 @@ fn object_ref(r: &RefDoc, group: &str, kind: &str) -> ObjectRef {
         namespace: r.namespace.as_deref().map(Into::into),
         name: r.name.as_str().into(),
     }
-}
-
-fn http_route(doc: Document<HttpRouteSpec>) -> Result<HttpRoute, String> {
-    let parents = doc
-        .spec
-        .parent_refs
-        .iter()
-        .map(|p| ParentRef {
-            group: p.group.clone().unwrap_or_else(|| GATEWAY_GROUP.to_owned()),
-            kind: p.kind.clone().unwrap_or_else(|| "Gateway".to_owned()),
-            namespace: p.namespace.as_deref().map(Into::into),
-            name: p.name.as_str().into(),
-            section_name: p.section_name.as_deref().map(Into::into),
-            port: p.port,
-        })
-        .collect();
-    let mut rules = Vec::new();
-    for (index, rule) in doc.spec.rules.into_iter().enumerate() {
-        rules.push(route_rule(rule).map_err(|e| format!("rules[{index}]: {e}"))?);
-    }
-    if rules.is_empty() {
-        // The CRD's default: one rule matching every request, with no backend.
-        rules.push(route_rule(RuleDoc::default())?);
-    }
-    Ok(HttpRoute {
-        namespace: namespace_of(&doc.metadata),
-        name: doc.metadata.name.as_str().into(),
-        generation: doc.metadata.generation.unwrap_or(1),
-        created: doc.metadata.creation_timestamp.unwrap_or_default(),
-        parents,
-        hostnames: doc
-            .spec
-            .hostnames
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
-        rules,
-    })
-}
-
-fn route_rule(rule: RuleDoc) -> Result<RouteRule, String> {
-    let mut matches = Vec::new();
-    for m in &rule.matches {
-        matches.push(route_match(m)?);
-    }
-    if matches.is_empty() {
-        matches.push(RouteMatch {
-            path: PathSpec::Prefix("/".into()),
-            method: None,
-            headers: vec![],
-            query: vec![],
-        });
-    }
-    let filters = rule.filters.iter().map(filter).collect::<Result<_, _>>()?;
-    let mut backends = Vec::new();
-    for backend in &rule.backend_refs {
-        backends.push(BackendRef {
-            target: object_ref(backend, "", "Service"),
-            port: backend.port,
-            weight: backend.weight.unwrap_or(1),
-            filters: backend
-                .filters
-                .iter()
-                .map(filter)
-                .collect::<Result<_, _>>()?,
-        });
-    }
-    let timeouts = rule.timeouts.unwrap_or_default();
-    Ok(RouteRule {
-        matches,
-        filters,
-        backends,
-        request_timeout: timeouts
-            .request
-            .as_deref()
-            .map(gateway_duration)
-            .transpose()?,
-        backend_timeout: timeouts
-            .backend_request
-            .as_deref()
-            .map(gateway_duration)
-            .transpose()?,
-    })
-}
-
-/// A GEP-2257 duration (`10s`, `1h30m`, `500ms`); `0s` means none.
-fn gateway_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("duration {text:?}: {e}"))
-}
-
-fn route_match(m: &MatchDoc) -> Result<RouteMatch, String> {
-    let path = match &m.path {
-        None => PathSpec::Prefix("/".into()),
-        Some(path) => {
-            let value = path.value.clone().unwrap_or_else(|| "/".into());
-            match path.kind.as_deref().unwrap_or("PathPrefix") {
-                "Exact" => PathSpec::Exact(value),
-                "PathPrefix" => PathSpec::Prefix(value),
-                "RegularExpression" => PathSpec::Regex(value),
-                other => return Err(format!("path match type {other:?} is not supported")),
-            }
-        }
-    };
-    let typed = |list: &[TypedValue], what: &str| -> Result<Vec<(String, String, bool)>, String> {
-        list.iter()
-            .map(|t| {
-                let regex = match t.kind.as_deref().unwrap_or("Exact") {
-                    "Exact" => false,
-                    "RegularExpression" => true,
-                    other => return Err(format!("{what} match type {other:?} is not supported")),
-                };
-                Ok((t.name.clone(), t.value.clone().unwrap_or_default(), regex))
-            })
-            .collect()
-    };
-    Ok(RouteMatch {
-        path,
-        method: m.method.clone(),
-        headers: typed(&m.headers, "header")?,
-        query: typed(&m.query_params, "query parameter")?,
-    })
-}
-
-fn filter(doc: &FilterDoc) -> Result<Filter, String> {
-    Ok(match doc.kind.as_str() {
-        "RequestHeaderModifier" => {
-            Filter::RequestHeaders(header_edits(doc.request_header_modifier.as_ref())?)
-        }
-        "ResponseHeaderModifier" => {
-            Filter::ResponseHeaders(header_edits(doc.response_header_modifier.as_ref())?)
-        }
-        "RequestRedirect" => {
-            let redirect = doc
-                .request_redirect
-                .as_ref()
-                .ok_or("requestRedirect is required")?;
-            let status = redirect.status_code.unwrap_or(302);
-            if ![301, 302, 303, 307, 308].contains(&status) {
-                return Err(format!("redirect statusCode {status} is not supported"));
-            }
-            Filter::Redirect {
-                scheme: redirect.scheme.clone(),
-                hostname: redirect.hostname.clone(),
-                port: redirect.port,
-                path: redirect.path.as_ref().map(path_modifier).transpose()?,
-                status,
-            }
-        }
-        "URLRewrite" => {
-            let rewrite = doc.url_rewrite.as_ref().ok_or("urlRewrite is required")?;
-            Filter::Rewrite {
-                hostname: rewrite.hostname.clone(),
-                path: rewrite.path.as_ref().map(path_modifier).transpose()?,
-            }
-        }
-        other => Filter::Unsupported(other.to_owned()),
-    })
-}
-
-fn path_modifier(doc: &PathModifierDoc) -> Result<PathModifier, String> {
-    match doc.kind.as_str() {
-        "ReplaceFullPath" => Ok(PathModifier::ReplaceFullPath(
-            doc.replace_full_path.clone().unwrap_or_default().into(),
-        )),
-        "ReplacePrefixMatch" => Ok(PathModifier::ReplacePrefixMatch(
-            doc.replace_prefix_match.clone().unwrap_or_default().into(),
-        )),
-        other => Err(format!("path modifier type {other:?} is not supported")),
-    }
-}
-
-fn header_edits(doc: Option<&HeaderModifierDoc>) -> Result<HeaderEdits, String> {
-    let Some(doc) = doc else {
-        return Ok(HeaderEdits::default());
-    };
-    let name = |n: &str| {
-        HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes())
-            .map_err(|_| format!("invalid header name {n:?}"))
-    };
-    let pairs = |list: &[TypedValue]| -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-        list.iter()
-            .map(|t| {
-                let value = t.value.as_deref().unwrap_or_default();
-                let value = HeaderValue::from_str(value)
-                    .map_err(|_| format!("invalid value for header {:?}", t.name))?;
-                Ok((name(&t.name)?, value))
-            })
-            .collect()
-    };
-    Ok(HeaderEdits {
-        set: pairs(&doc.set)?,
-        add: pairs(&doc.add)?,
-        remove: doc
-            .remove
-            .iter()
-            .map(|n| name(n))
-            .collect::<Result<_, _>>()?,
-    })
 }
 
 fn reference_grant(doc: Document<ReferenceGrantSpec>) -> ReferenceGrant {

@@ -1,4 +1,5 @@
-//! Gateway API objects from the cluster: GatewayClasses, Gateways, HTTPRoutes, ReferenceGrants
+//! Gateway API objects from the cluster: GatewayClasses, Gateways, HTTPRoutes, GRPCRoutes,
+//! ReferenceGrants
 //! (as `DynamicObject`s: k8s-openapi has no types for CRDs) and Namespaces (for `allowedRoutes`
 //! selectors), each its own watched source, converted by the same function as manifest files.
 //!
@@ -8,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use capstan_catalog::{Object, ObjectId, Update};
+use capstan_catalog::{Object, ObjectId, RouteKind, Update};
 use k8s_openapi::api::core::v1 as core;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher;
@@ -22,14 +23,18 @@ use crate::source::convert;
 pub(super) const GATEWAY_CLASSES: &str = "gatewayclasses";
 pub(super) const GATEWAYS: &str = "gateways";
 pub(super) const HTTP_ROUTES: &str = "httproutes";
+pub(super) const GRPC_ROUTES: &str = "grpcroutes";
 pub(super) const REFERENCE_GRANTS: &str = "referencegrants";
 pub(super) const NAMESPACES: &str = "namespaces";
 
 const GROUP: &str = "gateway.networking.k8s.io";
 
-/// The served version of each Gateway API resource Capstan reads, `None` when the CRDs are not
-/// installed. ReferenceGrant: `v1` when served, else `v1beta1`.
-pub(super) async fn served_versions(client: &Client) -> Option<[(&'static str, String); 4]> {
+/// The served version of each Gateway API resource Capstan reads (`None`: that one is not served,
+/// as GRPCRoute before Gateway API v1.1), or `None` when the CRDs are not installed.
+/// ReferenceGrant: `v1` when served, else `v1beta1`.
+pub(super) async fn served_versions(
+    client: &Client,
+) -> Option<[(&'static str, Option<String>); 5]> {
     let v1 = client
         .list_api_group_resources(&format!("{GROUP}/v1"))
         .await
@@ -43,11 +48,13 @@ pub(super) async fn served_versions(client: &Client) -> Option<[(&'static str, S
     } else {
         "v1beta1"
     };
+    let v1 = || Some("v1".to_owned());
     Some([
-        (GATEWAY_CLASSES, "v1".to_owned()),
-        (GATEWAYS, "v1".to_owned()),
-        (HTTP_ROUTES, "v1".to_owned()),
-        (REFERENCE_GRANTS, grants.to_owned()),
+        (GATEWAY_CLASSES, v1()),
+        (GATEWAYS, v1()),
+        (HTTP_ROUTES, v1()),
+        (GRPC_ROUTES, has(GRPC_ROUTES).then(|| "v1".to_owned())),
+        (REFERENCE_GRANTS, Some(grants.to_owned())),
     ])
 }
 
@@ -57,6 +64,7 @@ pub(super) fn api_resource(plural: &str, version: &str) -> ApiResource {
         GATEWAY_CLASSES => "GatewayClass",
         GATEWAYS => "Gateway",
         HTTP_ROUTES => "HTTPRoute",
+        GRPC_ROUTES => "GRPCRoute",
         _ => "ReferenceGrant",
     };
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, version, kind), plural)
@@ -84,19 +92,27 @@ pub(super) async fn spawn(client: Client, mut contexts: HashMap<&'static str, Wa
         },
         context(NAMESPACES),
     ));
-    let Some(versions) = served_versions(&client).await else {
-        info!("Gateway API CRDs not installed; Gateways and HTTPRoutes are not served");
-        for kind in [GATEWAY_CLASSES, GATEWAYS, HTTP_ROUTES, REFERENCE_GRANTS] {
-            let cx = context(kind);
+    let versions = served_versions(&client).await.unwrap_or_else(|| {
+        info!("Gateway API CRDs not installed; Gateways and their routes are not served");
+        [
+            GATEWAY_CLASSES,
+            GATEWAYS,
+            HTTP_ROUTES,
+            GRPC_ROUTES,
+            REFERENCE_GRANTS,
+        ]
+        .map(|k| (k, None))
+    });
+    for (plural, version) in versions {
+        let Some(version) = version else {
+            let cx = context(plural);
             let empty = Update::Reset {
                 source: cx.source.clone(),
                 objects: vec![],
             };
             let _ = cx.updates.send(empty).await;
-        }
-        return;
-    };
-    for (plural, version) in versions {
+            continue;
+        };
         let resource = api_resource(plural, &version);
         let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
         let kind = match plural {
@@ -113,10 +129,19 @@ pub(super) async fn spawn(client: Client, mut contexts: HashMap<&'static str, Wa
             },
             HTTP_ROUTES => Kind {
                 id: |o: &DynamicObject| ObjectId::HttpRoute {
+                    kind: RouteKind::Http,
                     namespace: namespace(o).into(),
                     name: name(o).into(),
                 },
                 convert: |o| dynamic("HTTPRoute", o),
+            },
+            GRPC_ROUTES => Kind {
+                id: |o: &DynamicObject| ObjectId::HttpRoute {
+                    kind: RouteKind::Grpc,
+                    namespace: namespace(o).into(),
+                    name: name(o).into(),
+                },
+                convert: |o| dynamic("GRPCRoute", o),
             },
             _ => Kind {
                 id: |o: &DynamicObject| ObjectId::ReferenceGrant {
@@ -136,11 +161,12 @@ pub(super) async fn spawn(client: Client, mut contexts: HashMap<&'static str, Wa
 }
 
 /// The sources of this module, for the publisher to wait on.
-pub(super) fn kinds() -> [&'static str; 5] {
+pub(super) fn kinds() -> [&'static str; 6] {
     [
         GATEWAY_CLASSES,
         GATEWAYS,
         HTTP_ROUTES,
+        GRPC_ROUTES,
         REFERENCE_GRANTS,
         NAMESPACES,
     ]

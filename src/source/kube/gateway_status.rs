@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::gateway::{GATEWAY_CLASSES, GATEWAYS, HTTP_ROUTES, api_resource};
+use super::gateway::{GATEWAY_CLASSES, GATEWAYS, GRPC_ROUTES, HTTP_ROUTES, api_resource};
 use crate::gateway_status::status_json;
 
 /// How soon a failed write is tried again.
@@ -89,6 +89,7 @@ async fn write(
     let plural = match status.kind {
         "GatewayClass" => GATEWAY_CLASSES,
         "Gateway" => GATEWAYS,
+        "GRPCRoute" => GRPC_ROUTES,
         _ => HTTP_ROUTES,
     };
     let resource = api_resource(plural, "v1");
@@ -99,7 +100,7 @@ async fn write(
     };
     let now = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let mut body = stamped(desired, &now);
-    if status.kind == "HTTPRoute" {
+    if matches!(status.kind, "HTTPRoute" | "GRPCRoute") {
         let existing = api.get_status(&status.name).await?;
         let others: Vec<Value> = existing.data["status"]["parents"]
             .as_array()

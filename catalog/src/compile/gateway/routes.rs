@@ -1,16 +1,17 @@
-//! HTTPRoutes onto Gateway listeners: parentRefs resolved (sectionName, port, `allowedRoutes`),
-//! hostnames intersected with the listener's, rules compiled (matches, filters, weighted backends
-//! through ReferenceGrants) and ordered by the spec's precedence (`HTTPRouteRule` docs in
-//! `apis/v1/httproute_types.go`), and each parent's `Accepted` / `ResolvedRefs` status.
+//! HTTPRoutes and GRPCRoutes onto Gateway listeners: parentRefs resolved (sectionName, port,
+//! `allowedRoutes`), hostnames intersected with the listener's, rules compiled (matches, filters,
+//! mirrors, weighted backends through ReferenceGrants) and ordered by the spec's precedence
+//! (`HTTPRouteRule` docs in `apis/v1/httproute_types.go`, `GRPCRouteRule` docs in
+//! `grpcroute_types.go`), and each parent's `Accepted` / `ResolvedRefs` status.
 
 use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use capstan_table::{
-    BackendPort, Condition, GatewayTable, HeaderEdits, HttpAction, HttpMatch, HttpRule,
+    BackendPort, Condition, GatewayTable, HeaderEdits, HttpAction, HttpMatch, HttpRule, Mirror,
     ObjectStatus, ParentStatus, PathMatch, Redirect, Rewrite, Route, RoutePolicy, RouteState,
-    RouteStats, ServiceKey, ValueMatch, WeightedBackend,
+    RouteStats, ServiceKey, UpstreamProtocol, ValueMatch, WeightedBackend,
 };
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
@@ -18,7 +19,9 @@ use regex::Regex;
 use super::{
     GROUP, GatewayInputs, Grants, ListenerBuild, accepted, namespace_allowed, set_condition,
 };
-use crate::{BackendRef, Filter, HttpRoute, IngressBackend, Namespace, PathSpec, RouteRule};
+use crate::{
+    Filter, HttpRoute, IngressBackend, Namespace, ObjectRef, PathSpec, RouteKind, RouteRule,
+};
 
 /// A previous backend route's counters and state, by identity.
 type Carried<'a> = HashMap<(&'a str, &'a str, &'a str), (&'a Arc<RouteStats>, &'a Arc<RouteState>)>;
@@ -47,6 +50,9 @@ pub(super) fn attach_routes(
         (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
     });
     let mut ranked: HashMap<(usize, Option<Box<str>>), Vec<Ranked>> = HashMap::new();
+    // The hostnames each listener serves, by route kind: an HTTPRoute and a GRPCRoute must not
+    // share one (the `hostnames` docs of GRPCRouteSpec: the older route keeps it).
+    let mut served: HashMap<usize, Vec<(RouteKind, Option<Box<str>>)>> = HashMap::new();
     let mut statuses = Vec::new();
     for route in routes {
         let compiled = compile_rules(route, inputs, grants, &carried);
@@ -65,8 +71,24 @@ pub(super) fn attach_routes(
             if of_gateway.is_empty() {
                 continue; // Not a Gateway of Capstan's: not ours to report on.
             }
-            let (accepted_on, condition) =
+            let (mut accepted_on, mut condition) =
                 match_listeners(route, parent, &of_gateway, listeners, namespaces);
+            if condition.is_none() {
+                accepted_on.retain(|(index, hostnames)| {
+                    let taken = served.get(index).into_iter().flatten();
+                    !taken.into_iter().any(|(kind, other)| {
+                        *kind != route.kind
+                            && hostnames
+                                .iter()
+                                .any(|h| hostnames_meet(h.as_deref(), other.as_deref()))
+                    })
+                });
+                if accepted_on.is_empty() {
+                    let message = "an older route of the other kind (HTTPRoute / GRPCRoute) \
+                                   serves these hostnames on the listener";
+                    condition = Some(accepted(false, "NotAllowedByListeners", message));
+                }
+            }
             let attached = match (&compiled, condition) {
                 (Err(message), None) => Err(accepted(false, "UnsupportedValue", message)),
                 (_, Some(refused)) => Err(refused),
@@ -84,6 +106,8 @@ pub(super) fn attach_routes(
             if let (Ok(()), Ok((rules, _))) = (&attached, &compiled) {
                 for (index, hostnames) in &accepted_on {
                     listeners[*index].status.attached_routes += 1;
+                    let taken = served.entry(*index).or_default();
+                    taken.extend(hostnames.iter().map(|h| (route.kind, h.clone())));
                     for hostname in hostnames {
                         let list = ranked.entry((*index, hostname.clone())).or_default();
                         list.extend(rules.iter().map(|(key, rule)| Ranked {
@@ -103,7 +127,7 @@ pub(super) fn attach_routes(
         }
         if !parents.is_empty() {
             statuses.push(ObjectStatus {
-                kind: "HTTPRoute",
+                kind: route.kind.as_str(),
                 namespace: route.namespace.clone(),
                 name: route.name.clone(),
                 generation: route.generation,
@@ -164,7 +188,7 @@ fn match_listeners(
         .into_iter()
         .filter(|&i| {
             let l = &listeners[i];
-            l.status.supported_kinds.contains(&"HTTPRoute")
+            l.status.supported_kinds.contains(&route.kind.as_str())
                 && namespace_allowed(l.spec, l.gateway, &route.namespace, namespaces)
         })
         .collect();
@@ -224,12 +248,31 @@ pub(crate) fn intersect(listener: Option<&str>, route: &[String]) -> Vec<Option<
     out
 }
 
+/// Whether two served hostnames (`None`: any) can name the same host.
+fn hostnames_meet(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            a == b || capstan_table::hostname_matches(a, b) || capstan_table::hostname_matches(b, a)
+        }
+        _ => true,
+    }
+}
+
 /// A listener (by index) a route attaches to, with the hostnames it is served under there
 /// (`None`: any).
 type Attachment = (usize, Vec<Option<Box<str>>>);
 
 type CompiledRules = (Vec<(RankKey, HttpRule)>, Option<Condition>);
-type RankKey = (u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>);
+/// HTTPRoute: (path class, path length, 0, no method, headers, query parameters); GRPCRoute:
+/// (3, service length, method length, true, headers, 0). Lower sorts first.
+type RankKey = (
+    u8,
+    Reverse<usize>,
+    Reverse<usize>,
+    bool,
+    Reverse<usize>,
+    Reverse<usize>,
+);
 
 /// Every rule's matches with their precedence keys, and the `ResolvedRefs: False` condition
 /// when a backend could not be resolved; or why the route cannot be accepted.
@@ -249,20 +292,17 @@ fn compile_rules(
     let mut unresolved = None;
     for (index, rule) in route.rules.iter().enumerate() {
         let mut action = rule_action(rule, &id, index)?;
-        for (b, backend) in rule.backends.iter().enumerate() {
-            let path: Arc<str> = format!("rules[{index}].backendRefs[{b}]").into();
-            let resolved = resolve_backend(route, backend, inputs, grants);
-            let target = match resolved {
-                Ok(target) => Some(target),
-                Err(condition) => {
-                    unresolved.get_or_insert(condition);
-                    None
-                }
-            };
+        action.grpc = route.kind == RouteKind::Grpc;
+        let mut resolve = |target: &ObjectRef, port: Option<u16>, path: String| {
+            let resolved = resolve_backend(route, target, port, inputs, grants);
+            let target = resolved.map_err(|condition| {
+                unresolved.get_or_insert(condition);
+            });
+            let path: Arc<str> = path.into();
             let previous = carried.get(&(&*id, &*host, &*path));
             let (stats, state) =
                 previous.map_or_else(Default::default, |(s, t)| (Arc::clone(s), Arc::clone(t)));
-            let route = target.map(|(backend, upstream, protocol)| {
+            let route = target.ok().map(|(backend, upstream, protocol)| {
                 let mut policy = RoutePolicy::default();
                 policy.retry.per_try_timeout = rule.backend_timeout;
                 policy.request_timeout = rule.request_timeout;
@@ -284,6 +324,11 @@ fn compile_rules(
                     state,
                 })
             });
+            route
+        };
+        for (b, backend) in rule.backends.iter().enumerate() {
+            let path = format!("rules[{index}].backendRefs[{b}]");
+            let route = resolve(&backend.target, backend.port, path);
             let (request_headers, response_headers) = header_filters(&backend.filters)?;
             action.total_weight += backend.weight;
             action.backends.push(WeightedBackend {
@@ -292,6 +337,21 @@ fn compile_rules(
                 request_headers,
                 response_headers,
             });
+        }
+        for (f, filter) in rule.filters.iter().enumerate() {
+            if let Filter::Mirror {
+                backend,
+                port,
+                fraction: (numerator, denominator),
+            } = filter
+            {
+                let path = format!("rules[{index}].filters[{f}].requestMirror");
+                action.mirrors.push(Mirror {
+                    route: resolve(backend, *port, path),
+                    numerator: *numerator,
+                    denominator: *denominator,
+                });
+            }
         }
         let action = Arc::new(action);
         for matched in &rule.matches {
@@ -365,7 +425,7 @@ fn header_filters(filters: &[Filter]) -> Result<(HeaderEdits, HeaderEdits), Stri
             Filter::Unsupported(kind) => {
                 return Err(format!("filter {kind} is not supported"));
             }
-            Filter::Redirect { .. } | Filter::Rewrite { .. } => {}
+            Filter::Redirect { .. } | Filter::Rewrite { .. } | Filter::Mirror { .. } => {}
         }
     }
     Ok((request, response))
@@ -379,18 +439,28 @@ fn merge(into: &mut HeaderEdits, edits: &HeaderEdits) {
 
 /// A match compiled, with its precedence: Exact path, then RegularExpression (implementation
 /// specific: Capstan puts it between the two), then PathPrefix longest first; then a method;
-/// then more header matches; then more query matches.
+/// then more header matches; then more query matches. A GRPCRoute method match: more
+/// characters of service, then of method, then more header matches.
 fn compile_match(matched: &crate::RouteMatch) -> Result<(HttpMatch, RankKey), String> {
     let anchored = |pattern: &str| {
         Regex::new(&format!("^(?:{pattern})$"))
             .map_err(|e| format!("invalid regular expression {pattern:?}: {e}"))
     };
-    let (path, class, length) = match &matched.path {
-        PathSpec::Exact(p) => (PathMatch::Exact(p.as_str().into()), 0, p.len()),
-        PathSpec::Regex(p) => (PathMatch::Regex(anchored(p)?), 1, p.len()),
+    let (path, class, length, second) = match &matched.path {
+        PathSpec::Exact(p) => (PathMatch::Exact(p.as_str().into()), 0, p.len(), 0),
+        PathSpec::Regex(p) => (PathMatch::Regex(anchored(p)?), 1, p.len(), 0),
         PathSpec::Prefix(p) => {
             let prefix = p.trim_end_matches('/');
-            (PathMatch::Prefix(prefix.into()), 2, prefix.len())
+            (PathMatch::Prefix(prefix.into()), 2, prefix.len(), 0)
+        }
+        PathSpec::Grpc {
+            service,
+            method,
+            regex,
+        } => {
+            let lengths = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+            let path = grpc_path(service.as_deref(), method.as_deref(), *regex, anchored)?;
+            (path, 3, lengths(service), lengths(method))
         }
     };
     let value = |value: &str, regex: bool| -> Result<ValueMatch, String> {
@@ -418,6 +488,7 @@ fn compile_match(matched: &crate::RouteMatch) -> Result<(HttpMatch, RankKey), St
     let key = (
         class,
         Reverse(length),
+        Reverse(second),
         method.is_none(),
         Reverse(headers.len()),
         Reverse(query.len()),
@@ -433,10 +504,35 @@ fn compile_match(matched: &crate::RouteMatch) -> Result<(HttpMatch, RankKey), St
     ))
 }
 
+/// The request path a `GRPCMethodMatch` selects (`/service/method`): both exact, an exact
+/// path; the service alone, its path prefix; otherwise a regular expression (`[^/]+` for the
+/// missing half).
+fn grpc_path(
+    service: Option<&str>,
+    method: Option<&str>,
+    regex: bool,
+    anchored: impl Fn(&str) -> Result<Regex, String>,
+) -> Result<PathMatch, String> {
+    Ok(match (service, method, regex) {
+        (Some(s), Some(m), false) => PathMatch::Exact(format!("/{s}/{m}").into()),
+        (Some(s), None, false) => PathMatch::Prefix(format!("/{s}").into()),
+        (None, Some(m), false) => {
+            PathMatch::Regex(anchored(&format!("/[^/]+/{}", regex::escape(m)))?)
+        }
+        (s, m, _) => {
+            let part =
+                |p: Option<&str>| p.map_or_else(|| "[^/]+".to_owned(), |p| format!("(?:{p})"));
+            PathMatch::Regex(anchored(&format!("/{}/{}", part(s), part(m)))?)
+        }
+    })
+}
+
 /// A backendRef resolved to a Service port of the snapshot, or its `ResolvedRefs: False`.
+/// GRPCRoute backends speak HTTP/2 (h2c) whatever their port's `appProtocol`.
 fn resolve_backend(
     route: &HttpRoute,
-    backend: &BackendRef,
+    target: &ObjectRef,
+    port: Option<u16>,
     inputs: &GatewayInputs<'_>,
     grants: &Grants<'_>,
 ) -> Result<
@@ -447,7 +543,6 @@ fn resolve_backend(
     ),
     Condition,
 > {
-    let target = &backend.target;
     let unresolved =
         |reason, message: String| Condition::new("ResolvedRefs", false, reason, message);
     if !(target.group.is_empty() || target.group == "core") || target.kind != "Service" {
@@ -460,7 +555,7 @@ fn resolve_backend(
     let namespace = target.namespace.clone().unwrap_or(route.namespace.clone());
     if namespace != route.namespace
         && !grants.permits(
-            ("HTTPRoute", &route.namespace),
+            (route.kind.as_str(), &route.namespace),
             ("", "Service", &namespace),
             &target.name,
         )
@@ -471,7 +566,7 @@ fn resolve_backend(
         );
         return Err(unresolved("RefNotPermitted", message));
     }
-    let Some(port) = backend.port else {
+    let Some(port) = port else {
         let message = format!(
             "backendRef to Service {namespace}/{} has no port",
             target.name
@@ -487,10 +582,13 @@ fn resolve_backend(
         service,
         port: BackendPort::Number(port),
     };
-    let (upstream, protocol, missing) =
+    let (upstream, mut protocol, missing) =
         crate::compile::ingress::upstream(&backend, inputs.services, inputs.proxy);
     if let Some(message) = missing {
         return Err(unresolved("BackendNotFound", message));
+    }
+    if route.kind == RouteKind::Grpc {
+        protocol = UpstreamProtocol::Http2;
     }
     Ok((backend, upstream, protocol))
 }

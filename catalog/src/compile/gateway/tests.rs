@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use capstan_table::{GatewayTable, Problem, ProxyTable};
+use capstan_table::{GatewayTable, PathMatch, Problem, ProxyTable};
 
 use super::routes::intersect;
 use super::*;
 use crate::{
-    AllowedNamespaces, BackendRef, LabelSelector, ObjectRef, ParentRef, PathSpec, RouteMatch,
-    RouteRule,
+    AllowedNamespaces, BackendRef, LabelSelector, ObjectRef, ParentRef, PathSpec, RouteKind,
+    RouteMatch, RouteRule,
 };
 
 fn class() -> GatewayClass {
@@ -49,6 +49,7 @@ fn gateway(name: &str, listeners: Vec<Listener>) -> Gateway {
 
 fn route(namespace: &str, name: &str, gateway: &str, hostnames: &[&str]) -> HttpRoute {
     HttpRoute {
+        kind: RouteKind::Http,
         namespace: namespace.into(),
         name: name.into(),
         generation: 2,
@@ -321,4 +322,105 @@ fn classes_of_other_controllers_are_ignored() {
     let (table, _) = world.compile(None);
     assert!(table.status.is_empty());
     assert!(table.sockets.is_empty());
+}
+
+/// A GRPCRoute whose rules have these method matches `(service, method)`, each its own rule.
+fn grpc_route(name: &str, created: &str, methods: &[(Option<&str>, Option<&str>)]) -> HttpRoute {
+    let mut route = route("infra", name, "gw", &[]);
+    route.kind = RouteKind::Grpc;
+    route.created = created.into();
+    let template = route.rules[0].clone();
+    route.rules = methods
+        .iter()
+        .map(|(service, method)| {
+            let mut rule = template.clone();
+            rule.matches[0].path = PathSpec::Grpc {
+                service: service.map(Into::into),
+                method: method.map(Into::into),
+                regex: false,
+            };
+            rule
+        })
+        .collect();
+    route
+}
+
+/// `GRPCRouteRule` docs (`apis/v1/grpcroute_types.go`): precedence to the most characters of a
+/// matching service, then of a matching method; a service alone matches its every method, a
+/// method alone that method of every service.
+#[test]
+fn grpc_method_matches_rank_by_service_then_method_characters() {
+    let route = grpc_route(
+        "grpc",
+        "",
+        &[
+            (None, Some("Echo")),
+            (Some("pkg.Echo"), None),
+            (Some("pkg.Echo"), Some("Echo")),
+            (Some("pkg.EchoLonger"), None),
+        ],
+    );
+    let world = World::new(
+        vec![gateway("gw", vec![listener("http", 80, "HTTP", None)])],
+        vec![route],
+    );
+    let (table, problems) = world.compile(None);
+    assert!(problems.is_empty(), "{problems:?}");
+    let status = table
+        .status_of("GRPCRoute", "infra", "grpc")
+        .expect("status");
+    assert!(condition(&status.parents[0].conditions, "Accepted").status);
+    let socket = table.sockets.values().next().expect("socket");
+    let rules = &socket.listeners[0].routes.any;
+    let order: Vec<usize> = rules.iter().map(|r| r.action.rule).collect();
+    assert_eq!(
+        order,
+        [3, 2, 1, 0],
+        "longer service, then longer method first"
+    );
+    assert!(rules.iter().all(|r| r.action.grpc));
+    let path = |rule: usize| {
+        &rules
+            .iter()
+            .find(|r| r.action.rule == rule)
+            .expect("rule")
+            .matches
+            .path
+    };
+    assert!(matches!(path(2), PathMatch::Exact(p) if &**p == "/pkg.Echo/Echo"));
+    assert!(matches!(path(1), PathMatch::Prefix(p) if &**p == "/pkg.Echo"));
+    let PathMatch::Regex(method_only) = path(0) else {
+        panic!("a method alone is a pattern: {:?}", path(0));
+    };
+    assert!(method_only.is_match("/other.Svc/Echo"));
+    assert!(!method_only.is_match("/other.Svc/EchoTwo"));
+    assert!(!method_only.is_match("/a/b/Echo"));
+    let gw = table.status_of("Gateway", "infra", "gw").expect("gateway");
+    assert_eq!(gw.listeners[0].supported_kinds, ["HTTPRoute", "GRPCRoute"]);
+}
+
+/// `hostnames` docs of GRPCRouteSpec: an HTTPRoute and a GRPCRoute with intersecting hostnames
+/// on one listener: the older is accepted, the other is not.
+#[test]
+fn http_and_grpc_routes_sharing_a_hostname_the_older_wins() {
+    let mut http = route("infra", "web", "gw", &["api.example.com"]);
+    http.created = "2026-01-02T00:00:00Z".into();
+    let mut grpc = grpc_route("rpc", "2026-01-01T00:00:00Z", &[(Some("pkg.Svc"), None)]);
+    grpc.hostnames = vec!["*.example.com".into()];
+    let mut apart = route("infra", "apart", "gw", &["www.example.org"]);
+    apart.created = "2026-01-03T00:00:00Z".into();
+    let world = World::new(
+        vec![gateway("gw", vec![listener("http", 80, "HTTP", None)])],
+        vec![http, grpc, apart],
+    );
+    let (table, _) = world.compile(None);
+    let accepted = |kind: &str, name: &str| {
+        let status = table.status_of(kind, "infra", name).expect("status");
+        condition(&status.parents[0].conditions, "Accepted").clone()
+    };
+    assert!(accepted("GRPCRoute", "rpc").status, "older");
+    let refused = accepted("HTTPRoute", "web");
+    assert!(!refused.status);
+    assert_eq!(refused.reason, "NotAllowedByListeners");
+    assert!(accepted("HTTPRoute", "apart").status, "hostnames apart");
 }
