@@ -19,6 +19,9 @@
 # Usage: benches/ingress.sh [DURATION_SECONDS] [CONCURRENCY]     (defaults: 10, 64)
 #        ROUNDS=N benches/ingress.sh ...   interleaves the targets N times (default 3) and reports
 #                                          the median round of each: this machine is noisy.
+#        BASELINE=path/to/capstan benches/ingress.sh ...   adds rows *_baseline: another build
+#                                          (an earlier commit's) on the same route, in the same
+#                                          rounds, on the same CPU, for before/after comparisons.
 # Installs what it needs: apt packages (nginx-light, haproxy, openssl) and `cargo install oha`.
 # Everything listens on 127.0.0.1 ports picked at run time and is stopped at exit.
 set -euo pipefail
@@ -187,6 +190,17 @@ taskset -c "$PROXY_CPU" "$CAPSTAN" run --manifests "$work/manifests" --config "$
   --http "127.0.0.1:$CAP_HTTP" --https "127.0.0.1:$CAP_HTTPS" --admin "127.0.0.1:$CAP_ADMIN" \
   --healthz off --metrics off --log warn & pids+=($!)
 CAPSTAN_PID=$!
+if [ -n "${BASELINE:-}" ]; then
+  BASE_HTTP=$(free_port); BASE_HTTPS=$(free_port); BASE_ADMIN=$(free_port)
+  taskset -c "$PROXY_CPU" "$BASELINE" run --manifests "$work/manifests" --dns off \
+    --http "127.0.0.1:$BASE_HTTP" --https "127.0.0.1:$BASE_HTTPS" --admin "127.0.0.1:$BASE_ADMIN" \
+    --healthz off --metrics off --log warn & pids+=($!)
+  BASELINE_PID=$!
+  for port in $BASE_HTTP $BASE_HTTPS $BASE_ADMIN; do wait_port "$port"; done
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$BASE_ADMIN/readyz" && break; sleep 0.05
+  done
+fi
 
 for port in $BACKEND $NGX_HTTP $NGX_HTTPS $HAP_HTTP $HAP_HTTPS $CAP_HTTP $CAP_HTTPS $CAP_ADMIN $CAP_L4; do wait_port "$port"; done
 for _ in $(seq 100); do
@@ -257,6 +271,11 @@ for round in $(seq "$ROUNDS"); do
   runs[h2_capstan]+="$(STREAMS=8 oha_run "$CAPSTAN_PID" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$CAP_HTTPS")"$'\n'
   runs[h2_nginx]+="$(STREAMS=8 oha_run "$(worker_of "$NGINX_PID")" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$NGX_HTTPS")"$'\n'
   runs[h2_haproxy]+="$(STREAMS=8 oha_run "$HAPROXY_PID" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$HAP_HTTPS")"$'\n'
+  if [ -n "${BASELINE:-}" ]; then
+    runs[http_baseline]+="$(oha_run "$BASELINE_PID" "http://plain.bench.example/" --connect-to "plain.bench.example:80:127.0.0.1:$BASE_HTTP")"$'\n'
+    runs[tls_baseline]+="$(oha_run "$BASELINE_PID" "https://bench.example/" --insecure --connect-to "bench.example:443:127.0.0.1:$BASE_HTTPS")"$'\n'
+    runs[h2_baseline]+="$(STREAMS=8 oha_run "$BASELINE_PID" "https://bench.example/" --insecure --http2 --connect-to "bench.example:443:127.0.0.1:$BASE_HTTPS")"$'\n'
+  fi
 done
 for key in "${!runs[@]}"; do
   result[$key]=$(printf '%s' "${runs[$key]}" | median_by_first_field)
@@ -269,8 +288,10 @@ echo
 echo "Capstan ingress load comparison: median of $ROUNDS rounds of ${DURATION}s, $CONCURRENCY keep-alive connections,"
 echo "proxy on CPU $PROXY_CPU, oha and backend on CPU $CLIENT_CPU"
 row "" "req/s" "failed" "p50/p99 ms" "CPU us/req" "user/sys"
+baseline_rows=""
+if [ -n "${BASELINE:-}" ]; then baseline_rows="http_baseline tls_baseline h2_baseline"; fi
 for key in http_direct http_capstan http_nginx http_haproxy l4_capstan tls_capstan tls_nginx tls_haproxy \
-  h2_capstan h2_nginx h2_haproxy; do
+  h2_capstan h2_nginx h2_haproxy $baseline_rows; do
   r=${result[$key]:-0 0 0 0 0 0 0}
   row "$key" "$(field "$r" 1)" "$(field "$r" 2)" "$(field "$r" 3)/$(field "$r" 4)" "$(field "$r" 5)" \
     "$(field "$r" 6)/$(field "$r" 7)"
@@ -289,6 +310,7 @@ for plane in http tls h2; do
   compare capstan nginx "$plane"
   compare capstan haproxy "$plane"
   compare haproxy nginx "$plane"
+  if [ -n "${BASELINE:-}" ]; then compare capstan baseline "$plane"; fi
 done
 echo "(http: HTTP/1.1; tls: HTTP/1.1 over TLS; h2: HTTP/2 over TLS, by ALPN)"
 echo "(target for capstan / nginx: req/s >= 1.20x with p99 <= 1.00x; CPU/req: lower is better)"

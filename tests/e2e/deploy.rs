@@ -165,6 +165,7 @@ fn deploy_manifests_are_valid_least_privilege_and_match_the_chart() {
         "gatewayclasses",
         "gateways",
         "httproutes",
+        "grpcroutes",
         "referencegrants",
     ] {
         assert!(
@@ -391,6 +392,7 @@ fn the_chart_with_every_option_set_reaches_every_flag_and_pod_setting() {
             "gatewayclasses/status",
             "gateways/status",
             "httproutes/status",
+            "grpcroutes/status",
             "ingresses/status"
         ]
     );
@@ -485,6 +487,7 @@ fn the_chart_ships_the_gateway_api_crds_capstan_reads() {
         "gatewayclasses",
         "gateways",
         "httproutes",
+        "grpcroutes",
         "referencegrants",
     ] {
         let path = root.join(format!(

@@ -178,6 +178,37 @@ fn grpcroute_exact_method_matching() {
     );
 }
 
+/// GRPCExactMethodMatching through the Kubernetes API (the fake API server serving the
+/// GRPCRoute as JSON), and its parent status written back to `grpcroutes/status`.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpcroute_exact_method_matching_through_the_kubernetes_api() {
+    let api = crate::support::kube_api::FakeApi::start().await;
+    let suite = Conformance::start_kube(
+        &api,
+        "gw-grpc-kube",
+        &["grpcroute-exact-method-matching.yaml"],
+    );
+    tokio::task::block_in_place(|| {
+        let gw = suite.gateway_must_accept("same-namespace", &[(INFRA, "exact-matching")]);
+        expect_backend(&suite, gw, &call("EchoTwo"), V2);
+        expect_code(&suite, gw, &call("EchoThree"), UNIMPLEMENTED);
+        let written = crate::support::eventually(Duration::from_secs(10), || {
+            let route = api.object("grpcroutes", INFRA, "exact-matching")?;
+            let parent = route["status"]["parents"][0].clone();
+            crate::gateway_support::condition_true(&parent["conditions"], "Accepted")
+                .then_some(parent)
+        })
+        .unwrap_or_else(|| panic!("GRPCRoute status never written: {:?}", api.requests()));
+        assert_eq!(written["parentRef"]["name"], "same-namespace");
+        assert_eq!(written["controllerName"], "capstan.dev/gateway-controller");
+        let gateway = api
+            .object("gateways", INFRA, "same-namespace")
+            .expect("gateway");
+        let kinds = &gateway["status"]["listeners"][0]["supportedKinds"];
+        assert_eq!(kinds[1]["kind"], "GRPCRoute", "{kinds}");
+    });
+}
+
 /// GRPCRouteHeaderMatching: ties between rules with as many header matches go to the earlier
 /// rule (`Version: two` + `Color: blue` → v2).
 #[test]

@@ -1,11 +1,17 @@
 //! Gateway API changes under load: routes rewritten (weights, backends), a second Gateway (its
-//! own socket) added and removed, 100 times while oha loads the first Gateway: zero failed
-//! requests, as the Ingress path shows in `ingress::oha_load_across_100_swaps_has_no_failed_requests`.
+//! own socket) added and removed, and the HTTPS listener's certificate Secret rotated, 100
+//! swaps while oha loads the HTTP Gateway and, one TLS handshake per request, the HTTPS one:
+//! zero failed requests, as the Ingress path shows in
+//! `ingress::oha_load_across_100_swaps_has_no_failed_requests`.
 
 use std::time::Duration;
 
 use crate::gateway_support::{Conformance, INFRA};
-use crate::support::eventually;
+use crate::http_support::{TestCert, curl};
+use crate::support::{eventually, oha_all_ok, path_str, spawn_oha};
+
+/// The HTTPS Gateway of the conformance base, and its catch-all listener.
+const TLS_GATEWAY: &str = "same-namespace-with-https-listener";
 
 /// An HTTPRoute `load` on `same-namespace` with the given `(backend, weight)`s.
 fn load_route(backends: &[(&str, u32)]) -> String {
@@ -14,7 +20,7 @@ fn load_route(backends: &[(&str, u32)]) -> String {
         .map(|(name, weight)| format!("    - {{name: {name}, port: 8080, weight: {weight}}}\n"))
         .collect();
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: load, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace}}]\n  rules:\n  - backendRefs:\n{refs}"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: load, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace}}, {{name: {TLS_GATEWAY}, sectionName: https}}]\n  rules:\n  - backendRefs:\n{refs}"
     )
 }
 
@@ -33,33 +39,40 @@ spec:
   rules: [{backendRefs: [{name: infra-backend-v3, port: 8080}]}]
 ";
 
+/// `base.yaml` with the HTTPS listeners' Secret replaced by one for a new certificate (the
+/// Secret is the base's last document).
+fn rotate_certificate(suite: &Conformance) -> TestCert {
+    let base = std::fs::read_to_string(suite.dir.path("base.yaml")).expect("base.yaml");
+    let (head, _) = base.rsplit_once("---\n").expect("the Secret document");
+    let cert = TestCert::new(&["example.org", "second-example.org", "*.wildcard.org"]);
+    let secret = cert.secret(INFRA, "tls-validity-checks-certificate");
+    suite
+        .dir
+        .write("base.yaml", &format!("{head}---\n{secret}"));
+    cert
+}
+
 #[test]
-fn oha_load_across_100_gateway_and_route_swaps_has_no_failed_requests() {
+fn oha_load_across_100_gateway_route_and_certificate_swaps_has_no_failed_requests() {
     let suite = Conformance::start("gw-load", &[]);
     suite
         .dir
         .write("load.yaml", &load_route(&[("infra-backend-v1", 1)]));
     let gw = suite.gateway_must_accept("same-namespace", &[(INFRA, "load")]);
+    let tls_gw = suite.gateway_must_accept(TLS_GATEWAY, &[(INFRA, "load")]);
     suite.expect_backend(gw, &crate::gateway_support::get("/"), "infra-backend-v1");
-    let url = format!("http://{gw}/");
-    let mut oha = std::process::Command::new("oha")
-        .args([
-            "-z",
-            "40s",
-            "-w",
-            "-c",
-            "16",
-            "--no-tui",
-            "--output-format",
-            "json",
-        ])
-        .args(["-H", "Host: load.example", &url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("oha (cargo install oha) is needed for this test");
+    let mut oha = spawn_oha(
+        &format!("http://{gw}/"),
+        "40s",
+        16,
+        &["-H", "Host: load.example"],
+    );
+    // No SNI (an address): the catch-all `https` listener's certificate, a handshake per request.
+    let tls_url = format!("https://{tls_gw}/");
+    let oha_tls = spawn_oha(&tls_url, "40s", 4, &["--insecure", "--disable-keepalive"]);
     std::thread::sleep(Duration::from_millis(500));
     let capstan = &suite.capstan;
+    let mut cert = None;
     for round in 0..100 {
         let generation = capstan.generation();
         let backends: &[(&str, u32)] = match round % 3 {
@@ -73,6 +86,9 @@ fn oha_load_across_100_gateway_and_route_swaps_has_no_failed_requests() {
         } else {
             let _ = std::fs::remove_file(suite.dir.path("extra.yaml"));
         }
+        if round % 10 == 5 {
+            cert = Some(rotate_certificate(&suite));
+        }
         eventually(Duration::from_secs(10), || {
             (capstan.generation() > generation).then_some(())
         })
@@ -82,19 +98,20 @@ fn oha_load_across_100_gateway_and_route_swaps_has_no_failed_requests() {
         oha.try_wait().expect("oha status").is_none(),
         "the 100 swaps finished while oha was still loading"
     );
-    let output = oha.wait_with_output().expect("oha finished");
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("oha JSON report");
-    let codes = &report["statusCodeDistribution"];
-    let ok = codes["200"].as_u64().unwrap_or(0);
-    let total: u64 = codes
-        .as_object()
-        .map_or(0, |c| c.values().filter_map(|v| v.as_u64()).sum());
-    assert!(ok > 1_000, "load ran: {report:#}");
-    assert_eq!(ok, total, "every response 200: {codes}");
-    let errors = &report["errorDistribution"];
-    assert!(
-        errors.as_object().is_none_or(|e| e.is_empty()),
-        "no connection errors: {errors}"
-    );
+    oha_all_ok(oha, 1_000);
+    oha_all_ok(oha_tls, 100);
+    // The last rotation is what new handshakes get: its CA verifies the listener.
+    let ca = suite
+        .dir
+        .write("last-ca.pem", &cert.expect("rotated").ca_pem);
+    let resolve = format!("example.org:443:{tls_gw}");
+    let args = [
+        "--cacert",
+        path_str(&ca),
+        "--resolve",
+        &resolve,
+        "https://example.org/",
+    ];
+    let (status, body, _) = curl(&args);
+    assert_eq!(status, 200, "{body}");
 }

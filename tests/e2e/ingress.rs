@@ -555,22 +555,7 @@ fn oha_load_across_100_swaps_has_no_failed_requests() {
     dir.write("svc.yaml", &service("load", &[a.addr], None));
     let (capstan, http, _) = start(&dir, &[]);
     let url = format!("http://127.0.0.1:{}/", http.port());
-    let mut oha = std::process::Command::new("oha")
-        .args([
-            "-z",
-            "40s",
-            "-w",
-            "-c",
-            "16",
-            "--no-tui",
-            "--output-format",
-            "json",
-        ])
-        .args(["-H", "Host: load.example", &url])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("oha (cargo install oha) is needed for this test");
+    let mut oha = crate::support::spawn_oha(&url, "40s", 16, &["-H", "Host: load.example"]);
     std::thread::sleep(Duration::from_millis(500));
     for round in 0..100 {
         let generation = capstan.generation();
@@ -598,21 +583,7 @@ fn oha_load_across_100_swaps_has_no_failed_requests() {
         oha.try_wait().expect("oha status").is_none(),
         "the 100 swaps finished while oha was still loading"
     );
-    let output = oha.wait_with_output().expect("oha finished");
-    let report: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("oha JSON report");
-    let codes = &report["statusCodeDistribution"];
-    let errors = &report["errorDistribution"];
-    let ok = codes["200"].as_u64().unwrap_or(0);
-    let total: u64 = codes
-        .as_object()
-        .map_or(0, |c| c.values().filter_map(|v| v.as_u64()).sum());
-    assert!(ok > 1_000, "load ran: {report:#}");
-    assert_eq!(ok, total, "every response 200: {codes}");
-    assert!(
-        errors.as_object().is_none_or(|e| e.is_empty()),
-        "no connection errors: {errors}"
-    );
+    crate::support::oha_all_ok(oha, 1_000);
 }
 
 /// `routes:` in capstan.yaml: the compose user's ingress, plain and TLS from PEM files.

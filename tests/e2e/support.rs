@@ -547,3 +547,47 @@ pub(crate) fn config_one(
 pub(crate) fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
+
+/// oha loading `url` for `duration` with `connections` (`-w`: waits for in-flight requests at
+/// the end) plus `extra` arguments; its JSON report on stdout.
+pub(crate) fn spawn_oha(
+    url: &str,
+    duration: &str,
+    connections: u32,
+    extra: &[&str],
+) -> std::process::Child {
+    std::process::Command::new("oha")
+        .args(["-z", duration, "-w", "-c", &connections.to_string()])
+        .args(["--no-tui", "--output-format", "json"])
+        .args(extra)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("oha (cargo install oha) is needed for this test")
+}
+
+/// Waits for oha and checks its report: more than `min` responses, every one 200, no connection
+/// errors. Returns the number of responses.
+pub(crate) fn oha_all_ok(oha: std::process::Child, min: u64) -> u64 {
+    let output = oha.wait_with_output().expect("oha finished");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "oha JSON report: {e}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let codes = &report["statusCodeDistribution"];
+    let ok = codes["200"].as_u64().unwrap_or(0);
+    let total: u64 = codes
+        .as_object()
+        .map_or(0, |c| c.values().filter_map(|v| v.as_u64()).sum());
+    assert!(ok > min, "load ran: {report:#}");
+    assert_eq!(ok, total, "every response 200: {codes}");
+    let errors = &report["errorDistribution"];
+    assert!(
+        errors.as_object().is_none_or(|e| e.is_empty()),
+        "no connection errors: {errors}"
+    );
+    ok
+}

@@ -66,6 +66,12 @@ const RESOURCES: &[(&str, &str, &str, &str)] = &[
         "HTTPRoute",
     ),
     (
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
+        "grpcroutes",
+        "gateway.networking.k8s.io/v1",
+        "GRPCRoute",
+    ),
+    (
         "/apis/gateway.networking.k8s.io/v1/referencegrants",
         "referencegrants",
         "gateway.networking.k8s.io/v1",
