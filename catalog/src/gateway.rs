@@ -29,6 +29,9 @@ pub struct Gateway {
     pub addresses: Vec<IpAddr>,
     /// Addresses of other types, or unparsable: the Gateway is not programmed.
     pub unusable_addresses: Vec<String>,
+    /// `spec.infrastructure.parametersRef`, as `group/kind/name`: Capstan reads no parameters
+    /// kind, so a Gateway with one is not accepted (`InvalidParameters`).
+    pub parameters_ref: Option<String>,
     pub listeners: Vec<Listener>,
 }
 

@@ -7,32 +7,11 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};
 
-use crate::gateway_support::{Conformance, INFRA, Reply, Req, condition, get};
+use crate::gateway_support::{Conformance, INFRA, Reply, Req, condition, get, parent_condition};
 
 const V1: &str = "infra-backend-v1";
 const V2: &str = "infra-backend-v2";
 const V3: &str = "infra-backend-v3";
-
-/// The parent condition `kind` of `route` on `gateway` is `status` with `reason`.
-fn parent_condition(
-    suite: &Conformance,
-    route: (&str, &str),
-    gateway: &str,
-    kind: &str,
-    want: (&str, &str),
-) {
-    let ok = crate::support::eventually(std::time::Duration::from_secs(10), || {
-        let parent = suite.route_parent(route.0, route.1, gateway)?;
-        let c = condition(&parent["conditions"], kind)?.clone();
-        (c["status"] == want.0 && c["reason"] == want.1).then_some(())
-    });
-    if ok.is_none() {
-        panic!(
-            "{route:?} on {gateway}: no {kind}={want:?}\n{:#}",
-            suite.capstan.snapshot()["gateway"]["status"]
-        );
-    }
-}
 
 /// The request headers the backend saw, joined as the suite compares them.
 fn seen_joined(reply: &Reply, name: &str) -> Option<String> {

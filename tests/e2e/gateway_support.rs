@@ -169,6 +169,7 @@ const BACKENDS: [(&str, &str); 9] = [
 ];
 
 pub(crate) const INFRA: &str = "gateway-conformance-infra";
+const WEB: &str = "gateway-conformance-web-backend";
 
 /// A `/24` of loopback addresses for this test's Gateways (`--gateway-addresses`), apart from
 /// [`crate::support::unique_ip`]'s `127.100.0.0/10`.
@@ -463,9 +464,32 @@ fn base_manifests() -> (String, Vec<(&'static str, HttpBackend)>, TestCert) {
         "unknown-example.org",
         "*.wildcard.org",
     ]);
+    // `certificate` in the web-backend namespace, for the Gateway Secret ReferenceGrant tests.
+    let other = TestCert::new(&["example.com"]).secret(WEB, "certificate");
     let secret = cert.secret(INFRA, "tls-validity-checks-certificate");
-    let base = class_name(&format!("{BASE}{services}---\n{secret}"));
+    let base = class_name(&format!("{BASE}{services}---\n{other}---\n{secret}"));
     (base, backends, cert)
+}
+
+/// The parent condition `kind` of `route` on `gateway` is `status` with `reason`.
+pub(crate) fn parent_condition(
+    suite: &Conformance,
+    route: (&str, &str),
+    gateway: &str,
+    kind: &str,
+    want: (&str, &str),
+) {
+    let ok = eventually(Duration::from_secs(10), || {
+        let parent = suite.route_parent(route.0, route.1, gateway)?;
+        let c = condition(&parent["conditions"], kind)?.clone();
+        (c["status"] == want.0 && c["reason"] == want.1).then_some(())
+    });
+    if ok.is_none() {
+        panic!(
+            "{route:?} on {gateway}: no {kind}={want:?}\n{:#}",
+            suite.capstan.snapshot()["gateway"]["status"]
+        );
+    }
 }
 
 /// Whether `conditions` has `kind` with status `True`.

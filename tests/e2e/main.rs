@@ -13,6 +13,7 @@ mod docker;
 mod edge_policy;
 mod files;
 mod gateway;
+mod gateway_core;
 mod gateway_extended;
 mod gateway_grpc;
 mod gateway_kube;

@@ -218,7 +218,11 @@ fn build_listeners<'a>(
                 "Capstan serves HTTP and HTTPS (Terminate)",
             )
         });
-        let (kinds, invalid_kinds) = supported_kinds(spec);
+        let (kinds, invalid_kinds) = if supported {
+            supported_kinds(spec)
+        } else {
+            (vec![], false)
+        };
         let (certificate, cert_problem) = match spec.protocol.as_str() {
             "HTTPS" if supported => listener_certificate(gateway, spec, secrets, grants),
             _ => (None, None),
@@ -346,7 +350,7 @@ fn publish_gateway(
     problems: &mut Vec<Problem>,
 ) -> ObjectStatus {
     let id: Arc<str> = format!("{}/{}", gateway.namespace, gateway.name).into();
-    let bad_addresses = !gateway.unusable_addresses.is_empty();
+    let bad_addresses = !gateway.unusable_addresses.is_empty() || gateway.parameters_ref.is_some();
     let mut listeners = Vec::new();
     let mut any_programmed = false;
     for mut build in builds {
@@ -401,18 +405,7 @@ fn publish_gateway(
         any_programmed |= served;
         listeners.push(build.status);
     }
-    let mut conditions = vec![if bad_addresses {
-        accepted(
-            false,
-            "UnsupportedAddress",
-            &format!(
-                "unusable addresses: {}",
-                gateway.unusable_addresses.join(", ")
-            ),
-        )
-    } else {
-        accepted(true, "Accepted", "")
-    }];
+    let mut conditions = vec![gateway_accepted(gateway, &listeners)];
     conditions.push(match (any_programmed, bind.is_empty()) {
         (true, _) => programmed(true),
         (false, true) => Condition::new(
@@ -438,6 +431,42 @@ fn publish_gateway(
         listeners,
         parents: vec![],
     }
+}
+
+/// The Gateway's `Accepted` (`GatewayConditionReason` docs, `apis/v1/gateway_types.go`): not
+/// with a parametersRef (Capstan reads no parameters kind) or unusable addresses; with invalid
+/// listeners, `ListenersNotValid`: `False` when none is valid, `True` when some are.
+fn gateway_accepted(gateway: &Gateway, listeners: &[ListenerStatus]) -> Condition {
+    if let Some(reference) = &gateway.parameters_ref {
+        let message =
+            format!("infrastructure.parametersRef {reference}: Capstan reads no parameters");
+        return accepted(false, "InvalidParameters", &message);
+    }
+    if !gateway.unusable_addresses.is_empty() {
+        let message = format!(
+            "unusable addresses: {}",
+            gateway.unusable_addresses.join(", ")
+        );
+        return accepted(false, "UnsupportedAddress", &message);
+    }
+    let invalid: Vec<&str> = listeners
+        .iter()
+        .filter(|l| {
+            l.conditions
+                .iter()
+                .any(|c| c.kind == "Accepted" && !c.status)
+        })
+        .map(|l| &*l.name)
+        .collect();
+    if invalid.is_empty() {
+        return accepted(true, "Accepted", "");
+    }
+    let message = format!("listeners not valid: {}", invalid.join(", "));
+    accepted(
+        invalid.len() < listeners.len(),
+        "ListenersNotValid",
+        &message,
+    )
 }
 
 /// Replaces the condition of the same type.

@@ -52,6 +52,13 @@ struct GatewaySpec {
     gateway_class_name: String,
     addresses: Vec<AddressDoc>,
     listeners: Vec<ListenerDoc>,
+    infrastructure: Option<InfrastructureDoc>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct InfrastructureDoc {
+    parameters_ref: Option<RefDoc>,
 }
 
 #[derive(Deserialize, Default)]
@@ -292,6 +299,14 @@ fn gateway(doc: Document<GatewaySpec>) -> Result<Gateway, String> {
         class_name: doc.spec.gateway_class_name.into(),
         addresses,
         unusable_addresses: unusable,
+        parameters_ref: doc
+            .spec
+            .infrastructure
+            .and_then(|i| i.parameters_ref)
+            .map(|r| {
+                let group = r.group.unwrap_or_default();
+                format!("{group}/{}/{}", r.kind.unwrap_or_default(), r.name)
+            }),
         listeners,
     })
 }

@@ -43,6 +43,7 @@ fn gateway(name: &str, listeners: Vec<Listener>) -> Gateway {
         class_name: "capstan".into(),
         addresses: vec![],
         unusable_addresses: vec![],
+        parameters_ref: None,
         listeners,
     }
 }
