@@ -422,9 +422,20 @@ impl Conformance {
     /// `MakeRequestAndExpectEventuallyConsistentResponse`: retries until `check` holds (at most
     /// 10 s), then panics with the last reply.
     pub(crate) fn expect(&self, gateway: IpAddr, req: &Req, check: impl Fn(&Reply) -> bool) {
+        self.expect_on(gateway, 80, req, check);
+    }
+
+    /// [`Conformance::expect`] on another port of the Gateway's address.
+    pub(crate) fn expect_on(
+        &self,
+        gateway: IpAddr,
+        port: u16,
+        req: &Req,
+        check: impl Fn(&Reply) -> bool,
+    ) {
         let mut last = None;
         let ok = eventually(Duration::from_secs(10), || {
-            let reply = self.send(gateway, 80, req);
+            let reply = self.send(gateway, port, req);
             let good = check(&reply);
             last = Some(reply);
             good.then_some(())
@@ -557,16 +568,43 @@ impl Reply {
     }
 }
 
-/// A Service on port 8080 (as the base's) with one EndpointSlice to `backend`.
+/// A Service on port 8080 (as the base's) with one EndpointSlice to `backend`; the `grpc-` ones
+/// with `appProtocol: kubernetes.io/h2c`, and `infra-backend-v1` also on 8081 (h2c) and 8082
+/// (`kubernetes.io/ws`), as upstream, all served by the one echo server.
 fn service_manifest(namespace: &str, name: &str, backend: SocketAddr) -> String {
-    let app_protocol = if name.starts_with("grpc-") {
-        ", appProtocol: kubernetes.io/h2c"
-    } else {
-        ""
-    };
+    let port = backend.port();
+    let mut ports = vec![(
+        "first-port",
+        8080,
+        if name.starts_with("grpc-") {
+            "kubernetes.io/h2c"
+        } else {
+            ""
+        },
+    )];
+    if name == "infra-backend-v1" {
+        ports.push(("second-port", 8081, "kubernetes.io/h2c"));
+        ports.push(("third-port", 8082, "kubernetes.io/ws"));
+    }
+    let service_ports: Vec<String> = ports
+        .iter()
+        .map(|(port_name, number, app)| {
+            let app = if app.is_empty() {
+                String::new()
+            } else {
+                format!(", appProtocol: {app}")
+            };
+            format!("{{name: {port_name}, port: {number}, targetPort: {port}{app}}}")
+        })
+        .collect();
+    let slice_ports: Vec<String> = ports
+        .iter()
+        .map(|(port_name, _, _)| format!("{{name: {port_name}, port: {port}}}"))
+        .collect();
     format!(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: None\n  ports: [{{name: first-port, port: 8080, targetPort: {port}{app_protocol}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{name: first-port, port: {port}}}]\nendpoints:\n  - addresses: [\"{ip}\"]\n",
-        port = backend.port(),
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: None\n  ports: [{}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}-1\n  namespace: {namespace}\n  labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{}]\nendpoints:\n  - addresses: [\"{ip}\"]\n",
+        service_ports.join(", "),
+        slice_ports.join(", "),
         ip = backend.ip(),
     )
 }

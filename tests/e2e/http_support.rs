@@ -34,7 +34,8 @@ pub(crate) struct HttpBackend {
 
 impl HttpBackend {
     /// Answers:
-    /// - `/ws` with a WebSocket upgrade: echoes each text message as `NAME: message`;
+    /// - `/ws` with a WebSocket upgrade: echoes each text message as `NAME: message`, binary
+    ///   messages unchanged;
     /// - `/slow`: after 2 s; any path with `?delay=DURATION`: after that long;
     /// - `/fixed/N`: N bytes of `a..z` with a `Content-Length`; `/stream/N`: the same bytes
     ///   chunked, in 64 KiB frames;
@@ -121,11 +122,16 @@ pub(crate) async fn answer(
                     WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
                         .await;
                 while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() {
+                    let reply = if message.is_text() {
                         let text = format!("{name}: {}", message.to_text().unwrap_or_default());
-                        if ws.send(text.into()).await.is_err() {
-                            return;
-                        }
+                        text.into()
+                    } else if message.is_binary() {
+                        message
+                    } else {
+                        continue;
+                    };
+                    if ws.send(reply).await.is_err() {
+                        return;
                     }
                 }
             });
