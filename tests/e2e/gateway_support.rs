@@ -244,8 +244,9 @@ impl Conformance {
     /// `gateway_conformance/`), from manifest files.
     pub(crate) fn start(name: &str, manifests: &[&str]) -> Self {
         let dir = TempDir::new(name);
-        let (base, backends, cert) = base_manifests();
+        let (base, secret, backends, cert) = base_manifests();
         dir.write("base.yaml", &base);
+        dir.write(TLS_SECRET_FILE, &secret);
         for file in manifests {
             dir.write(file, &class_name(&conformance_manifest(file)));
         }
@@ -272,9 +273,10 @@ impl Conformance {
     /// the Gateway API group installed), Capstan watching it and writing status back.
     pub(crate) fn start_kube(api: &FakeApi, name: &str, manifests: &[&str]) -> Self {
         let dir = TempDir::new(name);
-        let (base, backends, cert) = base_manifests();
+        let (base, secret, backends, cert) = base_manifests();
         api.install_gateway_api();
         api.apply_yaml(&base);
+        api.apply_yaml(&secret);
         for file in manifests {
             api.apply_yaml(&class_name(&conformance_manifest(file)));
         }
@@ -457,8 +459,13 @@ impl Conformance {
     }
 }
 
-/// The base manifests with the echo backends behind its Services and the TLS Secret.
-fn base_manifests() -> (String, Vec<(&'static str, HttpBackend)>, TestCert) {
+/// The file (of [`Conformance::start`]'s directory) holding the HTTPS Gateway's Secret
+/// `tls-validity-checks-certificate`.
+pub(crate) const TLS_SECRET_FILE: &str = "tls-validity-checks-certificate.yaml";
+
+/// The base manifests with the echo backends behind its Services, and apart the HTTPS
+/// Gateway's Secret (`tls-validity-checks-certificate`).
+fn base_manifests() -> (String, String, Vec<(&'static str, HttpBackend)>, TestCert) {
     let mut backends = Vec::new();
     let mut services = String::new();
     for (namespace, service) in BACKENDS {
@@ -478,8 +485,8 @@ fn base_manifests() -> (String, Vec<(&'static str, HttpBackend)>, TestCert) {
     // `certificate` in the web-backend namespace, for the Gateway Secret ReferenceGrant tests.
     let other = TestCert::new(&["example.com"]).secret(WEB, "certificate");
     let secret = cert.secret(INFRA, "tls-validity-checks-certificate");
-    let base = class_name(&format!("{BASE}{services}---\n{other}---\n{secret}"));
-    (base, backends, cert)
+    let base = class_name(&format!("{BASE}{services}---\n{other}"));
+    (base, secret, backends, cert)
 }
 
 /// The parent condition `kind` of `route` on `gateway` is `status` with `reason`.
