@@ -24,6 +24,8 @@ pub(crate) struct Completion {
     pub complete: bool,
     pub metrics: Arc<IngressMetrics>,
     pub log: Option<LogEntry>,
+    /// The request is gRPC: Capstan's own error answers go out as gRPC statuses.
+    pub grpc: bool,
 }
 
 /// The request side of an access log line, captured only when the access log is on.
@@ -57,6 +59,7 @@ impl Completion {
             complete: false,
             metrics,
             log,
+            grpc: false,
         }
     }
 

@@ -162,20 +162,7 @@ impl Forwarder {
         }
     }
 
-    /// Answers one request; Capstan's own error answers to gRPC requests as gRPC statuses.
     pub(crate) async fn handle(
-        &self,
-        conn: &ConnInfo,
-        request: Request<Incoming>,
-    ) -> Response<ResponseBody> {
-        if grpc::is_grpc(request.headers()) {
-            grpc::local_reply(self.respond(conn, request).await)
-        } else {
-            self.respond(conn, request).await
-        }
-    }
-
-    async fn respond(
         &self,
         conn: &ConnInfo,
         mut request: Request<Incoming>,
@@ -191,6 +178,7 @@ impl Forwarder {
             client: conn.peer.ip(),
         });
         let mut done = Completion::new(shared.metrics.clone(), log);
+        done.grpc = grpc::is_grpc(request.headers());
 
         let (host, forward, upstream) = match self.resolve(conn, &request, host) {
             Ok(resolved) => resolved,
@@ -514,13 +502,14 @@ fn unauthorized(done: Completion, route: &Route) -> Response<ResponseBody> {
     response
 }
 
-/// A short answer of Capstan's own.
+/// A short answer of Capstan's own; to a gRPC request, as a gRPC status ([`grpc::local_reply`]).
 pub(crate) fn reply(
     mut done: Completion,
     status: StatusCode,
     text: &'static str,
 ) -> Response<ResponseBody> {
     done.status = status.as_u16();
+    let grpc = done.grpc;
     let mut response = Response::new(ResponseBody::full(text, Some(done)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -529,6 +518,9 @@ pub(crate) fn reply(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if grpc {
+        return grpc::local_reply(response);
+    }
     response
 }
 

@@ -1,8 +1,11 @@
-//! The HTTP ingress plane: the front door that replaces ingress-nginx for Ingress v1.
+//! The HTTP ingress plane: the front door that replaces ingress-nginx for Ingress v1, and the
+//! Gateway API data plane (Gateway sockets, HTTPRoute and GRPCRoute rules).
 //!
 //! Owns: the hyper HTTP/1.1 + HTTP/2 server ([`serve`]: plain with h2c prior knowledge, TLS with
 //! ALPN), TLS termination with an SNI resolver that reads the snapshot on every handshake,
-//! Ingress v1 request routing ([`route`]), the https redirect, reverse-proxy header rules,
+//! Ingress v1 request routing ([`route`]), the pure plan step for Ingress and Gateway requests
+//! (`plan`: match, filters, weighted backend choice), request mirrors, gRPC statuses for
+//! Capstan's own answers to gRPC requests, the https redirect, reverse-proxy header rules,
 //! per-request endpoint choice (the proxy crate's balancer, peak-EWMA by default), upstream
 //! keep-alive pools (the inline HTTP/1.1 client [`http1`] for bodiless requests, hyper's client
 //! for bodies, upgrades and h2c for `appProtocol: kubernetes.io/h2c`), WebSocket upgrades,

@@ -91,6 +91,16 @@ fn gateway_must_have_condition(suite: &Conformance, gateway: &str, want: (&str, 
 
 const HTTP_ROUTE: &[&str] = &["HTTPRoute"];
 
+/// The `https` listener of the certificate tests, no route attached.
+fn https_listener(conditions: &'static [(&'static str, bool, &'static str)]) -> Want {
+    Want {
+        name: "https",
+        kinds: HTTP_ROUTE,
+        conditions,
+        attached: 0,
+    }
+}
+
 /// GatewayInvalidListenersUnsupportedProtocol.
 #[test]
 fn gateway_invalid_listeners_unsupported_protocol() {
@@ -171,12 +181,7 @@ async fn gateway_invalid_tls_configuration() {
             "gateway-certificate-unsupported-kind",
             "gateway-certificate-malformed-secret",
         ] {
-            let want = Want {
-                name: "https",
-                kinds: HTTP_ROUTE,
-                conditions: &[("ResolvedRefs", false, "InvalidCertificateRef")],
-                attached: 0,
-            };
+            let want = https_listener(&[("ResolvedRefs", false, "InvalidCertificateRef")]);
             gateway_must_have_listeners(&suite, gateway, &[want]);
         }
     });
@@ -197,12 +202,7 @@ fn gateway_secret_refused_without_a_matching_reference_grant() {
         "gateway-secret-invalid-reference-grant",
         "gateway-secret-missing-reference-grant",
     ] {
-        let refused = Want {
-            name: "https",
-            kinds: HTTP_ROUTE,
-            conditions: &[("ResolvedRefs", false, "RefNotPermitted")],
-            attached: 0,
-        };
+        let refused = https_listener(&[("ResolvedRefs", false, "RefNotPermitted")]);
         gateway_must_have_listeners(&suite, gateway, &[refused]);
     }
 }
@@ -221,15 +221,10 @@ fn gateway_secret_reference_grant_all_in_namespace_and_specific() {
         "gateway-secret-reference-grant-all-in-namespace",
         "gateway-secret-reference-grant-specific",
     ] {
-        let granted = Want {
-            name: "https",
-            kinds: HTTP_ROUTE,
-            conditions: &[
-                ("Programmed", true, "Programmed"),
-                ("ResolvedRefs", true, ""),
-            ],
-            attached: 0,
-        };
+        let granted = https_listener(&[
+            ("Programmed", true, "Programmed"),
+            ("ResolvedRefs", true, ""),
+        ]);
         gateway_must_have_listeners(&suite, gateway, &[granted]);
     }
 }

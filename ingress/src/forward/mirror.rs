@@ -28,9 +28,20 @@ pub(super) fn chosen(action: &HttpAction) -> Vec<Arc<Route>> {
     action
         .mirrors
         .iter()
-        .filter(|m| m.numerator > 0 && fastrand::u32(..m.denominator.max(1)) < m.numerator)
+        .filter(|m| {
+            takes(
+                m.numerator,
+                m.denominator,
+                fastrand::u32(..m.denominator.max(1)),
+            )
+        })
         .filter_map(|m| m.route.clone())
         .collect()
+}
+
+/// Whether a uniform `draw` in `0..denominator` falls in the mirrored `numerator` of it.
+fn takes(numerator: u32, denominator: u32, draw: u32) -> bool {
+    numerator > 0 && draw < numerator.min(denominator.max(1))
 }
 
 impl Forwarder {
@@ -113,5 +124,28 @@ impl Forwarder {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::takes;
+
+    /// `percent: 20` and `fraction: 25/50` over 10,000 draws, within 2 points; 0 never, 1/1
+    /// always.
+    #[test]
+    fn mirrored_share_follows_the_fraction() {
+        for (numerator, denominator, share) in [(20, 100, 0.2), (25, 50, 0.5)] {
+            let taken = (0..10_000)
+                .filter(|_| takes(numerator, denominator, fastrand::u32(..denominator)))
+                .count();
+            let got = taken as f64 / 10_000.0;
+            assert!(
+                (got - share).abs() < 0.02,
+                "{numerator}/{denominator}: {got}"
+            );
+        }
+        assert!(!takes(0, 100, 0));
+        assert!(takes(1, 1, 0));
     }
 }

@@ -32,7 +32,19 @@ struct Ranked {
     rule: HttpRule,
 }
 
-/// Attaches every HTTPRoute to the listeners it may attach to; returns the routes' status.
+/// A hostname (`None`: any) a listener serves, and the kind of route serving it.
+type ServedHost = (RouteKind, Option<Box<str>>);
+
+/// The rules placed so far, by listener and hostname, and the hostnames each listener serves
+/// by route kind: an HTTPRoute and a GRPCRoute must not share one (the `hostnames` docs of
+/// GRPCRouteSpec: the older route keeps it).
+#[derive(Default)]
+struct Placement {
+    ranked: HashMap<(usize, Option<Box<str>>), Vec<Ranked>>,
+    served: HashMap<usize, Vec<ServedHost>>,
+}
+
+/// Attaches every route to the listeners it may attach to; returns the routes' status.
 pub(super) fn attach_routes(
     inputs: &GatewayInputs<'_>,
     listeners: &mut [ListenerBuild<'_>],
@@ -49,82 +61,18 @@ pub(super) fn attach_routes(
     routes.sort_by(|a, b| {
         (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
     });
-    let mut ranked: HashMap<(usize, Option<Box<str>>), Vec<Ranked>> = HashMap::new();
-    // The hostnames each listener serves, by route kind: an HTTPRoute and a GRPCRoute must not
-    // share one (the `hostnames` docs of GRPCRouteSpec: the older route keeps it).
-    let mut served: HashMap<usize, Vec<(RouteKind, Option<Box<str>>)>> = HashMap::new();
+    let mut placement = Placement::default();
     let mut statuses = Vec::new();
     for route in routes {
         let compiled = compile_rules(route, inputs, grants, &carried);
-        let mut parents = Vec::new();
-        for parent in &route.parents {
-            if parent.group != GROUP || parent.kind != "Gateway" {
-                continue;
-            }
-            let gateway_namespace = parent.namespace.clone().unwrap_or(route.namespace.clone());
-            let of_gateway: Vec<usize> = (0..listeners.len())
-                .filter(|&i| {
-                    let g = listeners[i].gateway;
-                    g.namespace == gateway_namespace && g.name == parent.name
-                })
-                .collect();
-            if of_gateway.is_empty() {
-                continue; // Not a Gateway of Capstan's: not ours to report on.
-            }
-            let (mut accepted_on, mut condition) =
-                match_listeners(route, parent, &of_gateway, listeners, namespaces);
-            if condition.is_none() {
-                accepted_on.retain(|(index, hostnames)| {
-                    let taken = served.get(index).into_iter().flatten();
-                    !taken.into_iter().any(|(kind, other)| {
-                        *kind != route.kind
-                            && hostnames
-                                .iter()
-                                .any(|h| hostnames_meet(h.as_deref(), other.as_deref()))
-                    })
-                });
-                if accepted_on.is_empty() {
-                    let message = "an older route of the other kind (HTTPRoute / GRPCRoute) \
-                                   serves these hostnames on the listener";
-                    condition = Some(accepted(false, "NotAllowedByListeners", message));
-                }
-            }
-            let attached = match (&compiled, condition) {
-                (Err(message), None) => Err(accepted(false, "UnsupportedValue", message)),
-                (_, Some(refused)) => Err(refused),
-                (Ok(_), None) => Ok(()),
-            };
-            let mut conditions = vec![match &attached {
-                Ok(()) => accepted(true, "Accepted", ""),
-                Err(refused) => refused.clone(),
-            }];
-            let resolved = match &compiled {
-                Ok((_, Some(unresolved))) => unresolved.clone(),
-                _ => Condition::new("ResolvedRefs", true, "ResolvedRefs", String::new()),
-            };
-            set_condition(&mut conditions, resolved);
-            if let (Ok(()), Ok((rules, _))) = (&attached, &compiled) {
-                for (index, hostnames) in &accepted_on {
-                    listeners[*index].status.attached_routes += 1;
-                    let taken = served.entry(*index).or_default();
-                    taken.extend(hostnames.iter().map(|h| (route.kind, h.clone())));
-                    for hostname in hostnames {
-                        let list = ranked.entry((*index, hostname.clone())).or_default();
-                        list.extend(rules.iter().map(|(key, rule)| Ranked {
-                            key: *key,
-                            rule: rule.clone(),
-                        }));
-                    }
-                }
-            }
-            parents.push(ParentStatus {
-                gateway_namespace,
-                gateway_name: parent.name.clone(),
-                section_name: parent.section_name.clone(),
-                port: parent.port,
-                conditions,
-            });
-        }
+        let parents: Vec<ParentStatus> = route
+            .parents
+            .iter()
+            .filter_map(|parent| {
+                let attach = (route, parent, &compiled);
+                attach_parent(attach, listeners, namespaces, &mut placement)
+            })
+            .collect();
         if !parents.is_empty() {
             statuses.push(ObjectStatus {
                 kind: route.kind.as_str(),
@@ -138,28 +86,137 @@ pub(super) fn attach_routes(
             });
         }
     }
-    for ((index, hostname), mut list) in ranked {
-        // Stable: among equal keys, the older route, then the earlier rule and match, first.
-        list.sort_by_key(|r| r.key);
-        let rules = list.into_iter().map(|r| r.rule).collect();
-        let routes = &mut listeners[index].routes;
-        match hostname {
-            None => routes.any = rules,
-            Some(h) => match h.strip_prefix('*') {
-                Some(suffix) => routes.wildcards.push((suffix.into(), rules)),
-                None => {
-                    routes.exact.insert(h, rules);
-                }
-            },
+    placement.install(listeners);
+    statuses
+}
+
+/// One parentRef of a route: the listeners of that Gateway it attaches to (its rules placed
+/// there) and its parent status; `None` when the Gateway is not Capstan's.
+fn attach_parent(
+    (route, parent, compiled): (
+        &HttpRoute,
+        &crate::ParentRef,
+        &Result<CompiledRules, String>,
+    ),
+    listeners: &mut [ListenerBuild<'_>],
+    namespaces: &HashMap<&str, &Namespace>,
+    placement: &mut Placement,
+) -> Option<ParentStatus> {
+    if parent.group != GROUP || parent.kind != "Gateway" {
+        return None;
+    }
+    let gateway_namespace = parent.namespace.clone().unwrap_or(route.namespace.clone());
+    let of_gateway: Vec<usize> = (0..listeners.len())
+        .filter(|&i| {
+            let g = listeners[i].gateway;
+            g.namespace == gateway_namespace && g.name == parent.name
+        })
+        .collect();
+    if of_gateway.is_empty() {
+        return None; // Not a Gateway of Capstan's: not ours to report on.
+    }
+    let (mut accepted_on, mut condition) =
+        match_listeners(route, parent, &of_gateway, listeners, namespaces);
+    if condition.is_none() {
+        accepted_on.retain(|(index, hostnames)| {
+            !placement.taken_by_other_kind(route.kind, *index, hostnames)
+        });
+        if accepted_on.is_empty() {
+            let message = "an older route of the other kind (HTTPRoute / GRPCRoute) \
+                           serves these hostnames on the listener";
+            condition = Some(accepted(false, "NotAllowedByListeners", message));
         }
     }
-    for listener in listeners.iter_mut() {
-        listener
-            .routes
-            .wildcards
-            .sort_by_key(|(s, _)| Reverse(s.len()));
+    let attached = match (compiled, condition) {
+        (Err(message), None) => Err(accepted(false, "UnsupportedValue", message)),
+        (_, Some(refused)) => Err(refused),
+        (Ok(_), None) => Ok(()),
+    };
+    let mut conditions = vec![match &attached {
+        Ok(()) => accepted(true, "Accepted", ""),
+        Err(refused) => refused.clone(),
+    }];
+    let resolved = match compiled {
+        Ok((_, Some(unresolved))) => unresolved.clone(),
+        _ => Condition::new("ResolvedRefs", true, "ResolvedRefs", String::new()),
+    };
+    set_condition(&mut conditions, resolved);
+    if let (Ok(()), Ok((rules, _))) = (&attached, compiled) {
+        for (index, hostnames) in &accepted_on {
+            listeners[*index].status.attached_routes += 1;
+            placement.place(route.kind, *index, hostnames, rules);
+        }
     }
-    statuses
+    Some(ParentStatus {
+        gateway_namespace,
+        gateway_name: parent.name.clone(),
+        section_name: parent.section_name.clone(),
+        port: parent.port,
+        conditions,
+    })
+}
+
+// === impl Placement ===
+
+impl Placement {
+    /// Whether a route of the other kind already serves one of `hostnames` on the listener.
+    fn taken_by_other_kind(
+        &self,
+        kind: RouteKind,
+        index: usize,
+        hostnames: &[Option<Box<str>>],
+    ) -> bool {
+        let taken = self.served.get(&index).into_iter().flatten();
+        taken.into_iter().any(|(other_kind, other)| {
+            *other_kind != kind
+                && hostnames
+                    .iter()
+                    .any(|h| hostnames_meet(h.as_deref(), other.as_deref()))
+        })
+    }
+
+    fn place(
+        &mut self,
+        kind: RouteKind,
+        index: usize,
+        hostnames: &[Option<Box<str>>],
+        rules: &[(RankKey, HttpRule)],
+    ) {
+        let taken = self.served.entry(index).or_default();
+        taken.extend(hostnames.iter().map(|h| (kind, h.clone())));
+        for hostname in hostnames {
+            let list = self.ranked.entry((index, hostname.clone())).or_default();
+            list.extend(rules.iter().map(|(key, rule)| Ranked {
+                key: *key,
+                rule: rule.clone(),
+            }));
+        }
+    }
+
+    /// Puts each listener's rules in precedence order under their hostnames.
+    fn install(self, listeners: &mut [ListenerBuild<'_>]) {
+        for ((index, hostname), mut list) in self.ranked {
+            // Stable: among equal keys, the older route, then the earlier rule and match, first.
+            list.sort_by_key(|r| r.key);
+            let rules = list.into_iter().map(|r| r.rule).collect();
+            let routes = &mut listeners[index].routes;
+            match hostname {
+                None => routes.any = rules,
+                Some(h) => match h.strip_prefix('*') {
+                    Some(suffix) => routes.wildcards.push((suffix.into(), rules)),
+                    None => {
+                        routes.exact.insert(h, rules);
+                    }
+                },
+            }
+        }
+        for listener in listeners.iter_mut() {
+            listener
+                .routes
+                .wildcards
+                .sort_by_key(|(s, _)| Reverse(s.len()));
+        }
+    }
 }
 
 /// The listeners of one parentRef's Gateway that take the route, each with the hostnames the
@@ -293,39 +350,21 @@ fn compile_rules(
     for (index, rule) in route.rules.iter().enumerate() {
         let mut action = rule_action(rule, &id, index)?;
         action.grpc = route.kind == RouteKind::Grpc;
-        let mut resolve = |target: &ObjectRef, port: Option<u16>, path: String| {
-            let resolved = resolve_backend(route, target, port, inputs, grants);
-            let target = resolved.map_err(|condition| {
-                unresolved.get_or_insert(condition);
-            });
-            let path: Arc<str> = path.into();
-            let previous = carried.get(&(&*id, &*host, &*path));
-            let (stats, state) =
-                previous.map_or_else(Default::default, |(s, t)| (Arc::clone(s), Arc::clone(t)));
-            let route = target.ok().map(|(backend, upstream, protocol)| {
-                let mut policy = RoutePolicy::default();
-                policy.retry.per_try_timeout = rule.backend_timeout;
-                policy.request_timeout = rule.request_timeout;
-                Arc::new(Route {
-                    ingress: id.clone(),
-                    host: host.clone(),
-                    path: path.clone(),
-                    backend: capstan_table::Backend::Service {
-                        service: backend.service,
-                        port: backend.port,
-                    },
-                    upstream,
-                    protocol,
-                    tls: None,
-                    basic_auth: None,
-                    unusable: false,
-                    policy: Arc::new(policy),
-                    stats,
-                    state,
-                })
-            });
-            route
-        };
+        let mut resolve =
+            |target: &ObjectRef, port: Option<u16>, path: String| match resolve_backend(
+                route, target, port, inputs, grants,
+            ) {
+                Ok(resolved) => Some(service_route(
+                    (&id, &host, path.into()),
+                    resolved,
+                    rule,
+                    carried,
+                )),
+                Err(condition) => {
+                    unresolved.get_or_insert(condition);
+                    None
+                }
+            };
         for (b, backend) in rule.backends.iter().enumerate() {
             let path = format!("rules[{index}].backendRefs[{b}]");
             let route = resolve(&backend.target, backend.port, path);
@@ -367,6 +406,46 @@ fn compile_rules(
     }
     Ok((out, unresolved))
 }
+
+/// A backend (or mirror) of a rule as a route: `(route id, hostnames, path)` name it (and carry
+/// its counters over from the previous snapshot); the rule's timeouts are its policy.
+fn service_route(
+    (id, host, path): (&Arc<str>, &Arc<str>, Arc<str>),
+    (backend, upstream, protocol): ResolvedBackend,
+    rule: &RouteRule,
+    carried: &Carried<'_>,
+) -> Arc<Route> {
+    let previous = carried.get(&(&**id, &**host, &*path));
+    let (stats, state) =
+        previous.map_or_else(Default::default, |(s, t)| (Arc::clone(s), Arc::clone(t)));
+    let mut policy = RoutePolicy::default();
+    policy.retry.per_try_timeout = rule.backend_timeout;
+    policy.request_timeout = rule.request_timeout;
+    Arc::new(Route {
+        ingress: id.clone(),
+        host: host.clone(),
+        path,
+        backend: capstan_table::Backend::Service {
+            service: backend.service,
+            port: backend.port,
+        },
+        upstream,
+        protocol,
+        tls: None,
+        basic_auth: None,
+        unusable: false,
+        policy: Arc::new(policy),
+        stats,
+        state,
+    })
+}
+
+/// A backendRef resolved: the Service port, its table, the protocol to speak.
+type ResolvedBackend = (
+    IngressBackend,
+    Option<Arc<capstan_table::ServicePortTable>>,
+    capstan_table::UpstreamProtocol,
+);
 
 /// A rule's filters and timeouts.
 fn rule_action(rule: &RouteRule, id: &Arc<str>, index: usize) -> Result<HttpAction, String> {
@@ -535,14 +614,7 @@ fn resolve_backend(
     port: Option<u16>,
     inputs: &GatewayInputs<'_>,
     grants: &Grants<'_>,
-) -> Result<
-    (
-        IngressBackend,
-        Option<Arc<capstan_table::ServicePortTable>>,
-        capstan_table::UpstreamProtocol,
-    ),
-    Condition,
-> {
+) -> Result<ResolvedBackend, Condition> {
     let unresolved =
         |reason, message: String| Condition::new("ResolvedRefs", false, reason, message);
     if !(target.group.is_empty() || target.group == "core") || target.kind != "Service" {

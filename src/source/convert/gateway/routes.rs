@@ -406,3 +406,6 @@ fn header_edits(doc: Option<&HeaderModifierDoc>) -> Result<HeaderEdits, String> 
             .collect::<Result<_, _>>()?,
     })
 }
+
+#[cfg(test)]
+mod tests;
