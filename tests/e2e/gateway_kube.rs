@@ -54,3 +54,97 @@ async fn httproute_matching_through_the_kubernetes_api_with_status_written_back(
 fn parent_ref_name(parent: &serde_json::Value) -> &str {
     parent["parentRef"]["name"].as_str().unwrap_or_default()
 }
+
+/// Whether every condition of the object's written status (route: of each parent) was observed
+/// at its current `metadata.generation`; returns that generation.
+fn latest_generation(
+    api: &crate::support::kube_api::FakeApi,
+    resource: &'static str,
+    namespace: &str,
+    name: &str,
+) -> Option<i64> {
+    let object = api.object(resource, namespace, name)?;
+    let generation = object["metadata"]["generation"].as_i64()?;
+    let status = &object["status"];
+    let lists: Vec<&serde_json::Value> = if resource == "httproutes" {
+        status["parents"]
+            .as_array()?
+            .iter()
+            .map(|p| &p["conditions"])
+            .collect()
+    } else {
+        vec![&status["conditions"]]
+    };
+    let all_latest = !lists.is_empty()
+        && lists.iter().all(|conditions| {
+            conditions.as_array().is_some_and(|list| {
+                !list.is_empty() && list.iter().all(|c| c["observedGeneration"] == generation)
+            })
+        });
+    all_latest.then_some(generation)
+}
+
+/// GatewayClassObservedGenerationBump, GatewayObservedGenerationBump and
+/// HTTPRouteObservedGenerationBump through the Kubernetes API: each object's spec is changed
+/// (a class description, a listener added, a backend renamed), the API server bumps its
+/// generation, and the status Capstan writes back is observed at the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn observed_generation_bumps_through_the_kubernetes_api() {
+    let api = crate::support::kube_api::FakeApi::start().await;
+    let files = [
+        "gatewayclass-observed-generation-bump.yaml",
+        "gateway-observed-generation-bump.yaml",
+        "httproute-observed-generation-bump.yaml",
+    ];
+    let suite = Conformance::start_kube(&api, "gw-kube-generation", &files);
+    let objects = [
+        (
+            "gatewayclasses",
+            "",
+            "gatewayclass-observed-generation-bump",
+        ),
+        ("gateways", INFRA, "gateway-observed-generation-bump"),
+        ("httproutes", INFRA, "observed-generation-bump"),
+    ];
+    tokio::task::block_in_place(|| {
+        let wait = |generation: i64| {
+            for (resource, namespace, name) in objects {
+                let seen = crate::support::eventually(std::time::Duration::from_secs(10), || {
+                    latest_generation(&api, resource, namespace, name).filter(|g| *g == generation)
+                });
+                assert!(
+                    seen.is_some(),
+                    "{resource} {name}: status not at generation {generation}: {:#}",
+                    api.object(resource, namespace, name).unwrap_or_default()
+                );
+            }
+        };
+        wait(1);
+        let edits = [
+            (files[0], "description: \"old\"", "description: \"new\""),
+            (
+                files[1],
+                "      allowedRoutes:",
+                "      allowedRoutes:\n        namespaces:\n          from: All\n    - name: alternate\n      hostname: \"foo.com\"\n      port: 80\n      protocol: HTTP\n      allowedRoutes:",
+            ),
+            (files[2], "name: infra-backend-v1", "name: infra-backend-v2"),
+        ];
+        for (file, from, to) in edits {
+            let text = crate::gateway_support::conformance_yaml(file);
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text, "{file} edited");
+            api.apply_yaml(&edited);
+        }
+        wait(2);
+        let gw =
+            suite.gateway_must_accept("same-namespace", &[(INFRA, "observed-generation-bump")]);
+        suite.expect_backend(gw, &get("/"), V2);
+        let gateway = api
+            .object("gateways", INFRA, "gateway-observed-generation-bump")
+            .expect("gateway");
+        assert_eq!(
+            gateway["status"]["listeners"].as_array().map(Vec::len),
+            Some(2)
+        );
+    });
+}

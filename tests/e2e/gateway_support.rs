@@ -617,7 +617,15 @@ fn service_manifest(namespace: &str, name: &str, backend: SocketAddr) -> String 
 }
 
 fn class_name(text: &str) -> String {
-    text.replace("{GATEWAY_CLASS_NAME}", "capstan")
+    text.replace("{GATEWAY_CLASS_NAME}", "capstan").replace(
+        "{GATEWAY_CONTROLLER_NAME}",
+        "capstan.dev/gateway-controller",
+    )
+}
+
+/// An upstream test manifest from `tests/e2e/gateway_conformance/`, class and controller named.
+pub(crate) fn conformance_yaml(file: &str) -> String {
+    class_name(&conformance_manifest(file))
 }
 
 /// An upstream test manifest from `tests/e2e/gateway_conformance/`.

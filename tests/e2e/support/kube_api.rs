@@ -199,11 +199,23 @@ impl FakeApi {
         state.rv += 1;
         let rv = state.rv;
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        // As the API server: writing an object without a status keeps the status it had.
+        // As the API server: writing an object without a status keeps the status it had, and
+        // `metadata.generation` starts at 1 and grows when the spec changes.
+        let previous = state.objects.get(&key);
         if object.get("status").is_none()
-            && let Some(status) = state.objects.get(&key).and_then(|o| o.get("status"))
+            && let Some(status) = previous.and_then(|o| o.get("status"))
         {
             object["status"] = status.clone();
+        }
+        if object.get("spec").is_some() {
+            let generation = match previous {
+                Some(old) if old.get("spec") == object.get("spec") => {
+                    old["metadata"]["generation"].as_i64().unwrap_or(1)
+                }
+                Some(old) => old["metadata"]["generation"].as_i64().unwrap_or(1) + 1,
+                None => 1,
+            };
+            object["metadata"]["generation"] = json!(generation);
         }
         let kind_of_change = if state.objects.contains_key(&key) {
             "MODIFIED"
