@@ -113,7 +113,8 @@ pub struct HttpAction {
     pub backend_timeout: Option<Duration>,
     /// `RequestMirror` filters: copies of the request, answers ignored.
     pub mirrors: Vec<Mirror>,
-    /// The rule is a GRPCRoute's: faults are answered as gRPC statuses.
+    /// The rule is a GRPCRoute's (its matches are method matches). Informational: whether
+    /// Capstan's own answers are gRPC statuses is decided per request, by its content type.
     pub grpc: bool,
 }
 
@@ -138,12 +139,6 @@ pub struct RouteFilters {
     pub redirect: Option<(u16, Box<str>)>,
     pub request_headers: HeaderEdits,
     pub response_headers: HeaderEdits,
-}
-
-impl RouteFilters {
-    pub fn is_empty(&self) -> bool {
-        self == &Self::default()
-    }
 }
 
 /// `RequestHeaderModifier` / `ResponseHeaderModifier`.

@@ -61,12 +61,12 @@ impl Forwarder {
             return;
         };
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut rng = fastrand::Rng::new();
+        let policy = self.shared.config.balance;
         for route in mirrors {
             let Some(upstream) = route.upstream.clone() else {
                 continue;
             };
-            let mut rng = fastrand::Rng::new();
-            let policy = self.shared.config.balance;
             let eligible = &upstream.internal.endpoints;
             let chosen =
                 balance::choose_with(policy, &upstream, eligible, client, &[], now_ms(), &mut rng);
